@@ -1,0 +1,119 @@
+//! Bills the cash registers load; creating one holds its bonus payment, cancelling releases it.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use loyalty::bills::{self, Bill, NewBill};
+use loyalty::orgs;
+use serde::{Deserialize, Serialize};
+
+use super::{Listing, Page};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Body, Path, Query, RequestDigest};
+use crate::idempotency::{IdempotencyKey, transact};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orgs/{org}/bills", post(create_bill).get(list_bills))
+        .route("/orgs/{org}/bills/{id}", delete(cancel_bill).get(get_bill))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedBill {
+    pub id: i64,
+    pub number: String,
+}
+
+/// Creates an open bill; a bonus payment is held against the wallet at once.
+#[utoipa::path(post, path = "/admin/v1/orgs/{org}/bills", tag = "bills", request_body = NewBill,
+    responses((status = 201, body = CreatedBill), (status = 404, body = crate::openapi::ErrorBody),
+              (status = 409, description = "bonuses short once other open bills are counted, or number taken", body = crate::openapi::ErrorBody),
+              (status = 422, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn create_bill(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(org): Path<i64>,
+    body: Body<NewBill>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    transact(
+        &state.db,
+        key.as_ref(),
+        &body.digest,
+        StatusCode::CREATED,
+        async |conn| {
+            orgs::get(conn, org).await?;
+            let bill = bills::create(conn, org, &body.value).await?;
+            tracing::info!(org, bill = bill.id, "bill created");
+            Ok(CreatedBill {
+                id: bill.id,
+                number: bill.number,
+            })
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct BillQuery {
+    /// open, paid or cancelled; all when absent.
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// The organization's bills, newest first.
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/bills", tag = "bills", params(BillQuery),
+    responses((status = 200, body = Listing<Bill>)), security(("admin" = [])))]
+pub async fn list_bills(
+    State(state): State<AppState>,
+    Path(org): Path<i64>,
+    Query(query): Query<BillQuery>,
+) -> Result<Json<Listing<Bill>>, ApiError> {
+    let (limit, offset) = Page {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .bounds()?;
+    let mut conn = state.db.acquire().await?;
+    let found = bills::list(&mut conn, org, query.status.as_deref(), limit, offset).await?;
+    Ok(Json(Listing::new(found, limit, offset)))
+}
+
+/// One bill.
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/bills/{id}", tag = "bills",
+    responses((status = 200, body = Bill), (status = 404, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn get_bill(
+    State(state): State<AppState>,
+    Path((org, id)): Path<(i64, i64)>,
+) -> Result<Json<Bill>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(bills::get(&mut conn, org, id).await?))
+}
+
+/// Cancels an open bill and releases its bonus hold.
+#[utoipa::path(delete, path = "/admin/v1/orgs/{org}/bills/{id}", tag = "bills",
+    responses((status = 200, body = Bill), (status = 404, body = crate::openapi::ErrorBody),
+              (status = 409, description = "the bill is paid or already cancelled", body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn cancel_bill(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((org, id)): Path<(i64, i64)>,
+    RequestDigest(digest): RequestDigest,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    transact(
+        &state.db,
+        key.as_ref(),
+        &digest,
+        StatusCode::OK,
+        async |conn| Ok(bills::cancel(conn, org, id).await?),
+    )
+    .await
+}

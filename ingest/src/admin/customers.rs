@@ -1,0 +1,261 @@
+//! Customers: creation, search, the legacy view, promo codes and the operator's wallet movements.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use loyalty::customers::{
+    self, Balances, BonusOp, CustomerSummary, DebtOp, NewCustomer, OperatorMove,
+};
+use loyalty::ledger::{EntryKind, Wallet, describe};
+use loyalty::legacy::{self, LegacyCustomer};
+use loyalty::money::Amount;
+use loyalty::orgs;
+use serde::{Deserialize, Serialize};
+
+use super::{Listing, Page};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Body, Path, Query};
+use crate::idempotency::{IdempotencyKey, transact};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/orgs/{org}/customers",
+            post(create_customer).get(search_customers),
+        )
+        .route("/orgs/{org}/customers/{id}", get(get_customer))
+        .route("/orgs/{org}/customers/{id}/promo", post(enter_promo))
+        .route("/orgs/{org}/customers/{id}/bonuses", post(move_bonuses))
+        .route("/orgs/{org}/customers/{id}/debts", post(move_debt))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedCustomer {
+    /// Numeric string, unique within the organization.
+    pub id: String,
+}
+
+/// Creates a customer.
+#[utoipa::path(post, path = "/admin/v1/orgs/{org}/customers", tag = "customers", request_body = NewCustomer,
+    responses((status = 201, body = CreatedCustomer), (status = 409, body = crate::openapi::ErrorBody),
+              (status = 422, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn create_customer(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(org): Path<i64>,
+    body: Body<NewCustomer>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    transact(
+        &state.db,
+        key.as_ref(),
+        &body.digest,
+        StatusCode::CREATED,
+        async |conn| {
+            let id = customers::create(conn, org, &body.value).await?;
+            Ok(CreatedCustomer { id: id.to_string() })
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CustomerQuery {
+    /// Part of a name, username, phone number or id; all customers when absent.
+    pub q: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// Searches customers by name, phone or username.
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/customers", tag = "customers", params(CustomerQuery),
+    responses((status = 200, body = Listing<CustomerSummary>)), security(("admin" = [])))]
+pub async fn search_customers(
+    State(state): State<AppState>,
+    Path(org): Path<i64>,
+    Query(query): Query<CustomerQuery>,
+) -> Result<Json<Listing<CustomerSummary>>, ApiError> {
+    let (limit, offset) = Page {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .bounds()?;
+    let mut conn = state.db.acquire().await?;
+    orgs::get(&mut conn, org).await?;
+    let found = customers::search(
+        &mut conn,
+        org,
+        query.q.as_deref().unwrap_or(""),
+        limit,
+        offset,
+    )
+    .await?;
+    Ok(Json(Listing::new(found, limit, offset)))
+}
+
+/// The customer in exactly the legacy export's shape.
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/customers/{id}", tag = "customers",
+    responses((status = 200, body = LegacyCustomer), (status = 404, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn get_customer(
+    State(state): State<AppState>,
+    Path((org, id)): Path<(i64, i64)>,
+) -> Result<Json<LegacyCustomer>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let organization = orgs::get(&mut tx, org).await?;
+    Ok(Json(
+        legacy::customer(&mut tx, org, organization.time_zone, id).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoRequest {
+    /// A friend's code, `PROMO<id>`.
+    pub code: String,
+}
+
+/// Enters a friend's promo code for the customer.
+#[utoipa::path(post, path = "/admin/v1/orgs/{org}/customers/{id}/promo", tag = "customers",
+    request_body = PromoRequest,
+    responses((status = 200, body = Balances), (status = 404, body = crate::openapi::ErrorBody),
+              (status = 409, description = "already referred, or after the first purchase", body = crate::openapi::ErrorBody),
+              (status = 422, description = "own, unknown or looping code", body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn enter_promo(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((org, id)): Path<(i64, i64)>,
+    body: Body<PromoRequest>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    transact(
+        &state.db,
+        key.as_ref(),
+        &body.digest,
+        StatusCode::OK,
+        async |conn| {
+            let organization = orgs::get(conn, org).await?;
+            Ok(customers::apply_promo(conn, &organization, id, &body.value.code).await?)
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BonusRequest {
+    pub op: BonusOp,
+    pub amount: Amount,
+    /// main (default) or referral.
+    pub wallet: Option<Wallet>,
+    /// Shown in the history; the legacy text by default.
+    pub description: Option<String>,
+}
+
+/// Accrues or deducts bonuses by hand.
+#[utoipa::path(post, path = "/admin/v1/orgs/{org}/customers/{id}/bonuses", tag = "customers",
+    request_body = BonusRequest,
+    responses((status = 201, body = Balances), (status = 404, body = crate::openapi::ErrorBody),
+              (status = 409, description = "deducting more than is available", body = crate::openapi::ErrorBody),
+              (status = 422, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn move_bonuses(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((org, id)): Path<(i64, i64)>,
+    body: Body<BonusRequest>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    let request = &body.value;
+    let wallet = request.wallet.unwrap_or(Wallet::Main);
+    if wallet == Wallet::Debt {
+        return Err(ApiError::invalid(
+            "wallet",
+            "must be main or referral; debts have their own endpoint",
+        ));
+    }
+    let (kind, default_text) = match request.op {
+        BonusOp::Accrue => (EntryKind::Accrual, describe::OPERATOR_ACCRUAL),
+        BonusOp::Deduct => (EntryKind::Deduction, describe::OPERATOR_DEDUCTION),
+    };
+    let description = request
+        .description
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .unwrap_or(default_text);
+    if description.chars().count() > 500 {
+        return Err(ApiError::invalid(
+            "description",
+            "must be at most 500 characters",
+        ));
+    }
+    let movement = OperatorMove {
+        wallet,
+        kind,
+        amount: request.amount,
+        description,
+        reference: key.as_ref().map(|k| k.as_str()),
+    };
+    transact(
+        &state.db,
+        key.as_ref(),
+        &body.digest,
+        StatusCode::CREATED,
+        async |conn| {
+            let organization = orgs::get(conn, org).await?;
+            Ok(customers::operator_move(conn, &organization, id, &movement).await?)
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DebtRequest {
+    pub op: DebtOp,
+    pub amount: Amount,
+}
+
+/// Adds a debt or records its payment.
+#[utoipa::path(post, path = "/admin/v1/orgs/{org}/customers/{id}/debts", tag = "customers",
+    request_body = DebtRequest,
+    responses((status = 201, body = Balances), (status = 404, body = crate::openapi::ErrorBody),
+              (status = 409, description = "paying more than is owed", body = crate::openapi::ErrorBody),
+              (status = 422, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn move_debt(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((org, id)): Path<(i64, i64)>,
+    body: Body<DebtRequest>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    let (kind, description) = match body.value.op {
+        DebtOp::Add => (EntryKind::Accrual, describe::DEBT_ADDED),
+        DebtOp::Pay => (EntryKind::Payment, describe::DEBT_PAID),
+    };
+    let movement = OperatorMove {
+        wallet: Wallet::Debt,
+        kind,
+        amount: body.value.amount,
+        description,
+        reference: key.as_ref().map(|k| k.as_str()),
+    };
+    transact(
+        &state.db,
+        key.as_ref(),
+        &body.digest,
+        StatusCode::CREATED,
+        async |conn| {
+            let organization = orgs::get(conn, org).await?;
+            Ok(customers::operator_move(conn, &organization, id, &movement).await?)
+        },
+    )
+    .await
+}

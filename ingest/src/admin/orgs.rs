@@ -1,0 +1,102 @@
+//! Organizations and their POS integrations.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use loyalty::orgs::{self, NewIntegration, OrgChanges, Organization};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Body, Path};
+use crate::idempotency::{IdempotencyKey, transact};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orgs", post(create_org))
+        .route("/orgs/{org}", get(get_org).patch(update_org))
+        .route("/orgs/{org}/integrations", post(create_integration))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedOrg {
+    pub id: i64,
+}
+
+/// Creates an organization (a tenant).
+#[utoipa::path(post, path = "/admin/v1/orgs", tag = "organizations", request_body = OrgChanges,
+    responses((status = 201, body = CreatedOrg), (status = 422, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn create_org(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body<OrgChanges>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    transact(
+        &state.db,
+        key.as_ref(),
+        &body.digest,
+        StatusCode::CREATED,
+        async |conn| {
+            Ok(CreatedOrg {
+                id: orgs::create(conn, &body.value).await?,
+            })
+        },
+    )
+    .await
+}
+
+/// An organization; the bot token is never returned, only whether it is set.
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}", tag = "organizations",
+    responses((status = 200, body = Organization), (status = 404, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn get_org(
+    State(state): State<AppState>,
+    Path(org): Path<i64>,
+) -> Result<Json<Organization>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(orgs::get(&mut conn, org).await?))
+}
+
+/// Changes the fields present in the body.
+#[utoipa::path(patch, path = "/admin/v1/orgs/{org}", tag = "organizations", request_body = OrgChanges,
+    responses((status = 200, body = Organization), (status = 404, body = crate::openapi::ErrorBody),
+              (status = 422, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn update_org(
+    State(state): State<AppState>,
+    Path(org): Path<i64>,
+    body: Body<OrgChanges>,
+) -> Result<Json<Organization>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    orgs::update(&mut tx, org, &body.value).await?;
+    let updated = orgs::get(&mut tx, org).await?;
+    tx.commit().await?;
+    Ok(Json(updated))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewIntegrationRequest {
+    /// The name `GET /api/v2/hello` answers with (the shop's system name).
+    pub system: String,
+}
+
+/// Creates a POS integration; its token is in this answer only.
+#[utoipa::path(post, path = "/admin/v1/orgs/{org}/integrations", tag = "organizations",
+    request_body = NewIntegrationRequest,
+    responses((status = 201, body = NewIntegration), (status = 404, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn create_integration(
+    State(state): State<AppState>,
+    Path(org): Path<i64>,
+    body: Body<NewIntegrationRequest>,
+) -> Result<(StatusCode, Json<NewIntegration>), ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let created = orgs::create_integration(&mut conn, org, &body.value.system).await?;
+    tracing::info!(org, integration = created.id, "POS integration created");
+    Ok((StatusCode::CREATED, Json(created)))
+}

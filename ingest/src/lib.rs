@@ -1,0 +1,90 @@
+//! `ingest`: the HTTP entry point. It answers the cash registers' protocol, serves the operator API
+//! and the health probes. Everything is built by [`app`], so tests run the real service in-process.
+
+pub mod admin;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod idempotency;
+pub mod openapi;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+
+/// Configuration, from the environment (see `ingest --help`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "ingest",
+    about = "POS protocol, operator API and health probes of the loyalty program"
+)]
+pub struct Config {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/loyalty"
+    )]
+    pub database_url: String,
+    /// RabbitMQ connection URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Bearer token of the operator API (`/admin/v1`). Required.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// Listen address.
+    #[arg(long, env = "INGEST_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+    /// Telegram Bot API base URL (used by the notifier; accepted here so one environment serves all).
+    #[arg(
+        long,
+        env = "TELEGRAM_API_URL",
+        default_value = "https://api.telegram.org"
+    )]
+    pub telegram_api_url: String,
+    /// Largest legacy export `POST /admin/v1/import` accepts, in bytes.
+    #[arg(long, env = "IMPORT_BODY_LIMIT", default_value_t = 64 * 1024 * 1024)]
+    pub import_body_limit: usize,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub config: Arc<Config>,
+}
+
+/// The whole HTTP service.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(openapi::router())
+        .nest("/admin/v1", admin::router(state.clone()))
+        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Connects, migrates and serves until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let db = loyalty::db::connect(&config.database_url, 16).await?;
+    loyalty::db::migrate(&db).await?;
+    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    tracing::info!(addr = %config.addr, "ingest listening");
+    let state = AppState {
+        db,
+        config: Arc::new(config),
+    };
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(loyalty::shutdown::signal())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! Bills: what a customer is about to pay at the cash register. A bonus payment is held against the
+//! wallet when the bill is created, so two open bills can never spend the same bonuses.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize};
+use sqlx::PgConnection;
+
+use crate::error::{Error, Result, violated_constraint};
+use crate::ledger::{self, Wallet};
+use crate::money::{Amount, Money, Percent, Quantity, round_money, serialize_decimal};
+use crate::time::{OrgTimeZone, Stamp};
+
+/// A customer id as a JSON string (the legacy shape) or number.
+pub fn deserialize_id<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Number(i64),
+        Text(String),
+    }
+    let id = match Id::deserialize(d)? {
+        Id::Number(n) => Some(n),
+        Id::Text(t) => t.parse().ok(),
+    };
+    id.filter(|id| *id > 0).ok_or_else(|| {
+        serde::de::Error::custom("must be a customer id: a positive number or numeric string")
+    })
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBillItem {
+    pub name: String,
+    pub quantity: Quantity,
+    pub unit_price: Money,
+    /// Unit name shown on the receipt ("Штука", "Грамм").
+    pub unit: Option<String>,
+    /// VAT rate in percent; rates change, so each line carries its own.
+    pub tax_rate: Option<Percent>,
+    /// The shop's product id, passed to the register.
+    pub product_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BonusPayment {
+    pub amount: Amount,
+    #[serde(default = "main_wallet")]
+    pub wallet: Wallet,
+}
+
+fn main_wallet() -> Wallet {
+    Wallet::Main
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBill {
+    #[serde(deserialize_with = "deserialize_id")]
+    #[schema(value_type = String)]
+    pub customer_id: i64,
+    /// The number the cashier types or scans; the bill id when absent.
+    pub number: Option<String>,
+    pub items: Vec<NewBillItem>,
+    pub bonus_payment: Option<BonusPayment>,
+}
+
+/// A stored line of a bill; decimals kept as exact strings in the database.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BillItem {
+    pub name: String,
+    #[serde(
+        serialize_with = "serialize_decimal",
+        deserialize_with = "crate::money::deserialize_decimal"
+    )]
+    #[schema(value_type = f64)]
+    pub quantity: Decimal,
+    #[serde(
+        serialize_with = "serialize_decimal",
+        deserialize_with = "crate::money::deserialize_decimal"
+    )]
+    #[schema(value_type = f64)]
+    pub unit_price: Decimal,
+    #[serde(
+        serialize_with = "serialize_decimal",
+        deserialize_with = "crate::money::deserialize_decimal"
+    )]
+    #[schema(value_type = f64)]
+    pub item_total: Decimal,
+    pub unit: Option<String>,
+    #[schema(value_type = Option<f64>)]
+    pub tax_rate: Option<Percent>,
+    pub product_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BillBonusPayment {
+    #[serde(serialize_with = "serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub amount: Decimal,
+    pub wallet: Wallet,
+}
+
+/// A bill as operators see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Bill {
+    pub id: i64,
+    pub number: String,
+    #[serde(serialize_with = "crate::legacy::id_as_string")]
+    #[schema(value_type = String)]
+    pub customer_id: i64,
+    /// open, paid or cancelled.
+    pub status: String,
+    pub items: Vec<BillItem>,
+    #[serde(serialize_with = "serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub total: Decimal,
+    pub bonus_payment: Option<BillBonusPayment>,
+    /// RFC 3339 with the organization's offset.
+    pub created_at: String,
+    /// Local wall-clock time, as the register shows it.
+    pub date: String,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct BillRow {
+    pub id: i64,
+    pub number: String,
+    pub customer_id: i64,
+    pub status: String,
+    pub items: sqlx::types::Json<Vec<BillItem>>,
+    pub total: Decimal,
+    pub bonus_payment: Decimal,
+    pub bonus_wallet: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl BillRow {
+    pub fn view(self, zone: OrgTimeZone) -> Bill {
+        let at = Stamp::in_zone(self.created_at, zone);
+        Bill {
+            id: self.id,
+            number: self.number,
+            customer_id: self.customer_id,
+            status: self.status,
+            items: self.items.0,
+            total: self.total,
+            bonus_payment: self
+                .bonus_wallet
+                .as_deref()
+                .and_then(Wallet::parse)
+                .map(|wallet| BillBonusPayment {
+                    amount: self.bonus_payment,
+                    wallet,
+                }),
+            created_at: at.rfc3339(),
+            date: at.local_str(),
+        }
+    }
+}
+
+const BILL_COLUMNS: &str =
+    "id, number, customer_id, status, items, total, bonus_payment, bonus_wallet, created_at";
+
+/// The `held` column of a wallet that can pay bills.
+fn held_column(wallet: Wallet) -> Result<&'static str> {
+    match wallet {
+        Wallet::Main => Ok("bonuses_held"),
+        Wallet::Referral => Ok("referral_bonuses_held"),
+        Wallet::Debt => Err(Error::invalid(
+            "bonus_payment.wallet",
+            "a bill is paid from the main or referral wallet",
+        )),
+    }
+}
+
+/// Creates an open bill; its bonus payment is held at once (409 when the wallet, less what other
+/// open bills hold, is short).
+pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Result<Bill> {
+    if new.items.is_empty() {
+        return Err(Error::invalid("items", "a bill needs at least one item"));
+    }
+    let mut items = Vec::with_capacity(new.items.len());
+    for (i, item) in new.items.iter().enumerate() {
+        let name = item.name.trim();
+        if name.is_empty() || name.chars().count() > 500 {
+            return Err(Error::invalid(
+                format!("items[{i}].name"),
+                "must be 1 to 500 characters",
+            ));
+        }
+        items.push(BillItem {
+            name: name.to_owned(),
+            quantity: item.quantity.get(),
+            unit_price: item.unit_price.get(),
+            item_total: round_money(item.quantity.get() * item.unit_price.get()),
+            unit: item.unit.clone(),
+            tax_rate: item.tax_rate,
+            product_id: item.product_id,
+        });
+    }
+    let total: Decimal = items.iter().map(|i| i.item_total).sum();
+    if let Some(number) = &new.number {
+        if number.trim().is_empty() || number.chars().count() > 64 {
+            return Err(Error::invalid("number", "must be 1 to 64 characters"));
+        }
+    }
+    crate::customers::lock(conn, org_id, new.customer_id)
+        .await
+        .map_err(|e| match e {
+            Error::NotFound(_) => Error::invalid(
+                "customer_id",
+                "no customer of this organization has this id",
+            ),
+            other => other,
+        })?;
+    if let Some(payment) = &new.bonus_payment {
+        if payment.amount.get() > total {
+            return Err(Error::invalid(
+                "bonus_payment.amount",
+                format!("must not exceed the bill's total {total}"),
+            ));
+        }
+        hold(
+            conn,
+            org_id,
+            new.customer_id,
+            payment.wallet,
+            payment.amount.get(),
+        )
+        .await?;
+    }
+    let id: i64 = sqlx::query_scalar("select nextval(pg_get_serial_sequence('bills', 'id'))")
+        .fetch_one(&mut *conn)
+        .await?;
+    let row: BillRow = sqlx::query_as(&format!(
+        "insert into bills (id, org_id, customer_id, number, items, total, bonus_payment, bonus_wallet)
+         values ($1, $2, $3, coalesce($4, $1::text), $5, $6, $7, $8)
+         returning {BILL_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(org_id)
+    .bind(new.customer_id)
+    .bind(new.number.as_deref().map(str::trim))
+    .bind(sqlx::types::Json(&items))
+    .bind(total)
+    .bind(new.bonus_payment.map_or(Decimal::ZERO, |p| p.amount.get()))
+    .bind(new.bonus_payment.map(|p| p.wallet.as_str()))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| match violated_constraint(&e) {
+        Some("bills_org_id_number_key") => Error::conflict("bill_number_taken", "this organization already has a bill with this number"),
+        _ => e.into(),
+    })?;
+    let zone = zone_of(conn, org_id).await?;
+    Ok(row.view(zone))
+}
+
+async fn hold(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customer_id: i64,
+    wallet: Wallet,
+    amount: Decimal,
+) -> Result<()> {
+    let column = held_column(wallet)?;
+    sqlx::query(&format!(
+        "update customers set {column} = {column} + $3 where org_id = $1 and id = $2"
+    ))
+    .bind(org_id)
+    .bind(customer_id)
+    .bind(amount)
+    .execute(conn)
+    .await
+    .map_err(|e| match ledger::insufficient(&e) {
+        Some(wallet) => Error::conflict(
+            "insufficient_balance",
+            format!("the {wallet} holds less than {amount} once other open bills are counted"),
+        ),
+        None => e.into(),
+    })?;
+    Ok(())
+}
+
+/// Gives back what a bill held (when it is cancelled, or when its payment is captured).
+pub async fn release(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customer_id: i64,
+    wallet: Wallet,
+    amount: Decimal,
+) -> Result<()> {
+    let column = held_column(wallet)?;
+    sqlx::query(&format!(
+        "update customers set {column} = {column} - $3 where org_id = $1 and id = $2"
+    ))
+    .bind(org_id)
+    .bind(customer_id)
+    .bind(amount)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn zone_of(conn: &mut PgConnection, org_id: i64) -> Result<OrgTimeZone> {
+    let zone: String = sqlx::query_scalar("select time_zone from organizations where id = $1")
+        .bind(org_id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or(Error::NotFound("organization"))?;
+    zone.parse()
+        .map_err(|_| Error::invalid("time_zone", "stored time zone is unknown"))
+}
+
+/// The organization's bills, newest first, optionally of one status.
+pub async fn list(
+    conn: &mut PgConnection,
+    org_id: i64,
+    status: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<Bill>> {
+    if let Some(s) = status {
+        if !matches!(s, "open" | "paid" | "cancelled") {
+            return Err(Error::invalid("status", "must be open, paid or cancelled"));
+        }
+    }
+    let zone = zone_of(conn, org_id).await?;
+    let rows: Vec<BillRow> = sqlx::query_as(&format!(
+        "select {BILL_COLUMNS} from bills where org_id = $1 and ($2::text is null or status = $2)
+         order by created_at desc, id desc limit $3 offset $4"
+    ))
+    .bind(org_id)
+    .bind(status)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.view(zone)).collect())
+}
+
+pub async fn get(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bill> {
+    let zone = zone_of(conn, org_id).await?;
+    let row: BillRow = sqlx::query_as(&format!(
+        "select {BILL_COLUMNS} from bills where org_id = $1 and id = $2"
+    ))
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(Error::NotFound("bill"))?;
+    Ok(row.view(zone))
+}
+
+/// Cancels an open bill and releases its hold; a paid bill cannot be cancelled.
+pub async fn cancel(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bill> {
+    let bill = get(conn, org_id, id).await?;
+    crate::customers::lock(conn, org_id, bill.customer_id).await?;
+    let cancelled: Option<(Decimal, Option<String>)> = sqlx::query_as(
+        "update bills set status = 'cancelled', closed_at = now()
+         where org_id = $1 and id = $2 and status = 'open'
+         returning bonus_payment, bonus_wallet",
+    )
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((amount, wallet)) = cancelled else {
+        return Err(Error::conflict(
+            "bill_closed",
+            format!("the bill is {}, not open", bill.status),
+        ));
+    };
+    if let Some(wallet) = wallet.as_deref().and_then(Wallet::parse) {
+        release(conn, org_id, bill.customer_id, wallet, amount).await?;
+    }
+    get(conn, org_id, id).await
+}

@@ -1,0 +1,417 @@
+//! Customers of an organization: creation, search, the promo-code rules and the operator's
+//! movements of their wallets.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+
+use crate::error::{Error, Result};
+use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
+use crate::money::{Amount, serialize_decimal};
+use crate::orgs::Organization;
+use crate::time::Stamp;
+
+/// A customer as the operator API creates one.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCustomer {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// International format; spaces, dashes and brackets are dropped (`+7 747 247-91-97`).
+    pub phone_number: Option<String>,
+    pub telegram_id: Option<i64>,
+    pub username: Option<String>,
+    pub photo_url: Option<String>,
+    #[serde(default)]
+    pub is_premium: bool,
+}
+
+/// Keeps `+` and digits; refuses what cannot be a phone number.
+pub fn normalize_phone(raw: &str) -> Result<String> {
+    let kept: String = raw
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')'))
+        .collect();
+    let digits = kept.strip_prefix('+').unwrap_or(&kept);
+    if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::invalid(
+            "phone_number",
+            "must be a phone number like +77472479197",
+        ));
+    }
+    Ok(format!("+{digits}"))
+}
+
+fn check_text(field: &str, value: &Option<String>, max: usize) -> Result<()> {
+    match value {
+        Some(v) if v.chars().count() > max => Err(Error::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewCustomer) -> Result<i64> {
+    for (field, value) in [
+        ("first_name", &new.first_name),
+        ("last_name", &new.last_name),
+        ("username", &new.username),
+        ("photo_url", &new.photo_url),
+    ] {
+        check_text(field, value, 512)?;
+    }
+    let phone = new
+        .phone_number
+        .as_deref()
+        .map(normalize_phone)
+        .transpose()?;
+    if new
+        .first_name
+        .as_deref()
+        .is_none_or(|n| n.trim().is_empty())
+        && phone.is_none()
+        && new.telegram_id.is_none()
+    {
+        return Err(Error::invalid(
+            "first_name",
+            "a customer needs a first name, a phone number or a telegram_id",
+        ));
+    }
+    if new.telegram_id.is_some_and(|id| id <= 0) {
+        return Err(Error::invalid(
+            "telegram_id",
+            "must be a positive Telegram user id",
+        ));
+    }
+    // Ids come from one sequence; an imported customer may already hold the next one in this
+    // organization, in which case the next value is taken.
+    loop {
+        let inserted = sqlx::query_scalar(
+            "insert into customers (org_id, id, first_name, last_name, phone_number, telegram_id, username,
+                                    photo_url, is_premium)
+             select $1, nextval('customer_ids'), $2, $3, $4, $5, $6, $7, $8
+             where exists (select 1 from organizations where id = $1)
+             on conflict (org_id, id) do nothing
+             returning id",
+        )
+        .bind(org_id)
+        .bind(&new.first_name)
+        .bind(&new.last_name)
+        .bind(&phone)
+        .bind(new.telegram_id)
+        .bind(&new.username)
+        .bind(&new.photo_url)
+        .bind(new.is_premium)
+        .fetch_optional(&mut *conn)
+        .await;
+        match inserted {
+            Ok(Some(id)) => return Ok(id),
+            Ok(None) if org_missing(conn, org_id).await? => {
+                return Err(Error::NotFound("organization"));
+            }
+            Ok(None) => continue,
+            Err(err) if crate::error::violated_constraint(&err) == Some("customers_telegram") => {
+                return Err(Error::conflict(
+                    "telegram_id_taken",
+                    "another customer of this organization has this telegram_id",
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+async fn org_missing(conn: &mut PgConnection, org_id: i64) -> Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar("select id from organizations where id = $1")
+        .bind(org_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_none())
+}
+
+/// A line of the customer search.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct CustomerSummary {
+    #[serde(serialize_with = "crate::legacy::id_as_string")]
+    #[schema(value_type = String)]
+    pub id: i64,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub username: Option<String>,
+    pub phone_number: Option<String>,
+    pub telegram_id: Option<i64>,
+    #[serde(serialize_with = "serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub bonuses: Decimal,
+    #[serde(serialize_with = "serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub referral_bonuses: Decimal,
+    #[serde(serialize_with = "serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub debts: Decimal,
+}
+
+/// Customers whose name, username or phone contains `q` (all when empty), oldest first.
+pub async fn search(
+    conn: &mut PgConnection,
+    org_id: i64,
+    q: &str,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<CustomerSummary>> {
+    let escaped = q
+        .trim()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    let pattern = format!("%{escaped}%");
+    let digits: String = q.chars().filter(char::is_ascii_digit).collect();
+    Ok(sqlx::query_as(
+        "select id, first_name, last_name, username, phone_number, telegram_id, bonuses, referral_bonuses, debts
+         from customers
+         where org_id = $1
+           and ($2 = '%%'
+                or coalesce(first_name, '') || ' ' || coalesce(last_name, '') ilike $2
+                or username ilike $2
+                or ($3 <> '' and phone_number like '%' || $3 || '%')
+                or id::text = $4)
+         order by id
+         limit $5 offset $6",
+    )
+    .bind(org_id)
+    .bind(&pattern)
+    .bind(&digits)
+    .bind(q.trim())
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The wallet figures of a customer after an operation.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Balances {
+    #[serde(serialize_with = "serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub bonuses: Decimal,
+    /// Bonuses not reserved by open bills.
+    #[serde(serialize_with = "serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub bonuses_available: Decimal,
+    #[serde(serialize_with = "serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub referral_bonuses: Decimal,
+    #[serde(serialize_with = "serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub referral_bonuses_available: Decimal,
+    #[serde(serialize_with = "serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub debts: Decimal,
+}
+
+/// Locks the customer's row for the rest of the transaction and returns its balances: every change
+/// to one customer's wallets serializes here.
+pub async fn lock(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Balances> {
+    sqlx::query_as(
+        "select bonuses, bonuses - bonuses_held as bonuses_available, referral_bonuses,
+                referral_bonuses - referral_bonuses_held as referral_bonuses_available, debts
+         from customers where org_id = $1 and id = $2 for update",
+    )
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(Error::NotFound("customer"))
+}
+
+/// Parses `PROMO<id>` (any case, surrounding blanks ignored) into the referrer's id.
+pub fn parse_promo_code(code: &str) -> Option<i64> {
+    let code = code.trim();
+    let digits = code
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("PROMO"))
+        .map(|_| &code[5..])?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|id| *id > 0)
+}
+
+/// A friend's promo code: credits `referral_promo_bonus`, sets `referred_by`, and the customer
+/// joins the friend's `referrals`. Refused for the customer's own code, an unknown code, a customer
+/// already referred, and after the first purchase.
+pub async fn apply_promo(
+    conn: &mut PgConnection,
+    org: &Organization,
+    id: i64,
+    code: &str,
+) -> Result<Balances> {
+    lock(conn, org.id, id).await?;
+    let (referred_by, first_purchase_made): (Option<i64>, bool) = sqlx::query_as(
+        "select referred_by, has_made_first_purchase from customers where org_id = $1 and id = $2",
+    )
+    .bind(org.id)
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let unknown = || {
+        Error::invalid(
+            "code",
+            "no customer of this organization has this promo code",
+        )
+    };
+    let referrer = parse_promo_code(code).ok_or_else(unknown)?;
+    if referrer == id {
+        return Err(Error::invalid(
+            "code",
+            "this is the customer's own promo code",
+        ));
+    }
+    if referred_by.is_some() {
+        return Err(Error::conflict(
+            "already_referred",
+            "the customer has already entered a friend's promo code",
+        ));
+    }
+    if first_purchase_made {
+        return Err(Error::conflict(
+            "after_first_purchase",
+            "a promo code can only be entered before the first purchase",
+        ));
+    }
+    // The referrer must exist and must not have been referred, directly or through friends, by
+    // this customer: referrals form no loop.
+    let chain: Option<bool> = sqlx::query_scalar(
+        "with recursive up(id, referred_by, depth) as (
+             select id, referred_by, 0 from customers where org_id = $1 and id = $2
+             union all
+             select c.id, c.referred_by, up.depth + 1 from customers c
+             join up on c.org_id = $1 and c.id = up.referred_by where up.depth < 1000
+         )
+         select bool_or(id = $3) from up",
+    )
+    .bind(org.id)
+    .bind(referrer)
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    match chain {
+        None => return Err(unknown()),
+        Some(true) => {
+            return Err(Error::invalid(
+                "code",
+                "this friend was referred by this customer",
+            ));
+        }
+        Some(false) => {}
+    }
+    sqlx::query(
+        "update customers set referred_by = $3, referral_order = nextval('referral_order')
+         where org_id = $1 and id = $2",
+    )
+    .bind(org.id)
+    .bind(id)
+    .bind(referrer)
+    .execute(&mut *conn)
+    .await?;
+    let bonus = org.bonus_program_settings.referral_promo_bonus.get();
+    if let Ok(amount) = Amount::new(bonus) {
+        ledger::post(
+            conn,
+            &NewEntry {
+                org_id: org.id,
+                customer_id: id,
+                wallet: Wallet::Main,
+                kind: EntryKind::Accrual,
+                amount,
+                description: describe::PROMO,
+                source: Source::Promo,
+                source_ref: Some(&referrer.to_string()),
+                at: Stamp::now_in(org.time_zone),
+            },
+        )
+        .await?;
+    }
+    lock(conn, org.id, id).await
+}
+
+/// What an operator does to a bonus wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BonusOp {
+    Accrue,
+    Deduct,
+}
+
+/// What an operator does to the debt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DebtOp {
+    Add,
+    Pay,
+}
+
+/// An operator's movement of one wallet; taking out more than is there is a `Conflict`.
+pub struct OperatorMove<'a> {
+    pub wallet: Wallet,
+    pub kind: EntryKind,
+    pub amount: Amount,
+    pub description: &'a str,
+    /// The request behind it (its idempotency key, when given), kept as the entry's source.
+    pub reference: Option<&'a str>,
+}
+
+pub async fn operator_move(
+    conn: &mut PgConnection,
+    org: &Organization,
+    id: i64,
+    m: &OperatorMove<'_>,
+) -> Result<Balances> {
+    lock(conn, org.id, id).await?;
+    ledger::post(
+        conn,
+        &NewEntry {
+            org_id: org.id,
+            customer_id: id,
+            wallet: m.wallet,
+            kind: m.kind,
+            amount: m.amount,
+            description: m.description,
+            source: Source::Operator,
+            source_ref: m.reference,
+            at: Stamp::now_in(org.time_zone),
+        },
+    )
+    .await?;
+    lock(conn, org.id, id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promo_codes_parse_in_any_case() {
+        assert_eq!(parse_promo_code("PROMO82423"), Some(82423));
+        assert_eq!(parse_promo_code(" promo82423 "), Some(82423));
+        assert_eq!(parse_promo_code("PROMO"), None);
+        assert_eq!(parse_promo_code("PROMO-1"), None);
+        assert_eq!(parse_promo_code("FRIEND82423"), None);
+        assert_eq!(parse_promo_code("ПРОМО1"), None);
+    }
+
+    #[test]
+    fn phones_are_normalized_or_refused() {
+        assert_eq!(
+            normalize_phone("+7 747 247-91-97").ok().as_deref(),
+            Some("+77472479197")
+        );
+        assert_eq!(
+            normalize_phone("996500398754").ok().as_deref(),
+            Some("+996500398754")
+        );
+        assert!(normalize_phone("call me").is_err());
+        assert!(normalize_phone("+12").is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! Posting to the append-only ledger. One entry moves one wallet; the database trigger updates the
+//! cached balance in the same statement and refuses a negative wallet, so callers cannot drift.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+
+use crate::error::{Error, Result, violated_constraint};
+use crate::money::Amount;
+use crate::time::Stamp;
+
+/// The three wallets of a customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Wallet {
+    /// Bonuses earned on purchases (`bonuses`, `history`).
+    Main,
+    /// Bonuses earned from friends' first purchases (`referral_bonuses`, `referral_bonus_history`).
+    Referral,
+    /// What the customer owes the shop (`debts`, `debt_history`).
+    Debt,
+}
+
+impl Wallet {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wallet::Main => "main",
+            Wallet::Referral => "referral",
+            Wallet::Debt => "debt",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "main" => Some(Wallet::Main),
+            "referral" => Some(Wallet::Referral),
+            "debt" => Some(Wallet::Debt),
+            _ => None,
+        }
+    }
+
+    /// The legacy `transaction_type` of the wallet's entries.
+    pub fn transaction_type(self) -> &'static str {
+        match self {
+            Wallet::Main => "bonus",
+            Wallet::Referral => "referral",
+            Wallet::Debt => "debt",
+        }
+    }
+}
+
+/// The legacy `type` of an entry: what it does to its wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Adds to the wallet (bonuses earned, debt taken).
+    Accrual,
+    /// Takes bonuses out.
+    Deduction,
+    /// Pays a debt off.
+    Payment,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Accrual => "accrual",
+            EntryKind::Deduction => "deduction",
+            EntryKind::Payment => "payment",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "accrual" => Some(EntryKind::Accrual),
+            "deduction" => Some(EntryKind::Deduction),
+            "payment" => Some(EntryKind::Payment),
+            _ => None,
+        }
+    }
+
+    /// The kind that takes money out of `wallet`.
+    pub fn outgoing(wallet: Wallet) -> Self {
+        if wallet == Wallet::Debt {
+            EntryKind::Payment
+        } else {
+            EntryKind::Deduction
+        }
+    }
+}
+
+/// Who or what moved the money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Import,
+    Operator,
+    Promo,
+    Receipt,
+    Refund,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Import => "import",
+            Source::Operator => "operator",
+            Source::Promo => "promo",
+            Source::Receipt => "receipt",
+            Source::Refund => "refund",
+        }
+    }
+}
+
+/// The legacy descriptions, kept word for word.
+pub mod describe {
+    pub fn purchase_accrual(invoice: &str) -> String {
+        format!("Бонус с накладной #{invoice}")
+    }
+    pub fn bill_payment(invoice: &str) -> String {
+        format!("Оплата по накладной #{invoice}")
+    }
+    pub fn friend_reward(first_name: &str) -> String {
+        format!("Бонус от друга {first_name}")
+    }
+    pub const PROMO: &str = "Бонус за промокод";
+    pub const OPERATOR_ACCRUAL: &str = "Начисление бонусов (админ)";
+    pub const OPERATOR_DEDUCTION: &str = "Списание бонусов (админ)";
+    pub const DEBT_ADDED: &str = "Добавление долга";
+    pub const DEBT_PAID: &str = "Погашение долга";
+}
+
+/// One movement of one wallet, as written by this service.
+#[derive(Debug, Clone)]
+pub struct NewEntry<'a> {
+    pub org_id: i64,
+    pub customer_id: i64,
+    pub wallet: Wallet,
+    pub kind: EntryKind,
+    pub amount: Amount,
+    pub description: &'a str,
+    pub source: Source,
+    pub source_ref: Option<&'a str>,
+    pub at: Stamp,
+}
+
+/// A posted entry, in the legacy history shape.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HistoryEntry {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(
+        serialize_with = "crate::money::serialize_decimal",
+        deserialize_with = "crate::money::deserialize_decimal"
+    )]
+    #[schema(value_type = f64)]
+    pub amount: Decimal,
+    pub description: String,
+    pub date: String,
+    pub date_str: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_type: Option<String>,
+}
+
+/// Appends `entry`; the wallet moves in the same statement. Taking out more than the wallet holds
+/// (less what open bills have reserved) is a `Conflict`, and nothing is written.
+pub async fn post(conn: &mut PgConnection, entry: &NewEntry<'_>) -> Result<i64> {
+    let result = sqlx::query_scalar(
+        "insert into ledger_entries
+             (org_id, customer_id, wallet, kind, amount, description, source, source_ref,
+              transaction_type, occurred_at, utc_offset_seconds)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         returning seq",
+    )
+    .bind(entry.org_id)
+    .bind(entry.customer_id)
+    .bind(entry.wallet.as_str())
+    .bind(entry.kind.as_str())
+    .bind(entry.amount.get())
+    .bind(entry.description)
+    .bind(entry.source.as_str())
+    .bind(entry.source_ref)
+    .bind(entry.wallet.transaction_type())
+    .bind(entry.at.utc())
+    .bind(entry.at.offset_seconds())
+    .fetch_one(conn)
+    .await;
+    result.map_err(|err| match insufficient(&err) {
+        Some(wallet) => Error::conflict(
+            "insufficient_balance",
+            format!(
+                "the {wallet} holds less than {} (after what open bills reserve)",
+                entry.amount
+            ),
+        ),
+        None => Error::Db(err),
+    })
+}
+
+/// Which wallet a failed statement would have overdrawn, if that is why it failed.
+pub fn insufficient(err: &sqlx::Error) -> Option<&'static str> {
+    match violated_constraint(err)? {
+        "main_wallet_not_negative" | "main_wallet_holds_covered" => Some("main wallet"),
+        "referral_wallet_not_negative" | "referral_wallet_holds_covered" => Some("referral wallet"),
+        "debt_not_negative" => Some("debt"),
+        _ => None,
+    }
+}
+
+/// A stored entry as read back for the legacy shape.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EntryRow {
+    pub seq: i64,
+    pub customer_id: i64,
+    pub wallet: String,
+    pub kind: String,
+    pub amount: Decimal,
+    pub description: String,
+    pub transaction_type: Option<String>,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub utc_offset_seconds: i32,
+}
+
+impl EntryRow {
+    pub fn to_history(&self) -> HistoryEntry {
+        let at = Stamp::from_parts(self.occurred_at, self.utc_offset_seconds);
+        HistoryEntry {
+            kind: self.kind.clone(),
+            amount: self.amount,
+            description: self.description.clone(),
+            date: at.rfc3339(),
+            date_str: at.local_str(),
+            transaction_type: self.transaction_type.clone(),
+        }
+    }
+}
+
+/// Every entry of the given customers (all of the organization's when `customer` is None), each
+/// wallet in the order it was written (imported entries in their original order).
+pub async fn entries(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customer: Option<i64>,
+) -> Result<Vec<EntryRow>> {
+    Ok(sqlx::query_as(
+        "select seq, customer_id, wallet, kind, amount, description, transaction_type, occurred_at,
+                utc_offset_seconds
+         from ledger_entries
+         where org_id = $1 and ($2::bigint is null or customer_id = $2)
+         order by customer_id, legacy_position nulls last, seq",
+    )
+    .bind(org_id)
+    .bind(customer)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The legacy `combined_history`: all wallets, newest first by the real instant; entries of one
+/// instant keep the order they were written in (a bill's payment before its accrual, as before).
+pub fn combined(rows: &[&EntryRow]) -> Vec<HistoryEntry> {
+    let mut sorted: Vec<&&EntryRow> = rows.iter().collect();
+    sorted.sort_by(|a, b| b.occurred_at.cmp(&a.occurred_at).then(a.seq.cmp(&b.seq)));
+    sorted.into_iter().map(|r| r.to_history()).collect()
+}

@@ -1,0 +1,669 @@
+//! The old system's JSON export: the customer shape the API keeps, and import/export of a whole
+//! organization. Import keeps history exactly as it was (it never recomputes), checks that every
+//! balance equals its history, and is idempotent: the same export imported twice is one organization.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use crate::error::{Error, Result};
+use crate::ledger::{self, EntryKind, EntryRow, HistoryEntry, Wallet};
+use crate::money::{deserialize_decimal, parse_decimal, round_money, serialize_decimal};
+use crate::orgs::{self, BonusProgramSettings, OrgChanges, OrgDetails};
+use crate::time::{OrgTimeZone, Stamp};
+
+/// Customer ids are numbers stored as such, and strings in the legacy shape.
+pub fn id_as_string<S: Serializer>(id: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
+/// A customer in exactly the legacy export's shape.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LegacyCustomer {
+    pub id: String,
+    pub telegram_id: Option<i64>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub username: Option<String>,
+    pub photo_url: Option<String>,
+    #[serde(default)]
+    pub is_premium: bool,
+    pub phone_number: Option<String>,
+    /// Seconds since the epoch, with microseconds.
+    pub visited_at: Option<f64>,
+    pub visited_at_str: Option<String>,
+    #[serde(
+        serialize_with = "serialize_decimal",
+        deserialize_with = "deserialize_decimal"
+    )]
+    #[schema(value_type = f64)]
+    pub bonuses: Decimal,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    #[serde(
+        serialize_with = "serialize_decimal",
+        deserialize_with = "deserialize_decimal"
+    )]
+    #[schema(value_type = f64)]
+    pub debts: Decimal,
+    #[serde(default)]
+    pub debt_history: Vec<HistoryEntry>,
+    /// Purchases; imported ones exactly as the old system wrote them.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub invoices: Vec<serde_json::Value>,
+    pub referral_code: String,
+    pub referred_by: Option<String>,
+    #[serde(default)]
+    pub referrals: Vec<String>,
+    #[serde(default)]
+    pub has_been_welcomed: bool,
+    #[serde(
+        serialize_with = "serialize_decimal",
+        deserialize_with = "deserialize_decimal"
+    )]
+    #[schema(value_type = f64)]
+    pub referral_bonuses: Decimal,
+    #[serde(default)]
+    pub referral_bonus_history: Vec<HistoryEntry>,
+    #[serde(default)]
+    pub has_made_first_purchase: bool,
+    /// All three histories, newest first by the real instant. Derived: ignored on import.
+    #[serde(default)]
+    pub combined_history: Vec<HistoryEntry>,
+}
+
+/// A whole export: the organization, its settings and its customers by id.
+#[derive(Debug, Clone, Serialize)]
+pub struct LegacyExport {
+    pub organization_details: OrgDetails,
+    pub bonus_program_settings: serde_json::Value,
+    #[serde(flatten)]
+    pub customers: BTreeMap<String, LegacyCustomer>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CustomerRow {
+    id: i64,
+    telegram_id: Option<i64>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    username: Option<String>,
+    photo_url: Option<String>,
+    is_premium: bool,
+    phone_number: Option<String>,
+    visited_at: Option<DateTime<Utc>>,
+    referred_by: Option<i64>,
+    has_been_welcomed: bool,
+    has_made_first_purchase: bool,
+    bonuses: Decimal,
+    referral_bonuses: Decimal,
+    debts: Decimal,
+}
+
+#[derive(sqlx::FromRow)]
+struct InvoiceRow {
+    customer_id: i64,
+    invoice_id: String,
+    occurred_at: DateTime<Utc>,
+    utc_offset_seconds: i32,
+    total_amount: Decimal,
+    items: serde_json::Value,
+    bonuses_deducted: Option<Decimal>,
+    bonus_source_used: Option<String>,
+    legacy: Option<serde_json::Value>,
+}
+
+/// Money as the JSON number the legacy format uses.
+fn money_json(value: Decimal) -> serde_json::Value {
+    use rust_decimal::prelude::ToPrimitive;
+    value
+        .to_f64()
+        .map_or(serde_json::Value::Null, serde_json::Value::from)
+}
+
+impl InvoiceRow {
+    fn to_legacy(&self) -> serde_json::Value {
+        if let Some(legacy) = &self.legacy {
+            return legacy.clone();
+        }
+        let at = Stamp::from_parts(self.occurred_at, self.utc_offset_seconds);
+        serde_json::json!({
+            "invoice_id": self.invoice_id,
+            "date": at.rfc3339(),
+            "date_str": at.local_str(),
+            "total_amount": money_json(self.total_amount),
+            "items": self.items,
+            "bonuses_deducted": money_json(self.bonuses_deducted.unwrap_or_default()),
+            "bonus_source_used": self.bonus_source_used,
+        })
+    }
+}
+
+/// The epoch seconds of the legacy `visited_at`, exact to the microsecond.
+fn epoch_seconds(at: DateTime<Utc>) -> Option<f64> {
+    format!("{}.{:06}", at.timestamp(), at.timestamp_subsec_micros())
+        .parse()
+        .ok()
+}
+
+/// Reads the customers (one, or all of the organization) in the legacy shape.
+pub async fn customers(
+    conn: &mut PgConnection,
+    org_id: i64,
+    zone: OrgTimeZone,
+    only: Option<i64>,
+) -> Result<BTreeMap<i64, LegacyCustomer>> {
+    let rows: Vec<CustomerRow> = sqlx::query_as(
+        "select id, telegram_id, first_name, last_name, username, photo_url, is_premium, phone_number,
+                visited_at, referred_by, has_been_welcomed, has_made_first_purchase, bonuses,
+                referral_bonuses, debts
+         from customers where org_id = $1 and ($2::bigint is null or id = $2) order by id",
+    )
+    .bind(org_id)
+    .bind(only)
+    .fetch_all(&mut *conn)
+    .await?;
+    if only.is_some() && rows.is_empty() {
+        return Err(Error::NotFound("customer"));
+    }
+    let entries = ledger::entries(conn, org_id, only).await?;
+    let invoices: Vec<InvoiceRow> = sqlx::query_as(
+        "select customer_id, invoice_id, occurred_at, utc_offset_seconds, total_amount, items,
+                bonuses_deducted, bonus_source_used, legacy
+         from invoices where org_id = $1 and ($2::bigint is null or customer_id = $2)
+         order by customer_id, legacy_position nulls last, occurred_at, invoice_id",
+    )
+    .bind(org_id)
+    .bind(only)
+    .fetch_all(&mut *conn)
+    .await?;
+    let referrals: Vec<(i64, i64)> = sqlx::query_as(
+        "select referred_by, id from customers
+         where org_id = $1 and referred_by is not null and ($2::bigint is null or referred_by = $2)
+         order by referred_by, referral_order, id",
+    )
+    .bind(org_id)
+    .bind(only)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let mut entries_of: HashMap<i64, Vec<&EntryRow>> = HashMap::new();
+    for e in &entries {
+        entries_of.entry(e.customer_id).or_default().push(e);
+    }
+    let mut invoices_of: HashMap<i64, Vec<serde_json::Value>> = HashMap::new();
+    for i in &invoices {
+        invoices_of
+            .entry(i.customer_id)
+            .or_default()
+            .push(i.to_legacy());
+    }
+    let mut referrals_of: HashMap<i64, Vec<String>> = HashMap::new();
+    for (referrer, friend) in referrals {
+        referrals_of
+            .entry(referrer)
+            .or_default()
+            .push(friend.to_string());
+    }
+
+    let mut out = BTreeMap::new();
+    for c in rows {
+        let mine = entries_of.remove(&c.id).unwrap_or_default();
+        let wallet = |w: Wallet| -> Vec<HistoryEntry> {
+            mine.iter()
+                .filter(|e| e.wallet == w.as_str())
+                .map(|e| e.to_history())
+                .collect()
+        };
+        let customer = LegacyCustomer {
+            id: c.id.to_string(),
+            telegram_id: c.telegram_id,
+            first_name: c.first_name,
+            last_name: c.last_name,
+            username: c.username,
+            photo_url: c.photo_url,
+            is_premium: c.is_premium,
+            phone_number: c.phone_number,
+            visited_at: c.visited_at.and_then(epoch_seconds),
+            visited_at_str: c.visited_at.map(|at| Stamp::in_zone(at, zone).local_str()),
+            bonuses: c.bonuses,
+            history: wallet(Wallet::Main),
+            debts: c.debts,
+            debt_history: wallet(Wallet::Debt),
+            invoices: invoices_of.remove(&c.id).unwrap_or_default(),
+            referral_code: format!("PROMO{}", c.id),
+            referred_by: c.referred_by.map(|r| r.to_string()),
+            referrals: referrals_of.remove(&c.id).unwrap_or_default(),
+            has_been_welcomed: c.has_been_welcomed,
+            referral_bonuses: c.referral_bonuses,
+            referral_bonus_history: wallet(Wallet::Referral),
+            has_made_first_purchase: c.has_made_first_purchase,
+            combined_history: ledger::combined(&mine),
+        };
+        out.insert(c.id, customer);
+    }
+    Ok(out)
+}
+
+/// One customer in the legacy shape.
+pub async fn customer(
+    conn: &mut PgConnection,
+    org_id: i64,
+    zone: OrgTimeZone,
+    id: i64,
+) -> Result<LegacyCustomer> {
+    customers(conn, org_id, zone, Some(id))
+        .await?
+        .remove(&id)
+        .ok_or(Error::NotFound("customer"))
+}
+
+/// The legacy `bonus_program_settings`; the accrual rule appears only where it differs from the
+/// old system's last behaviour, so an unchanged organization exports exactly the old keys.
+fn settings_json(s: &BonusProgramSettings) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if !s.accrue_when_paying_with_bonuses {
+        if let Some(map) = v.as_object_mut() {
+            map.remove("accrue_when_paying_with_bonuses");
+        }
+    }
+    v
+}
+
+pub async fn export(conn: &mut PgConnection, org_id: i64) -> Result<LegacyExport> {
+    let org = orgs::get(conn, org_id).await?;
+    let customers = customers(conn, org_id, org.time_zone, None).await?;
+    Ok(LegacyExport {
+        organization_details: org.details,
+        bonus_program_settings: settings_json(&org.bonus_program_settings),
+        customers: customers
+            .into_iter()
+            .map(|(id, c)| (id.to_string(), c))
+            .collect(),
+    })
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ImportOutcome {
+    pub id: i64,
+    pub customers: usize,
+    /// false when this very export had been imported before: nothing was written again.
+    pub created: bool,
+}
+
+/// Legacy amounts are floats; one was stored as `257.59999999999997`. Such a float artifact is
+/// read as the cent it stands for; anything finer than a cent is refused.
+fn legacy_amount(value: Decimal, field: &str) -> Result<Decimal> {
+    let cents = round_money(value);
+    if (cents - value).abs() > Decimal::new(1, 6) {
+        return Err(Error::invalid(
+            field,
+            format!("{value} is not a whole number of cents"),
+        ));
+    }
+    if cents.is_sign_negative() && !cents.is_zero() {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    Ok(cents)
+}
+
+struct ImportEntry<'a> {
+    wallet: Wallet,
+    position: usize,
+    entry: &'a HistoryEntry,
+    at: Stamp,
+}
+
+/// Imports a legacy export as a new organization; the same document again returns the first one.
+pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<ImportOutcome> {
+    let map = doc
+        .as_object()
+        .ok_or_else(|| Error::invalid("", "must be a JSON object"))?;
+    let details: OrgDetails = field(map, "organization_details")?;
+    let settings: BonusProgramSettings = field(map, "bonus_program_settings")?;
+    let mut customers = Vec::new();
+    for (key, value) in map.iter().filter(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "organization_details" | "bonus_program_settings"
+        )
+    }) {
+        let customer: LegacyCustomer = serde_json::from_value(value.clone())
+            .map_err(|e| Error::invalid(key.as_str(), format!("not a legacy customer: {e}")))?;
+        let id: i64 = key.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+            Error::invalid(key.as_str(), "customer keys must be positive numeric ids")
+        })?;
+        if customer.id != *key {
+            return Err(Error::invalid(
+                format!("{key}.id"),
+                "must equal the customer's key",
+            ));
+        }
+        if customer.referral_code != format!("PROMO{id}") {
+            return Err(Error::invalid(
+                format!("{key}.referral_code"),
+                format!("must be PROMO{id}"),
+            ));
+        }
+        customers.push((id, customer));
+    }
+
+    let fingerprint = hex::encode(Sha256::digest(serde_json::to_vec(doc).unwrap_or_default()));
+    let claimed: Option<i64> = sqlx::query_scalar(
+        "insert into organizations (name, legacy_fingerprint) values ($1, $2)
+         on conflict (legacy_fingerprint) do nothing returning id",
+    )
+    .bind(&details.name)
+    .bind(&fingerprint)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(org_id) = claimed else {
+        let id = sqlx::query_scalar("select id from organizations where legacy_fingerprint = $1")
+            .bind(&fingerprint)
+            .fetch_one(&mut *conn)
+            .await?;
+        return Ok(ImportOutcome {
+            id,
+            customers: customers.len(),
+            created: false,
+        });
+    };
+    orgs::update(
+        conn,
+        org_id,
+        &OrgChanges {
+            name: Some(details.name.clone()),
+            phone_numbers: Some(details.phone_numbers.clone()),
+            address: Some(details.address.clone()),
+            whatsapp_link: Some(details.whatsapp_link.clone()),
+            telegram_link: Some(details.telegram_link.clone()),
+            bonus_program_settings: Some(settings),
+            ..OrgChanges::default()
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        Error::Invalid { field, message } => {
+            Error::invalid(format!("organization_details.{field}"), message)
+        }
+        other => other,
+    })?;
+
+    for (id, c) in &customers {
+        let visited_at = c
+            .visited_at
+            .map(|secs| {
+                let exact = parse_decimal(&secs.to_string())
+                    .map_err(|_| Error::invalid(format!("{id}.visited_at"), "not a number"))?;
+                let micros = (exact * Decimal::from(1_000_000)).trunc();
+                let micros: i64 = micros
+                    .try_into()
+                    .map_err(|_| Error::invalid(format!("{id}.visited_at"), "out of range"))?;
+                DateTime::<Utc>::from_timestamp_micros(micros)
+                    .ok_or_else(|| Error::invalid(format!("{id}.visited_at"), "out of range"))
+            })
+            .transpose()?;
+        sqlx::query(
+            "insert into customers (org_id, id, telegram_id, first_name, last_name, username, photo_url,
+                                    is_premium, phone_number, visited_at, has_been_welcomed,
+                                    has_made_first_purchase)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(c.telegram_id)
+        .bind(&c.first_name)
+        .bind(&c.last_name)
+        .bind(&c.username)
+        .bind(&c.photo_url)
+        .bind(c.is_premium)
+        .bind(&c.phone_number)
+        .bind(visited_at)
+        .bind(c.has_been_welcomed)
+        .bind(c.has_made_first_purchase)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match crate::error::violated_constraint(&e) {
+            Some("customers_telegram") => Error::invalid(format!("{id}.telegram_id"), "another customer has the same telegram_id"),
+            _ => e.into(),
+        })?;
+    }
+
+    link_referrals(conn, org_id, &customers).await?;
+    for (id, c) in &customers {
+        import_history(conn, org_id, *id, c).await?;
+        import_invoices(conn, org_id, *id, c).await?;
+    }
+    Ok(ImportOutcome {
+        id: org_id,
+        customers: customers.len(),
+        created: true,
+    })
+}
+
+fn field<T: serde::de::DeserializeOwned>(
+    map: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Result<T> {
+    let value = map
+        .get(key)
+        .cloned()
+        .ok_or_else(|| Error::invalid(key, "is required"))?;
+    serde_json::from_value(value).map_err(|e| Error::invalid(key, e.to_string()))
+}
+
+/// Sets `referred_by` from each referrer's `referrals`, in their order, and refuses an export where
+/// the two sides disagree.
+async fn link_referrals(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customers: &[(i64, LegacyCustomer)],
+) -> Result<()> {
+    let by_id: HashMap<i64, &LegacyCustomer> = customers.iter().map(|(id, c)| (*id, c)).collect();
+    for (id, c) in customers {
+        if let Some(referrer) = &c.referred_by {
+            let listed = referrer
+                .parse::<i64>()
+                .ok()
+                .and_then(|r| by_id.get(&r))
+                .is_some_and(|r| r.referrals.contains(&id.to_string()));
+            if !listed {
+                return Err(Error::invalid(
+                    format!("{id}.referred_by"),
+                    format!(
+                        "customer {referrer} is not in the export or does not list {id} in its referrals"
+                    ),
+                ));
+            }
+        }
+        for friend in &c.referrals {
+            let consistent = friend
+                .parse::<i64>()
+                .ok()
+                .and_then(|f| by_id.get(&f))
+                .is_some_and(|f| f.referred_by.as_deref() == Some(&id.to_string()));
+            if !consistent {
+                return Err(Error::invalid(
+                    format!("{id}.referrals"),
+                    format!("customer {friend} is not in the export or was not referred by {id}"),
+                ));
+            }
+            sqlx::query(
+                "update customers set referred_by = $3, referral_order = nextval('referral_order')
+                 where org_id = $1 and id = $2",
+            )
+            .bind(org_id)
+            .bind(friend.parse::<i64>().unwrap_or_default())
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the three histories in the order of their real instants (the order the balances moved
+/// in), so the database's refusal of a negative wallet checks the history as it happened; each
+/// entry remembers its place in its list for the export.
+async fn import_history(
+    conn: &mut PgConnection,
+    org_id: i64,
+    id: i64,
+    c: &LegacyCustomer,
+) -> Result<()> {
+    let mut all = Vec::new();
+    for (wallet, list, name) in [
+        (Wallet::Main, &c.history, "history"),
+        (Wallet::Debt, &c.debt_history, "debt_history"),
+        (
+            Wallet::Referral,
+            &c.referral_bonus_history,
+            "referral_bonus_history",
+        ),
+    ] {
+        for (position, entry) in list.iter().enumerate() {
+            let at = Stamp::parse_rfc3339(&entry.date).map_err(|e| {
+                Error::invalid(
+                    format!("{id}.{name}[{position}].date"),
+                    format!("not an RFC 3339 date: {e}"),
+                )
+            })?;
+            all.push(ImportEntry {
+                wallet,
+                position,
+                entry,
+                at,
+            });
+        }
+    }
+    all.sort_by_key(|e| e.at.utc());
+    for e in &all {
+        let name = match e.wallet {
+            Wallet::Main => "history",
+            Wallet::Debt => "debt_history",
+            Wallet::Referral => "referral_bonus_history",
+        };
+        let path = format!("{id}.{name}[{}]", e.position);
+        let kind = EntryKind::parse(&e.entry.kind)
+            .filter(|k| *k == EntryKind::Accrual || *k == EntryKind::outgoing(e.wallet))
+            .ok_or_else(|| {
+                Error::invalid(
+                    format!("{path}.type"),
+                    format!("{:?} is not a movement of this wallet", e.entry.kind),
+                )
+            })?;
+        let amount = legacy_amount(e.entry.amount, &format!("{path}.amount"))?;
+        sqlx::query(
+            "insert into ledger_entries
+                 (org_id, customer_id, wallet, kind, amount, description, source, transaction_type,
+                  occurred_at, utc_offset_seconds, legacy_position)
+             values ($1, $2, $3, $4, $5, $6, 'import', $7, $8, $9, $10)",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(e.wallet.as_str())
+        .bind(kind.as_str())
+        .bind(amount)
+        .bind(&e.entry.description)
+        .bind(&e.entry.transaction_type)
+        .bind(e.at.utc())
+        .bind(e.at.offset_seconds())
+        .bind(i32::try_from(e.position).unwrap_or(i32::MAX))
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| match ledger::insufficient(&err) {
+            Some(wallet) => Error::invalid(
+                path.clone(),
+                format!(
+                    "the {wallet} of customer {id} would go below zero at {}",
+                    e.entry.date
+                ),
+            ),
+            None => err.into(),
+        })?;
+    }
+    let (bonuses, referral, debts): (Decimal, Decimal, Decimal) = sqlx::query_as(
+        "select bonuses, referral_bonuses, debts from customers where org_id = $1 and id = $2",
+    )
+    .bind(org_id)
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    for (name, stored, declared) in [
+        ("bonuses", bonuses, c.bonuses),
+        ("referral_bonuses", referral, c.referral_bonuses),
+        ("debts", debts, c.debts),
+    ] {
+        let declared = legacy_amount(declared, &format!("{id}.{name}"))?;
+        if stored != declared {
+            return Err(Error::invalid(
+                format!("{id}.{name}"),
+                format!("customer {id}: {name} is {declared} but its history adds up to {stored}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn import_invoices(
+    conn: &mut PgConnection,
+    org_id: i64,
+    id: i64,
+    c: &LegacyCustomer,
+) -> Result<()> {
+    for (position, invoice) in c.invoices.iter().enumerate() {
+        let path = format!("{id}.invoices[{position}]");
+        let text = |key: &str| {
+            invoice
+                .get(key)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| Error::invalid(format!("{path}.{key}"), "is required"))
+        };
+        let invoice_id = text("invoice_id")?;
+        let at = Stamp::parse_rfc3339(text("date")?)
+            .map_err(|e| Error::invalid(format!("{path}.date"), e.to_string()))?;
+        let amount = |key: &str| -> Result<Option<Decimal>> {
+            match invoice.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => deserialize_decimal(v.clone())
+                    .map(Some)
+                    .map_err(|e| Error::invalid(format!("{path}.{key}"), e.to_string())),
+            }
+        };
+        let total = amount("total_amount")?
+            .ok_or_else(|| Error::invalid(format!("{path}.total_amount"), "is required"))?;
+        let source = invoice
+            .get("bonus_source_used")
+            .or_else(|| invoice.get("bonus_type_deducted"))
+            .and_then(|v| v.as_str());
+        sqlx::query(
+            "insert into invoices (org_id, invoice_id, customer_id, occurred_at, utc_offset_seconds, total_amount,
+                                   items, bonuses_deducted, bonus_source_used, legacy, legacy_position)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(org_id)
+        .bind(invoice_id)
+        .bind(id)
+        .bind(at.utc())
+        .bind(at.offset_seconds())
+        .bind(legacy_amount(total, &format!("{path}.total_amount"))?)
+        .bind(invoice.get("items").cloned().unwrap_or(serde_json::Value::Array(vec![])))
+        .bind(amount("bonuses_deducted")?.map(round_money))
+        .bind(source)
+        .bind(invoice)
+        .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match crate::error::violated_constraint(&e) {
+            Some("invoices_pkey") => Error::invalid(format!("{path}.invoice_id"), format!("invoice {invoice_id} appears twice")),
+            _ => e.into(),
+        })?;
+    }
+    Ok(())
+}

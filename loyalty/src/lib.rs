@@ -1,0 +1,17 @@
+//! The loyalty program's domain, shared by `ingest`, `workers` and `notifier`: money and the bonus
+//! rules (pure), the PostgreSQL ledger (storage), the legacy export format and the queue contract.
+
+pub mod bills;
+pub mod customers;
+pub mod db;
+pub mod error;
+pub mod ledger;
+pub mod legacy;
+pub mod money;
+pub mod orgs;
+pub mod rules;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+
+pub use error::{Error, Result};

@@ -1,0 +1,267 @@
+//! Money and percentages as types that cannot hold invalid values.
+//!
+//! Every amount is a `Decimal` rounded to 0.01 half away from zero; raw JSON numbers and strings stop
+//! here. JSON numbers are read through their shortest decimal text, never used as floats.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// The one rounding rule of the ledger: to 0.01, half away from zero.
+pub fn round_money(value: Decimal) -> Decimal {
+    value.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// Why a text or number is not an acceptable amount.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("must be a decimal number like 1234.56")]
+    NotANumber,
+    #[error("must be greater than zero")]
+    NotPositive,
+    #[error("must not be negative")]
+    Negative,
+    #[error("must have at most {0} decimal places")]
+    TooPrecise(u32),
+    #[error("must be at most {0}")]
+    TooLarge(Decimal),
+}
+
+/// Parses the plain decimal notation (`-12.5`, `1000`), refusing exponents, separators and blanks.
+pub fn parse_decimal(text: &str) -> Result<Decimal, MoneyError> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let mut parts = digits.splitn(2, '.');
+    let int = parts.next().unwrap_or_default();
+    let frac = parts.next();
+    let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !plain(int) || frac.is_some_and(|f| !plain(f)) {
+        return Err(MoneyError::NotANumber);
+    }
+    Decimal::from_str(text).map_err(|_| MoneyError::NotANumber)
+}
+
+/// Largest amount accepted anywhere (a trillion): far above any real bill, far below overflow.
+const MAX_AMOUNT: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+
+fn checked_amount(value: Decimal, allow_zero: bool) -> Result<Decimal, MoneyError> {
+    if value.is_sign_negative() && !value.is_zero() {
+        return Err(MoneyError::Negative);
+    }
+    if value.is_zero() && !allow_zero {
+        return Err(MoneyError::NotPositive);
+    }
+    if value.normalize().scale() > 2 {
+        return Err(MoneyError::TooPrecise(2));
+    }
+    if value > MAX_AMOUNT {
+        return Err(MoneyError::TooLarge(MAX_AMOUNT));
+    }
+    Ok(value.normalize())
+}
+
+/// Reads a decimal from a JSON string or number without passing through arithmetic on floats.
+struct DecimalVisitor;
+
+impl de::Visitor<'_> for DecimalVisitor {
+    type Value = Decimal;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a decimal number, as a JSON number or string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Decimal, E> {
+        parse_decimal(v).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Decimal, E> {
+        Ok(Decimal::from(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Decimal, E> {
+        Ok(Decimal::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
+        // serde_json hands over the nearest double; its shortest text is what the sender wrote.
+        if !v.is_finite() {
+            return Err(E::custom(MoneyError::NotANumber));
+        }
+        parse_decimal(&v.to_string()).map_err(E::custom)
+    }
+}
+
+/// Deserializes any decimal (string or number) exactly.
+pub fn deserialize_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    d.deserialize_any(DecimalVisitor)
+}
+
+/// Money crosses the API as a JSON number, as in the legacy export (`222.36`, `0.6`).
+pub fn serialize_decimal<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    rust_decimal::serde::float::serialize(value, s)
+}
+
+macro_rules! decimal_newtype {
+    ($name:ident, $check:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Decimal);
+
+        impl $name {
+            pub fn new(value: Decimal) -> Result<Self, MoneyError> {
+                let check: fn(Decimal) -> Result<Decimal, MoneyError> = $check;
+                check(value).map(Self)
+            }
+            pub fn get(self) -> Decimal {
+                self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = MoneyError;
+            fn from_str(s: &str) -> Result<Self, MoneyError> {
+                Self::new(parse_decimal(s)?)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Self::new(deserialize_decimal(d)?).map_err(de::Error::custom)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serialize_decimal(&self.0, s)
+            }
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::Number)
+                    .description(Some($doc))
+                    .examples([serde_json::json!(1234.56)])
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+decimal_newtype!(
+    Amount,
+    |v| checked_amount(v, false),
+    "An amount of money moved by an operation: greater than zero, at most 2 decimal places (a JSON number or string)."
+);
+decimal_newtype!(
+    Money,
+    |v| checked_amount(v, true),
+    "A non-negative amount of money with at most 2 decimal places (a JSON number or string)."
+);
+decimal_newtype!(
+    Percent,
+    |v| {
+        if v.is_sign_negative() && !v.is_zero() {
+            Err(MoneyError::Negative)
+        } else if v.normalize().scale() > 4 {
+            Err(MoneyError::TooPrecise(4))
+        } else if v > Decimal::ONE_HUNDRED {
+            Err(MoneyError::TooLarge(Decimal::ONE_HUNDRED))
+        } else {
+            Ok(v.normalize())
+        }
+    },
+    "A percentage between 0 and 100 with at most 4 decimal places."
+);
+
+decimal_newtype!(
+    Quantity,
+    |v| {
+        if v <= Decimal::ZERO {
+            Err(MoneyError::NotPositive)
+        } else if v.normalize().scale() > 3 {
+            Err(MoneyError::TooPrecise(3))
+        } else if v > MAX_AMOUNT {
+            Err(MoneyError::TooLarge(MAX_AMOUNT))
+        } else {
+            Ok(v.normalize())
+        }
+    },
+    "A quantity of goods: greater than zero, at most 3 decimal places (grams, litres)."
+);
+
+impl Money {
+    pub const ZERO: Self = Self(Decimal::ZERO);
+}
+
+impl Percent {
+    pub const ZERO: Self = Self(Decimal::ZERO);
+
+    /// `percent` % of `base`, rounded once by the ledger's rule.
+    pub fn of(self, base: Decimal) -> Decimal {
+        round_money(base * self.0 / Decimal::ONE_HUNDRED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str_exact(s).expect("decimal literal")
+    }
+
+    #[test]
+    fn rounding_is_half_away_from_zero() {
+        assert_eq!(round_money(d("0.005")), d("0.01"));
+        assert_eq!(round_money(d("0.015")), d("0.02"));
+        assert_eq!(round_money(d("2.345")), d("2.35"));
+        assert_eq!(round_money(d("-2.345")), d("-2.35"));
+        assert_eq!(round_money(d("2.344")), d("2.34"));
+    }
+
+    #[test]
+    fn amounts_accept_strings_and_numbers_exactly() {
+        let a: Amount = serde_json::from_str("1107.36").expect("number");
+        assert_eq!(a.get(), d("1107.36"));
+        let a: Amount = serde_json::from_str("\"15.9\"").expect("string");
+        assert_eq!(a.get(), d("15.9"));
+        let a: Amount = serde_json::from_str("17500").expect("integer");
+        assert_eq!(a.get(), d("17500"));
+    }
+
+    #[test]
+    fn amounts_refuse_what_is_not_money() {
+        for bad in [
+            "0", "-1", "\"-0.5\"", "1.001", "\"abc\"", "\"1e5\"", "\"\"", "\" 1\"", "null", "true",
+        ] {
+            assert!(
+                serde_json::from_str::<Amount>(bad).is_err(),
+                "{bad} accepted"
+            );
+        }
+        assert_eq!(Amount::from_str("0"), Err(MoneyError::NotPositive));
+        assert_eq!(Amount::from_str("1.234"), Err(MoneyError::TooPrecise(2)));
+        assert_eq!(Money::from_str("0").map(Money::get), Ok(Decimal::ZERO));
+    }
+
+    #[test]
+    fn money_serializes_as_a_json_number() {
+        let m = Money::from_str("222.36").expect("valid");
+        assert_eq!(serde_json::to_string(&m).expect("serializes"), "222.36");
+    }
+
+    #[test]
+    fn percent_of_base_matches_the_legacy_figures() {
+        let two = Percent::from_str("2").expect("valid");
+        let five = Percent::from_str("5").expect("valid");
+        assert_eq!(two.of(d("11118")), d("222.36"));
+        assert_eq!(five.of(d("1000")), d("50"));
+        assert_eq!(two.of(d("0.25")), d("0.01"));
+        assert!(Percent::from_str("100.5").is_err());
+    }
+}

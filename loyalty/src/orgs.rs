@@ -1,0 +1,277 @@
+//! Organizations (tenants): contacts, time zone, bonus settings, the Telegram bot token, and the POS
+//! integrations that act for them.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use crate::error::{Error, Result};
+use crate::money::{Money, Percent};
+use crate::rules::BonusSettings;
+use crate::time::OrgTimeZone;
+
+/// The legacy `organization_details`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrgDetails {
+    pub name: String,
+    #[serde(default)]
+    pub phone_numbers: Vec<String>,
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub whatsapp_link: String,
+    #[serde(default)]
+    pub telegram_link: String,
+}
+
+/// The legacy `bonus_program_settings`, plus the accrual rule for bills paid with bonuses.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BonusProgramSettings {
+    pub invoice_bonus_percentage: Percent,
+    pub referral_promo_bonus: Money,
+    pub referrer_first_purchase_percentage: Percent,
+    #[serde(default)]
+    pub accrue_when_paying_with_bonuses: bool,
+}
+
+impl Default for BonusProgramSettings {
+    fn default() -> Self {
+        Self {
+            invoice_bonus_percentage: Percent::ZERO,
+            referral_promo_bonus: Money::ZERO,
+            referrer_first_purchase_percentage: Percent::ZERO,
+            accrue_when_paying_with_bonuses: false,
+        }
+    }
+}
+
+impl From<BonusProgramSettings> for BonusSettings {
+    fn from(s: BonusProgramSettings) -> Self {
+        BonusSettings {
+            invoice_bonus_percentage: s.invoice_bonus_percentage,
+            referral_promo_bonus: s.referral_promo_bonus,
+            referrer_first_purchase_percentage: s.referrer_first_purchase_percentage,
+            accrue_when_paying_with_bonuses: s.accrue_when_paying_with_bonuses,
+        }
+    }
+}
+
+/// An organization as operators see it. The bot token is never read back, only whether it is set.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Organization {
+    pub id: i64,
+    #[serde(flatten)]
+    pub details: OrgDetails,
+    pub time_zone: OrgTimeZone,
+    pub bonus_program_settings: BonusProgramSettings,
+    pub telegram_bot_token_set: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrgRow {
+    id: i64,
+    name: String,
+    phone_numbers: Vec<String>,
+    address: String,
+    whatsapp_link: String,
+    telegram_link: String,
+    time_zone: String,
+    invoice_bonus_percentage: Decimal,
+    referral_promo_bonus: Decimal,
+    referrer_first_purchase_percentage: Decimal,
+    accrue_when_paying_with_bonuses: bool,
+    telegram_bot_token_set: bool,
+}
+
+impl TryFrom<OrgRow> for Organization {
+    type Error = Error;
+    fn try_from(r: OrgRow) -> Result<Self> {
+        let corrupt = |what: &str| Error::invalid(what, "stored value out of range");
+        Ok(Organization {
+            id: r.id,
+            details: OrgDetails {
+                name: r.name,
+                phone_numbers: r.phone_numbers,
+                address: r.address,
+                whatsapp_link: r.whatsapp_link,
+                telegram_link: r.telegram_link,
+            },
+            time_zone: r.time_zone.parse().map_err(|_| corrupt("time_zone"))?,
+            bonus_program_settings: BonusProgramSettings {
+                invoice_bonus_percentage: Percent::new(r.invoice_bonus_percentage)
+                    .map_err(|_| corrupt("invoice_bonus_percentage"))?,
+                referral_promo_bonus: Money::new(r.referral_promo_bonus)
+                    .map_err(|_| corrupt("referral_promo_bonus"))?,
+                referrer_first_purchase_percentage: Percent::new(
+                    r.referrer_first_purchase_percentage,
+                )
+                .map_err(|_| corrupt("referrer_first_purchase_percentage"))?,
+                accrue_when_paying_with_bonuses: r.accrue_when_paying_with_bonuses,
+            },
+            telegram_bot_token_set: r.telegram_bot_token_set,
+        })
+    }
+}
+
+/// What creating or changing an organization may set.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgChanges {
+    pub name: Option<String>,
+    pub phone_numbers: Option<Vec<String>>,
+    pub address: Option<String>,
+    pub whatsapp_link: Option<String>,
+    pub telegram_link: Option<String>,
+    pub time_zone: Option<OrgTimeZone>,
+    pub bonus_program_settings: Option<BonusProgramSettings>,
+    /// Write-only: stored for calling the Bot API, never returned. `""` removes it.
+    pub telegram_bot_token: Option<String>,
+}
+
+impl OrgChanges {
+    fn validate(&self) -> Result<()> {
+        if let Some(name) = &self.name {
+            if name.trim().is_empty() || name.chars().count() > 200 {
+                return Err(Error::invalid("name", "must be 1 to 200 characters"));
+            }
+        }
+        if let Some(token) = &self.telegram_bot_token {
+            // The Bot API's token shape: "<bot id>:<secret>".
+            let valid = token.is_empty()
+                || token.split_once(':').is_some_and(|(id, secret)| {
+                    !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && secret.len() >= 20
+                });
+            if !valid {
+                return Err(Error::invalid(
+                    "telegram_bot_token",
+                    "must look like 123456:ABC… as BotFather gives it",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+const SELECT_ORG: &str =
+    "select id, name, phone_numbers, address, whatsapp_link, telegram_link, time_zone,
+        invoice_bonus_percentage, referral_promo_bonus, referrer_first_purchase_percentage,
+        accrue_when_paying_with_bonuses, telegram_bot_token is not null as telegram_bot_token_set
+    from organizations";
+
+pub async fn create(conn: &mut PgConnection, new: &OrgChanges) -> Result<i64> {
+    new.validate()?;
+    let name = new
+        .name
+        .as_deref()
+        .ok_or_else(|| Error::invalid("name", "is required"))?;
+    let id = sqlx::query_scalar("insert into organizations (name) values ($1) returning id")
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
+    update(conn, id, new).await?;
+    Ok(id)
+}
+
+pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Organization> {
+    let row: Option<OrgRow> = sqlx::query_as(&format!("{SELECT_ORG} where id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.ok_or(Error::NotFound("organization"))?.try_into()
+}
+
+/// Applies the fields that are present; absent ones stay as they are.
+pub async fn update(conn: &mut PgConnection, id: i64, c: &OrgChanges) -> Result<()> {
+    c.validate()?;
+    let s = c.bonus_program_settings;
+    let updated = sqlx::query(
+        "update organizations set
+            name = coalesce($2, name),
+            phone_numbers = coalesce($3, phone_numbers),
+            address = coalesce($4, address),
+            whatsapp_link = coalesce($5, whatsapp_link),
+            telegram_link = coalesce($6, telegram_link),
+            time_zone = coalesce($7, time_zone),
+            invoice_bonus_percentage = coalesce($8, invoice_bonus_percentage),
+            referral_promo_bonus = coalesce($9, referral_promo_bonus),
+            referrer_first_purchase_percentage = coalesce($10, referrer_first_purchase_percentage),
+            accrue_when_paying_with_bonuses = coalesce($11, accrue_when_paying_with_bonuses),
+            telegram_bot_token = case when $12::text is null then telegram_bot_token
+                                      else nullif($12, '') end
+         where id = $1",
+    )
+    .bind(id)
+    .bind(&c.name)
+    .bind(&c.phone_numbers)
+    .bind(&c.address)
+    .bind(&c.whatsapp_link)
+    .bind(&c.telegram_link)
+    .bind(c.time_zone.map(|z| z.to_string()))
+    .bind(s.map(|s| s.invoice_bonus_percentage.get()))
+    .bind(s.map(|s| s.referral_promo_bonus.get()))
+    .bind(s.map(|s| s.referrer_first_purchase_percentage.get()))
+    .bind(s.map(|s| s.accrue_when_paying_with_bonuses))
+    .bind(&c.telegram_bot_token)
+    .execute(conn)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(Error::NotFound("organization"));
+    }
+    Ok(())
+}
+
+/// A POS integration: the `system` name `hello` answers with, and the token it authenticates with.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NewIntegration {
+    pub id: i64,
+    /// Shown once; only its sha256 is stored.
+    pub token: String,
+}
+
+fn token_digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+pub async fn create_integration(
+    conn: &mut PgConnection,
+    org_id: i64,
+    system: &str,
+) -> Result<NewIntegration> {
+    let system = system.trim();
+    if system.is_empty() || system.chars().count() > 200 {
+        return Err(Error::invalid("system", "must be 1 to 200 characters"));
+    }
+    let token = format!("pos_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let id = sqlx::query_scalar(
+        "insert into integrations (org_id, system, token_sha256)
+         select id, $2, $3 from organizations where id = $1 returning id",
+    )
+    .bind(org_id)
+    .bind(system)
+    .bind(token_digest(&token))
+    .fetch_optional(conn)
+    .await?
+    .ok_or(Error::NotFound("organization"))?;
+    Ok(NewIntegration { id, token })
+}
+
+/// The integration a POS token belongs to.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Integration {
+    pub id: i64,
+    pub org_id: i64,
+    pub system: String,
+}
+
+pub async fn integration_by_token(
+    conn: &mut PgConnection,
+    token: &str,
+) -> Result<Option<Integration>> {
+    Ok(
+        sqlx::query_as("select id, org_id, system from integrations where token_sha256 = $1")
+            .bind(token_digest(token))
+            .fetch_optional(conn)
+            .await?,
+    )
+}

@@ -1,0 +1,276 @@
+//! The harness of the end-to-end tests: each test gets its own database on the real PostgreSQL
+//! (`DATABASE_URL`'s server, default the local one) and runs the real services in-process. Where
+//! no PostgreSQL answers and a Docker engine is present, one is started with testcontainers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// The seed export of the old system (a copy of ../shared/seeds/legacy-export.json).
+pub fn legacy_export() -> Value {
+    serde_json::from_str(include_str!("../fixtures/legacy-export.json")).expect("fixture parses")
+}
+
+/// The seed log of real POS traffic (a copy of ../shared/seeds/pos-log.json).
+pub fn pos_log() -> Value {
+    serde_json::from_str(include_str!("../fixtures/pos-log.json")).expect("fixture parses")
+}
+
+static POSTGRES: OnceCell<String> = OnceCell::const_new();
+
+/// The URL of a PostgreSQL server's maintenance database.
+async fn postgres_server() -> &'static str {
+    POSTGRES
+        .get_or_init(|| async {
+            let url = std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            if PgConnection::connect(&url).await.is_ok() {
+                return url;
+            }
+            containers::postgres().await.unwrap_or_else(|| {
+                panic!("PostgreSQL is not reachable at {url} and no Docker engine is available to start one")
+            })
+        })
+        .await
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("DATABASE_URL is a URL");
+    parsed.set_path(&format!("/{name}"));
+    parsed.to_string()
+}
+
+/// A database of its own for one test, migrated, dropped when the test ends.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    name: String,
+    server: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let server = postgres_server().await.to_owned();
+        let name = format!("loyalty_test_{}", uuid_like());
+        let mut admin = PgConnection::connect(&server)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let url = with_database(&server, &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(30)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&url)
+            .await
+            .expect("connect to the test database");
+        loyalty::db::migrate(&pool).await.expect("migrations apply");
+        TestDb {
+            pool,
+            url,
+            name,
+            server,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // The pool's connections live on the test's runtime; `with (force)` ends them from outside.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&server).await {
+                    let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A short random name part.
+pub fn uuid_like() -> String {
+    format!("{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// The ingest service running in this process on a random port, with its own database.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: TestDb,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let db = TestDb::new().await;
+        let config = ingest::Config {
+            database_url: db.url.clone(),
+            amqp_url: std::env::var("AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            admin_token: ADMIN_TOKEN.to_owned(),
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            telegram_api_url: "http://127.0.0.1:9".into(),
+            import_body_limit: 64 * 1024 * 1024,
+        };
+        let state = ingest::AppState {
+            db: db.pool.clone(),
+            config: Arc::new(config),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, ingest::app(state))
+                .await
+                .expect("serve");
+        });
+        TestApp {
+            base,
+            http: reqwest::Client::new(),
+            db,
+            _server: server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// An operator request with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        send(self.admin(reqwest::Method::POST, path).json(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        send(self.admin(reqwest::Method::GET, path)).await
+    }
+
+    /// Creates an organization with the legacy seed's bonus settings.
+    pub async fn org(&self) -> i64 {
+        let (status, body) = self
+            .post(
+                "/admin/v1/orgs",
+                &serde_json::json!({
+                    "name": "Shop",
+                    "bonus_program_settings": {
+                        "invoice_bonus_percentage": 2,
+                        "referral_promo_bonus": 50,
+                        "referrer_first_purchase_percentage": 5
+                    }
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_i64().expect("org id")
+    }
+
+    pub async fn customer(&self, org: i64, first_name: &str) -> String {
+        let (status, body) = self
+            .post(
+                &format!("/admin/v1/orgs/{org}/customers"),
+                &serde_json::json!({ "first_name": first_name }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().expect("customer id").to_owned()
+    }
+}
+
+/// Sends a request and returns the status and the JSON body (Null when empty).
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("request reaches the service");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// Numbers compare by value: `0` and `0.0` are the same amount.
+pub fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+mod containers {
+    //! Services started in Docker when the local ones are missing (a developer's laptop).
+    use testcontainers::ContainerAsync;
+    use testcontainers::runners::AsyncRunner;
+    use testcontainers_modules::postgres::Postgres;
+    use tokio::sync::OnceCell;
+
+    static PG: OnceCell<Option<(ContainerAsync<Postgres>, String)>> = OnceCell::const_new();
+
+    fn docker_present() -> bool {
+        std::process::Command::new("docker")
+            .arg("info")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    pub async fn postgres() -> Option<String> {
+        PG.get_or_init(|| async {
+            if !docker_present() {
+                return None;
+            }
+            let container = Postgres::default().start().await.ok()?;
+            let port = container.get_host_port_ipv4(5432).await.ok()?;
+            Some((
+                container,
+                format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres"),
+            ))
+        })
+        .await
+        .as_ref()
+        .map(|(_, url)| url.clone())
+    }
+}
