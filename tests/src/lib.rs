@@ -200,6 +200,13 @@ impl TestApp {
         body["id"].as_i64().expect("org id")
     }
 
+    /// Imports the seed export; returns the organization's id.
+    pub async fn imported_seed(&self) -> i64 {
+        let (status, body) = self.post("/admin/v1/import", &legacy_export()).await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_i64().expect("org id")
+    }
+
     pub async fn customer(&self, org: i64, first_name: &str) -> String {
         let (status, body) = self
             .post(
