@@ -20,8 +20,12 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let postgres = sqlx::query("select 1").execute(&state.db).await.is_ok();
-    let ready = postgres;
+    let (postgres, rabbitmq) = tokio::join!(
+        sqlx::query("select 1").execute(&state.db),
+        state.broker.is_reachable()
+    );
+    let postgres = postgres.is_ok();
+    let ready = postgres && rabbitmq;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -30,7 +34,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     (
         status,
         Json(
-            json!({ "status": if ready { "ready" } else { "unavailable" }, "postgres": postgres }),
+            json!({ "status": if ready { "ready" } else { "unavailable" }, "postgres": postgres, "rabbitmq": rabbitmq }),
         ),
     )
 }

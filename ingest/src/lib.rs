@@ -7,12 +7,17 @@ pub mod extract;
 pub mod health;
 pub mod idempotency;
 pub mod openapi;
+pub mod pos;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use loyalty::orgs::Integration;
+use loyalty::queue::{Broker, Topology};
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
@@ -50,6 +55,9 @@ pub struct Config {
         default_value = "https://api.telegram.org"
     )]
     pub telegram_api_url: String,
+    /// Prefix of every queue name (several deployments, or test runs, on one broker).
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "")]
+    pub queue_prefix: String,
     /// Largest legacy export `POST /admin/v1/import` accepts, in bytes.
     #[arg(long, env = "IMPORT_BODY_LIMIT", default_value_t = 64 * 1024 * 1024)]
     pub import_body_limit: usize,
@@ -59,7 +67,29 @@ pub struct Config {
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
+    pub broker: Arc<Broker>,
+    /// POS token digests → integrations, for a minute.
+    pub pos_tokens: moka::future::Cache<Vec<u8>, Integration>,
     pub config: Arc<Config>,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, config: Config) -> Self {
+        let broker = Broker::new(
+            config.amqp_url.clone(),
+            Topology::new(config.queue_prefix.clone()),
+        );
+        let pos_tokens = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(60))
+            .build();
+        Self {
+            db,
+            broker: Arc::new(broker),
+            pos_tokens,
+            config: Arc::new(config),
+        }
+    }
 }
 
 /// The whole HTTP service.
@@ -67,6 +97,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(openapi::router())
+        .merge(pos::router())
         .nest("/admin/v1", admin::router(state.clone()))
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(TraceLayer::new_for_http())
@@ -79,10 +110,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loyalty::db::migrate(&db).await?;
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     tracing::info!(addr = %config.addr, "ingest listening");
-    let state = AppState {
-        db,
-        config: Arc::new(config),
-    };
+    let state = AppState::new(db, config);
+    // Declare the topology now if the broker is there; receipts reconnect by themselves otherwise.
+    if let Err(err) = state.broker.channel().await {
+        tracing::warn!(error = %err, "RabbitMQ not reachable at start; receipts answer 503 until it is");
+    }
     axum::serve(listener, app(state))
         .with_graceful_shutdown(loyalty::shutdown::signal())
         .await?;

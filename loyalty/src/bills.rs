@@ -377,3 +377,61 @@ pub async fn cancel(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bil
     }
     get(conn, org_id, id).await
 }
+
+/// A bill as the POS protocol shows it, with its customer's name.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PosBill {
+    pub id: i64,
+    pub number: String,
+    pub created_at: DateTime<Utc>,
+    pub total: Decimal,
+    pub bonus_payment: Decimal,
+    pub items: sqlx::types::Json<Vec<BillItem>>,
+    pub customer_id: i64,
+    pub customer_name: String,
+}
+
+const POS_BILL: &str =
+    "select b.id, b.number, b.created_at, b.total, b.bonus_payment, b.items, b.customer_id,
+        trim(coalesce(c.first_name, '') || ' ' || coalesce(c.last_name, '')) as customer_name
+    from bills b join customers c on c.org_id = b.org_id and c.id = b.customer_id";
+
+/// The open bills the cashier picks from, newest first; with `number`, only that one; with
+/// `today`, only those created on the organization's current local day.
+pub async fn open_for_pos(
+    conn: &mut PgConnection,
+    org_id: i64,
+    zone: OrgTimeZone,
+    number: Option<&str>,
+    today: bool,
+) -> Result<Vec<PosBill>> {
+    let since = today.then(|| {
+        let now = Stamp::now_in(zone).0;
+        now.date_naive()
+            .and_hms_opt(0, 0, 0)
+            .and_then(|midnight| midnight.and_local_timezone(*now.offset()).single())
+            .map(|m| m.to_utc())
+    });
+    Ok(sqlx::query_as(&format!(
+        "{POS_BILL} where b.org_id = $1 and b.status = 'open' and ($2::text is null or b.number = $2)
+           and ($3::timestamptz is null or b.created_at >= $3)
+         order by b.created_at desc, b.id desc limit 500"
+    ))
+    .bind(org_id)
+    .bind(number)
+    .bind(since.flatten())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// One open bill for the register; paid, cancelled and other organizations' bills are not found.
+pub async fn open_bill_for_pos(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<PosBill> {
+    sqlx::query_as(&format!(
+        "{POS_BILL} where b.org_id = $1 and b.id = $2 and b.status = 'open'"
+    ))
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(Error::NotFound("open bill"))
+}

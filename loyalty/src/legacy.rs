@@ -119,7 +119,7 @@ struct InvoiceRow {
 }
 
 /// Money as the JSON number the legacy format uses.
-fn money_json(value: Decimal) -> serde_json::Value {
+pub fn money_json(value: Decimal) -> serde_json::Value {
     use rust_decimal::prelude::ToPrimitive;
     value
         .to_f64()

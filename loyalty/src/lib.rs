@@ -9,6 +9,8 @@ pub mod ledger;
 pub mod legacy;
 pub mod money;
 pub mod orgs;
+pub mod queue;
+pub mod receipts;
 pub mod rules;
 pub mod shutdown;
 pub mod telemetry;

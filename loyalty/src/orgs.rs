@@ -229,7 +229,7 @@ pub struct NewIntegration {
     pub token: String,
 }
 
-fn token_digest(token: &str) -> Vec<u8> {
+pub fn token_digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 

@@ -2,7 +2,6 @@
 //! (`DATABASE_URL`'s server, default the local one) and runs the real services in-process. Where
 //! no PostgreSQL answers and a Docker engine is present, one is started with testcontainers.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -123,6 +122,7 @@ fn rand_u64() -> u64 {
 
 /// The ingest service running in this process on a random port, with its own database.
 pub struct TestApp {
+    pub state: ingest::AppState,
     pub base: String,
     pub http: reqwest::Client,
     pub db: TestDb,
@@ -140,21 +140,21 @@ impl TestApp {
             addr: "127.0.0.1:0".parse().expect("addr"),
             telegram_api_url: "http://127.0.0.1:9".into(),
             import_body_limit: 64 * 1024 * 1024,
+            queue_prefix: format!("test.{}.", uuid_like()),
         };
-        let state = ingest::AppState {
-            db: db.pool.clone(),
-            config: Arc::new(config),
-        };
+        let state = ingest::AppState::new(db.pool.clone(), config);
+        let served = state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(async move {
-            axum::serve(listener, ingest::app(state))
+            axum::serve(listener, ingest::app(served))
                 .await
                 .expect("serve");
         });
         TestApp {
+            state,
             base,
             http: reqwest::Client::new(),
             db,
@@ -216,6 +216,179 @@ impl TestApp {
             .await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_str().expect("customer id").to_owned()
+    }
+}
+
+/// A worker consuming this test's receipts queue until dropped.
+pub struct RunningWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// Stops consuming and waits for in-flight receipts to be acknowledged.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestApp {
+    /// Starts a worker on this test's database and queues.
+    pub fn start_worker(&self) -> RunningWorker {
+        let worker = workers::Worker::new(self.db.pool.clone(), self.state.broker.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            worker
+                .run(16, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("worker runs");
+        });
+        RunningWorker {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// A POS integration of `org`; returns its token.
+    pub async fn pos_token(&self, org: i64, system: &str) -> String {
+        let (status, body) = self
+            .post(
+                &format!("/admin/v1/orgs/{org}/integrations"),
+                &serde_json::json!({ "system": system }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn pos_get(&self, token: &str, path: &str) -> (u16, Value) {
+        send(self.http.get(self.url(path)).bearer_auth(token)).await
+    }
+
+    pub async fn post_receipt(&self, token: &str, event: &Value) -> (u16, Value) {
+        send(
+            self.http
+                .post(self.url("/api/v2/receipts"))
+                .bearer_auth(token)
+                .json(event),
+        )
+        .await
+    }
+
+    /// Waits (up to 30 s) until the event's receipt row has `status`; returns the row as JSON.
+    pub async fn wait_receipt(&self, org: i64, event_id: &str, status: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let row: Option<Value> = sqlx::query_scalar(
+                "select to_jsonb(r) - 'payload' from receipts r where org_id = $1 and event_id = $2",
+            )
+            .bind(org)
+            .bind(event_id)
+            .fetch_optional(&self.db.pool)
+            .await
+            .expect("query");
+            if let Some(row) = &row {
+                if row["status"] == status {
+                    return row.clone();
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "receipt {event_id} never reached {status}: {row:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Messages waiting in one of this test's queues.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let channel = self.state.broker.channel().await.expect("broker");
+        let conn_channel = channel.clone();
+        let declared = conn_channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("queue exists");
+        declared.message_count()
+    }
+}
+
+/// A `ReceiptCreated` event in the shape the POS sends, paying `bill` with `total`.
+pub fn receipt_event(event_id: &str, receipt_id: &str, bill: Option<i64>, total: &str) -> Value {
+    let total: Value = serde_json::from_str(total).expect("number");
+    serde_json::json!({
+        "id": event_id,
+        "type": "ReceiptCreated",
+        "version": 2,
+        "userId": "01-000000009264720",
+        "timestamp": 1773230494949_i64,
+        "data": {
+            "id": receipt_id,
+            "type": "SELL",
+            "items": [{"id": "521", "tax": 0, "name": "Товар", "price": total, "discount": 0, "itemType": "NORMAL",
+                       "quantity": 1, "sumPrice": total, "costPrice": 0, "taxPercent": 0, "measureName": "Штука"}],
+            "extras": {"billId": bill.map(|b| b.to_string()), "prepayment": 0, "settlementMethod": "FullSettlement"},
+            "shiftId": "19",
+            "storeId": "20240116-907B-400D-80BA-5B1712F12B91",
+            "dateTime": "2026-03-11T12:01:32.000Z",
+            "deviceId": "20260123-D77D-40E1-80FB-5A10E3AF19CA",
+            "totalTax": 0,
+            "infoCheck": false,
+            "employeeId": "20260119-3181-4054-809F-A325514A1A6C",
+            "totalAmount": total,
+            "paymentSource": "PAY_CARD",
+            "totalDiscount": 0
+        }
+    })
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Each test's queues go with it.
+        let url = self.state.config.amqp_url.clone();
+        let queues = self.state.broker.topology().queues();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let Ok(conn) =
+                    lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                if let Ok(channel) = conn.create_channel().await {
+                    for queue in queues {
+                        let _ = channel
+                            .queue_delete(
+                                queue.as_str().into(),
+                                lapin::options::QueueDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                }
+                let _ = conn.close(200, "done".into()).await;
+            });
+        })
+        .join();
     }
 }
 

@@ -1,1 +1,8 @@
-fn main() {}
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = workers::Config::parse();
+    loyalty::telemetry::init("info,workers=info,loyalty=info");
+    workers::run(config).await
+}

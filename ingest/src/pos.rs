@@ -1,0 +1,207 @@
+//! The cash registers' protocol, version 0.1.0, in exactly the shapes of the logged traffic:
+//! `hello`, the open bill list, a bill by id, and receipts. A receipt gets its 200 only once the
+//! broker has confirmed it persisted; ingest writes nothing to the database per receipt.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use loyalty::bills::{self, PosBill};
+use loyalty::orgs::{self, Integration};
+use loyalty::queue::{self, Stream, headers};
+use loyalty::receipts::{EventHead, RECEIPT_CREATED, ReceiptCreated, ReceiptMessage};
+use loyalty::time::{OrgTimeZone, Stamp};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Path, Query, bearer, parse_json};
+
+pub const PROTOCOL: &str = "0.1.0";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v2/hello", get(hello))
+        .route("/api/v2/list", get(list))
+        .route("/api/v2/bill/byid/{id}", get(bill_by_id))
+        .route("/api/v2/receipts", post(receipt))
+}
+
+/// The integration a request's POS token belongs to. Tokens are looked up by their sha256 and
+/// cached for a minute, so receipts keep flowing while the database is briefly away.
+pub struct Pos(pub Integration);
+
+impl FromRequestParts<AppState> for Pos {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)
+            .ok_or(ApiError::Unauthorized)?
+            .to_owned();
+        let key = orgs::token_digest(&token);
+        if let Some(found) = state.pos_tokens.get(&key).await {
+            return Ok(Pos(found));
+        }
+        let mut conn = state.db.acquire().await?;
+        let found = orgs::integration_by_token(&mut conn, &token)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        state.pos_tokens.insert(key, found.clone()).await;
+        Ok(Pos(found))
+    }
+}
+
+async fn hello(Pos(pos): Pos) -> Json<Value> {
+    Json(json!({ "system": pos.system, "protocol": PROTOCOL }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub number: Option<String>,
+    /// `today`: only bills created today (local time).
+    pub date: Option<String>,
+}
+
+fn summ(value: rust_decimal::Decimal) -> Value {
+    loyalty::legacy::money_json(value)
+}
+
+fn local_date(bill: &PosBill, zone: OrgTimeZone) -> String {
+    Stamp::in_zone(bill.created_at, zone).local_str()
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Pos(pos): Pos,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let today = match query.date.as_deref() {
+        None | Some("") => false,
+        Some("today") => true,
+        Some(_) => return Err(ApiError::invalid("date", "only `today` is supported")),
+    };
+    let mut conn = state.db.acquire().await?;
+    let zone = bills::zone_of(&mut conn, pos.org_id).await?;
+    let number = query
+        .number
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    let found = bills::open_for_pos(&mut conn, pos.org_id, zone, number, today).await?;
+    Ok(Json(Value::Array(
+        found
+            .iter()
+            .map(|b| {
+                json!({
+                    "id": b.id,
+                    "date": local_date(b, zone),
+                    "summ": summ(b.total),
+                    "number": b.number,
+                    "customername": b.customer_name,
+                })
+            })
+            .collect(),
+    )))
+}
+
+async fn bill_by_id(
+    State(state): State<AppState>,
+    Pos(pos): Pos,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let zone = bills::zone_of(&mut conn, pos.org_id).await?;
+    let bill = bills::open_bill_for_pos(&mut conn, pos.org_id, id).await?;
+    let products: Vec<Value> = bill
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            json!({
+                "id": item.product_id.unwrap_or(i64::try_from(i).unwrap_or(0) + 1),
+                "type": "NORMAL",
+                "price": summ(item.unit_price),
+                "taxrate": item.tax_rate.map(|r| format!("{r}%")).unwrap_or_default(),
+                "itemType": 1,
+                "prodname": item.name,
+                "quantity": summ(item.quantity),
+                "unitname": item.unit.clone().unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": bill.id,
+        "date": local_date(&bill, zone),
+        "summ": summ(bill.total),
+        "number": bill.number,
+        "customer": {
+            "id": bill.customer_id,
+            "inn": "", "kpp": "", "reg": "", "okpo": "",
+            "name": bill.customer_name,
+            "fullname": bill.customer_name,
+            "legalentity": false,
+        },
+        "products": products,
+        "prepayment": summ(bill.bonus_payment),
+        "prepaymentEnable": true,
+    })))
+}
+
+/// How long a receipt may wait for the broker's confirm; the POS resends after 10 s.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn receipt(
+    State(state): State<AppState>,
+    Pos(pos): Pos,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let head: EventHead = parse_json(&body)?;
+    if head.event_type == RECEIPT_CREATED {
+        parse_json::<ReceiptCreated>(&body)?;
+    }
+    let event: Value = parse_json(&body)?;
+    let message = ReceiptMessage {
+        org_id: pos.org_id,
+        integration_id: pos.id,
+        received_at: chrono::Utc::now(),
+        event,
+    };
+    let payload = serde_json::to_vec(&message).map_err(anyhow::Error::from)?;
+    let properties = lapin::BasicProperties::default()
+        .with_message_id(lapin::types::ShortString::from(head.id.as_str()))
+        .with_headers(queue::header_table(&[
+            (headers::ORG, pos.org_id.to_string()),
+            (headers::ATTEMPT, "1".into()),
+        ]));
+    let queue = state.broker.topology().main(Stream::Receipts);
+    let published = tokio::time::timeout(
+        PUBLISH_TIMEOUT,
+        state.broker.publish(&queue, &payload, properties),
+    )
+    .await;
+    match published {
+        Ok(Ok(())) => {
+            tracing::info!(org = pos.org_id, integration = pos.id, event = %head.id, "receipt accepted");
+            Ok(StatusCode::OK)
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(event = %head.id, error = %err, "receipt not accepted: broker");
+            Err(ApiError::Unavailable {
+                message: "the receipt could not be stored; send it again".into(),
+                retry_after_secs: 5,
+            })
+        }
+        Err(_) => {
+            tracing::warn!(event = %head.id, "receipt not accepted: broker confirm timed out");
+            Err(ApiError::Unavailable {
+                message: "the receipt could not be stored in time; send it again".into(),
+                retry_after_secs: 5,
+            })
+        }
+    }
+}

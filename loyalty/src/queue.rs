@@ -1,0 +1,324 @@
+//! The queue contract both sides use: queue names, message headers, the topology (declared
+//! idempotently by every service at start), and a broker handle that publishes with publisher
+//! confirms and reconnects by itself after the broker restarts.
+//!
+//! Topology, per stream (`receipts`, `notifications`):
+//! - `<stream>`: durable quorum queue the consumers read;
+//! - `<stream>.retry.<n>` (n = 1..MAX_ATTEMPTS-1): durable quorum delay queues without consumers; a
+//!   message waits there for its own expiration (exponential backoff with jitter) and is
+//!   dead-lettered back to `<stream>`;
+//! - `<stream>.dead`: durable quorum queue of messages that failed MAX_ATTEMPTS times, each with
+//!   its last error in the `x-last-error` header, waiting for an operator's replay.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+/// How many times a message is tried before it goes to the dead-letter queue.
+pub const MAX_ATTEMPTS: u32 = 6;
+
+/// Headers the services set on messages.
+pub mod headers {
+    /// 1 for the first delivery, incremented at each retry.
+    pub const ATTEMPT: &str = "x-attempt";
+    /// The error of the last failed attempt.
+    pub const LAST_ERROR: &str = "x-last-error";
+    /// The queue a dead message came from, for replay.
+    pub const ORIGIN: &str = "x-origin-queue";
+    /// The organization the message belongs to.
+    pub const ORG: &str = "x-org-id";
+}
+
+/// The names of one deployment's queues; tests give each run its own prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+/// A stream of messages with its retry and dead-letter queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Receipts,
+    Notifications,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 2] = [Stream::Receipts, Stream::Notifications];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Receipts => "receipts",
+            Stream::Notifications => "notifications",
+        }
+    }
+}
+
+impl Topology {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn main(&self, stream: Stream) -> String {
+        format!("{}{}", self.prefix, stream.name())
+    }
+
+    /// The delay queue a message waits in before its `attempt`-th try (attempt ≥ 2).
+    pub fn retry(&self, stream: Stream, attempt: u32) -> String {
+        format!("{}{}.retry.{}", self.prefix, stream.name(), attempt)
+    }
+
+    pub fn dead(&self, stream: Stream) -> String {
+        format!("{}{}.dead", self.prefix, stream.name())
+    }
+
+    /// Every queue of the topology, main queues first.
+    pub fn queues(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for stream in Stream::ALL {
+            all.push(self.main(stream));
+            all.extend((2..=MAX_ATTEMPTS).map(|a| self.retry(stream, a)));
+            all.push(self.dead(stream));
+        }
+        all
+    }
+
+    /// Declares every queue; safe to run from every service at every start.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        for stream in Stream::ALL {
+            declare_quorum(channel, &self.main(stream), None).await?;
+            for attempt in 2..=MAX_ATTEMPTS {
+                declare_quorum(
+                    channel,
+                    &self.retry(stream, attempt),
+                    Some(&self.main(stream)),
+                )
+                .await?;
+            }
+            declare_quorum(channel, &self.dead(stream), None).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn declare_quorum(
+    channel: &Channel,
+    name: &str,
+    dead_letter_to: Option<&str>,
+) -> lapin::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    if let Some(target) = dead_letter_to {
+        // Expired messages go back through the default exchange to the main queue.
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(target)),
+        );
+    }
+    channel
+        .queue_declare(
+            ShortString::from(name),
+            QueueDeclareOptions::durable(),
+            args,
+        )
+        .await?;
+    Ok(())
+}
+
+/// How long a message waits before its `attempt`-th try: exponential from 1 s, doubling, at
+/// most 5 minutes, with jitter so that a burst of failures does not come back as a burst.
+pub fn retry_delay(attempt: u32) -> Duration {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_factor(2.0)
+        .with_max_delay(Duration::from_secs(300))
+        .with_max_times(MAX_ATTEMPTS as usize)
+        .with_jitter()
+        .build();
+    delays
+        .nth(attempt.saturating_sub(2) as usize)
+        .unwrap_or(Duration::from_secs(300))
+}
+
+/// The attempt number a delivery carries (1 when absent).
+pub fn attempt_of(properties: &BasicProperties) -> u32 {
+    header(properties, headers::ATTEMPT)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// A header's value as text.
+pub fn header(properties: &BasicProperties, key: &str) -> Option<String> {
+    let value = properties.headers().as_ref()?.inner().get(key)?;
+    Some(match value {
+        AMQPValue::LongString(s) => s.to_string(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+/// Why a publish did not happen; the message must then be considered not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unreachable: {0}")]
+    Unreachable(#[from] lapin::Error),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue took the message")]
+    Unroutable,
+}
+
+/// A connection and a confirm-mode channel, rebuilt when the broker goes away.
+pub struct Broker {
+    url: String,
+    topology: Topology,
+    link: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl Broker {
+    /// A handle that connects on first use (and again after every loss of the connection).
+    pub fn new(url: impl Into<String>, topology: Topology) -> Self {
+        Self {
+            url: url.into(),
+            topology,
+            link: Mutex::new(None),
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The publishing channel, reconnecting and redeclaring the topology when needed.
+    pub async fn channel(&self) -> lapin::Result<Channel> {
+        let mut link = self.link.lock().await;
+        if let Some((conn, channel)) = link.as_ref() {
+            if conn.status().connected() && channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        let conn = Connection::connect(
+            &self.url,
+            ConnectionProperties::default().with_connection_name("loyalty".into()),
+        )
+        .await?;
+        let channel = conn.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *link = Some((conn, channel.clone()));
+        tracing::info!("connected to RabbitMQ");
+        Ok(channel)
+    }
+
+    /// A new connection of its own (consumers keep theirs apart from the publisher's).
+    pub async fn connect(&self) -> lapin::Result<Connection> {
+        let conn = Connection::connect(
+            &self.url,
+            ConnectionProperties::default().with_connection_name("loyalty-consumer".into()),
+        )
+        .await?;
+        let channel = conn.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        Ok(conn)
+    }
+
+    /// Publishes a persistent message to `queue` and returns once the broker has confirmed it.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let properties = properties
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let channel = self.channel().await?;
+        let sent = channel
+            .basic_publish(
+                "".into(),
+                ShortString::from(queue),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await;
+        let confirmation = match sent {
+            Ok(pending) => pending.await,
+            Err(err) => Err(err),
+        };
+        match confirmation {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_))) => Err(PublishError::Unroutable),
+            Ok(Confirmation::Nack(_) | Confirmation::NotRequested) => Err(PublishError::Nacked),
+            Err(err) => {
+                // Drop the link so the next publish reconnects.
+                self.link.lock().await.take();
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Whether the broker answers now.
+    pub async fn is_reachable(&self) -> bool {
+        self.channel().await.is_ok()
+    }
+}
+
+/// Message headers as a table.
+pub fn header_table(pairs: &[(&str, String)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert(
+            ShortString::from(*key),
+            AMQPValue::LongString(LongString::from(value.as_str())),
+        );
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_exponentially_with_jitter_and_a_ceiling() {
+        for attempt in 2..=MAX_ATTEMPTS {
+            let base = Duration::from_secs(1 << (attempt - 2)).min(Duration::from_secs(300));
+            let delay = retry_delay(attempt);
+            assert!(
+                delay >= base && delay <= base * 2 + Duration::from_millis(1),
+                "attempt {attempt}: {delay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_stream_has_retry_and_dead_letter_queues() {
+        let t = Topology::new("t1.");
+        assert_eq!(t.main(Stream::Receipts), "t1.receipts");
+        assert_eq!(t.retry(Stream::Receipts, 2), "t1.receipts.retry.2");
+        assert_eq!(t.dead(Stream::Notifications), "t1.notifications.dead");
+        assert_eq!(t.queues().len(), 2 * (1 + (MAX_ATTEMPTS as usize - 1) + 1));
+    }
+}

@@ -1,0 +1,509 @@
+//! The POS protocol and the receipt pipeline end to end: HTTP → RabbitMQ → worker → PostgreSQL.
+
+use e2e::{TestApp, pos_log, receipt_event, send};
+use serde_json::{Value, json};
+
+/// An organization with the legacy settings, a POS token, Alex referred by Synkris, and a bill.
+struct Shop {
+    org: i64,
+    token: String,
+    alex: String,
+    friend: String,
+}
+
+async fn shop(app: &TestApp) -> Shop {
+    let org = app.org().await;
+    let token = app.pos_token(org, "time-to-grow-pro").await;
+    let friend = app.customer(org, "Synkris").await;
+    let (status, body) = app
+        .post(
+            &format!("/admin/v1/orgs/{org}/customers"),
+            &json!({"first_name": "Alex", "last_name": "Morshen"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let alex = body["id"].as_str().expect("id").to_owned();
+    let (status, _) = app
+        .post(
+            &format!("/admin/v1/orgs/{org}/customers/{alex}/promo"),
+            &json!({"code": format!("PROMO{friend}")}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    Shop {
+        org,
+        token,
+        alex,
+        friend,
+    }
+}
+
+async fn bill(
+    app: &TestApp,
+    shop: &Shop,
+    number: &str,
+    price: &str,
+    pay_with_bonuses: Option<&str>,
+) -> i64 {
+    let mut body = json!({
+        "customer_id": shop.alex,
+        "number": number,
+        "items": [{"name": "Цзинмай Ми Сян Сун Чжэнь", "quantity": 1, "unit_price": price, "unit": "Грамм", "tax_rate": 5, "product_id": 2527}]
+    });
+    if let Some(amount) = pay_with_bonuses {
+        body["bonus_payment"] = json!({"amount": amount, "wallet": "main"});
+    }
+    let (status, created) = app
+        .post(&format!("/admin/v1/orgs/{}/bills", shop.org), &body)
+        .await;
+    assert_eq!(status, 201, "{created}");
+    created["id"].as_i64().expect("id")
+}
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value.as_object().expect("object").keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+/// The logged response of the given type.
+fn logged(kind: &str) -> Value {
+    pos_log()
+        .as_array()
+        .expect("log")
+        .iter()
+        .find(|r| r["type"] == kind && r["direction"] == "response")
+        .map(|r| r["json"].clone())
+        .expect("logged response")
+}
+
+#[tokio::test]
+async fn the_pos_protocol_answers_in_the_logged_shapes() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let id = bill(&app, &shop, "47827-CRM", "17500", None).await;
+
+    let (status, hello) = app.pos_get(&shop.token, "/api/v2/hello").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        hello,
+        json!({"system": "time-to-grow-pro", "protocol": "0.1.0"})
+    );
+
+    let (status, list) = app
+        .pos_get(&shop.token, "/api/v2/list?number=47827-CRM")
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let logged_list = logged("LIST");
+    assert_eq!(keys(&list[0]), keys(&logged_list[0]));
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["summ"], json!(17500.0));
+    assert_eq!(list[0]["customername"], "Alex Morshen");
+    let (_, none) = app.pos_get(&shop.token, "/api/v2/list?number=nope").await;
+    assert_eq!(none, json!([]));
+    let (_, today) = app.pos_get(&shop.token, "/api/v2/list?date=today").await;
+    assert_eq!(today.as_array().map(Vec::len), Some(1));
+
+    let (status, bill) = app
+        .pos_get(&shop.token, &format!("/api/v2/bill/byid/{id}"))
+        .await;
+    assert_eq!(status, 200, "{bill}");
+    let logged_bill = logged("BILL");
+    assert_eq!(keys(&bill), keys(&logged_bill));
+    assert_eq!(keys(&bill["customer"]), keys(&logged_bill["customer"]));
+    assert_eq!(
+        keys(&bill["products"][0]),
+        keys(&logged_bill["products"][0])
+    );
+    assert_eq!(bill["products"][0]["taxrate"], "5%");
+    assert_eq!(bill["products"][0]["id"], 2527);
+    assert_eq!(bill["prepayment"], json!(0.0));
+    assert!(bill["date"].as_str().expect("date").len() == "2026-02-27 12:38:41".len());
+
+    let (status, _) = app.pos_get(&shop.token, "/api/v2/bill/byid/999999").await;
+    assert_eq!(status, 404);
+    let (status, _) = app.pos_get("wrong-token", "/api/v2/hello").await;
+    assert_eq!(status, 401);
+    // Another organization's register does not see this bill.
+    let other = app.org().await;
+    let other_token = app.pos_token(other, "mezoestetic-ru").await;
+    let (status, _) = app
+        .pos_get(&other_token, &format!("/api/v2/bill/byid/{id}"))
+        .await;
+    assert_eq!(status, 404);
+    let (_, other_list) = app.pos_get(&other_token, "/api/v2/list").await;
+    assert_eq!(other_list, json!([]));
+}
+
+#[tokio::test]
+async fn the_logged_receipts_are_accepted_with_an_empty_200() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let _worker = app.start_worker();
+    for row in pos_log()
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter(|r| r["type"] == "RECEIPT" && r["direction"] == "request")
+    {
+        let event = &row["json"]["body"];
+        let response = app
+            .http
+            .post(app.url("/api/v2/receipts"))
+            .bearer_auth(&shop.token)
+            .json(event)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.expect("body"), "");
+        // Their bills are not ours: kept as unmatched for operators, no balance moved.
+        let stored = app
+            .wait_receipt(shop.org, event["id"].as_str().expect("id"), "unmatched")
+            .await;
+        assert!(stored["reason"].as_str().expect("reason").contains("bill"));
+    }
+    let (_, alex) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.alex
+        ))
+        .await;
+    assert_eq!(alex["bonuses"], json!(50.0), "only the promo bonus");
+}
+
+#[tokio::test]
+async fn a_first_sale_accrues_and_rewards_the_referrer_exactly_once() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let _worker = app.start_worker();
+    let id = bill(&app, &shop, "5CE08221", "1000", None).await;
+
+    let event = receipt_event("ev-1", "rc-1", Some(id), "1000");
+    assert_eq!(app.post_receipt(&shop.token, &event).await.0, 200);
+    let row = app.wait_receipt(shop.org, "ev-1", "processed").await;
+    // The POS resends it, and then sends the same receipt under a new event id.
+    assert_eq!(app.post_receipt(&shop.token, &event).await.0, 200);
+    assert_eq!(
+        app.post_receipt(
+            &shop.token,
+            &receipt_event("ev-2", "rc-1", Some(id), "1000")
+        )
+        .await
+        .0,
+        200
+    );
+    app.wait_receipt(shop.org, "ev-2", "duplicate").await;
+
+    let (_, alex) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.alex
+        ))
+        .await;
+    let invoice = row["invoice_id"].as_str().expect("invoice");
+    assert_eq!(invoice.len(), 8);
+    assert_eq!(alex["bonuses"], json!(70.0), "50 promo + 2 % of 1000");
+    assert_eq!(
+        alex["history"][1]["description"],
+        format!("Бонус с накладной #{invoice}")
+    );
+    assert_eq!(alex["has_made_first_purchase"], true);
+    assert_eq!(alex["invoices"][0]["invoice_id"], invoice);
+    assert_eq!(alex["invoices"][0]["total_amount"], json!(1000.0));
+    let (_, friend) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.friend
+        ))
+        .await;
+    assert_eq!(
+        friend["referral_bonuses"],
+        json!(50.0),
+        "5 % of the first purchase"
+    );
+    assert_eq!(
+        friend["referral_bonus_history"][0]["description"],
+        "Бонус от друга Alex"
+    );
+    let (_, paid) = app
+        .get(&format!("/admin/v1/orgs/{}/bills/{id}", shop.org))
+        .await;
+    assert_eq!(paid["status"], "paid");
+    let outbox: i64 = sqlx::query_scalar("select count(*) from outbox")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        outbox, 2,
+        "the customer's accrual and the referrer's reward"
+    );
+
+    // The second purchase, partly paid with bonuses: the hold is captured, no accrual (the old
+    // system's last rule), no second referral reward.
+    let second = bill(&app, &shop, "9B6E3C60", "10000", Some("70")).await;
+    assert_eq!(
+        app.post_receipt(
+            &shop.token,
+            &receipt_event("ev-3", "rc-3", Some(second), "9930")
+        )
+        .await
+        .0,
+        200
+    );
+    let row = app.wait_receipt(shop.org, "ev-3", "processed").await;
+    let (_, alex) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.alex
+        ))
+        .await;
+    assert_eq!(alex["bonuses"], json!(0.0));
+    assert_eq!(
+        alex["combined_history"][0]["description"],
+        format!(
+            "Оплата по накладной #{}",
+            row["invoice_id"].as_str().expect("id")
+        )
+    );
+    assert_eq!(alex["combined_history"][0]["amount"], json!(70.0));
+    let (_, friend) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.friend
+        ))
+        .await;
+    assert_eq!(friend["referral_bonuses"], json!(50.0));
+    let held: rust_decimal::Decimal =
+        sqlx::query_scalar("select bonuses_held from customers where id = $1")
+            .bind(shop.alex.parse::<i64>().expect("id"))
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("held");
+    assert!(held.is_zero());
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_receipts_of_one_customer_all_count() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let mut bills = Vec::new();
+    for i in 0..200 {
+        bills.push(bill(&app, &shop, &format!("N{i}"), "100.50", None).await);
+    }
+    let answers = futures::future::join_all(bills.iter().enumerate().map(|(i, id)| {
+        let event = receipt_event(&format!("ev-{i}"), &format!("rc-{i}"), Some(*id), "100.50");
+        let token = shop.token.clone();
+        let app = &app;
+        async move { app.post_receipt(&token, &event).await.0 }
+    }))
+    .await;
+    assert!(answers.iter().all(|s| *s == 200));
+    let _worker = app.start_worker();
+    for i in 0..200 {
+        app.wait_receipt(shop.org, &format!("ev-{i}"), "processed")
+            .await;
+    }
+    let (_, alex) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.alex
+        ))
+        .await;
+    // 50 promo + 200 × round(2.01) = 50 + 402.
+    assert_eq!(alex["bonuses"], json!(452.0));
+    assert_eq!(alex["history"].as_array().map(Vec::len), Some(201));
+}
+
+#[tokio::test]
+async fn bad_receipts_are_refused_naming_the_field_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let id = bill(&app, &shop, "B1", "100", None).await;
+    let post = |body: Vec<u8>| {
+        app.http
+            .post(app.url("/api/v2/receipts"))
+            .bearer_auth(&shop.token)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+
+    let (status, body) = send(post(b"{\"id\": ".to_vec())).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let good = receipt_event("ev-x", "rc-x", Some(id), "100");
+    for (pointer, field) in [
+        ("/id", "id"),
+        ("/data/id", "data.id"),
+        ("/data/type", "data.type"),
+        ("/data/items", "data.items"),
+        ("/data/totalAmount", "data.totalAmount"),
+    ] {
+        let mut broken = good.clone();
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer");
+        broken
+            .pointer_mut(if parent.is_empty() { "" } else { parent })
+            .and_then(Value::as_object_mut)
+            .expect("object")
+            .remove(key);
+        let (status, body) = app.post_receipt(&shop.token, &broken).await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{pointer}: {body}"
+        );
+    }
+    let mut wrong = good.clone();
+    wrong["data"]["totalAmount"] = json!("12.345");
+    let (status, body) = app.post_receipt(&shop.token, &wrong).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("data.totalAmount")),
+        "{body}"
+    );
+    wrong["data"]["totalAmount"] = json!(100);
+    wrong["data"]["items"] = json!("none");
+    let (status, body) = app.post_receipt(&shop.token, &wrong).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("data.items")),
+        "{body}"
+    );
+
+    let (status, _) = send(post(vec![b' '; 1024 * 1024 + 1])).await;
+    assert_eq!(status, 413);
+    let (status, _) = send(app.http.post(app.url("/api/v2/receipts")).json(&good)).await;
+    assert_eq!(status, 401);
+    let (status, _) = app.post_receipt("pos_wrong", &good).await;
+    assert_eq!(status, 401);
+
+    let queue = app
+        .state
+        .broker
+        .topology()
+        .main(loyalty::queue::Stream::Receipts);
+    assert_eq!(app.queue_depth(&queue).await, 0, "nothing was published");
+
+    // Other event types are acknowledged and recorded as ignored.
+    let _worker = app.start_worker();
+    let (status, _) = app
+        .post_receipt(
+            &shop.token,
+            &json!({"id": "ev-other", "type": "ReceiptDeleted", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    app.wait_receipt(shop.org, "ev-other", "ignored").await;
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_gets_a_503_with_retry_after_never_a_200() {
+    let mut app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let mut config = (*app.state.config).clone();
+    config.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    app.state = ingest::AppState::new(app.db.pool.clone(), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    app.base = format!("http://{}", listener.local_addr().expect("addr"));
+    let state = app.state.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, ingest::app(state))
+            .await
+            .expect("serve")
+    });
+
+    let response = app
+        .http
+        .post(app.url("/api/v2/receipts"))
+        .bearer_auth(&shop.token)
+        .json(&receipt_event("ev-1", "rc-1", None, "100"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    let (status, ready) = send(app.http.get(app.url("/readyz"))).await;
+    assert_eq!(
+        (status, ready["rabbitmq"].clone(), ready["postgres"].clone()),
+        (503, json!(false), json!(true))
+    );
+}
+
+#[tokio::test]
+async fn a_failing_database_is_retried_until_the_receipt_applies() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let id = bill(&app, &shop, "R1", "1000", None).await;
+    let _worker = app.start_worker();
+    // The fault: the invoices table disappears, so applying the receipt fails in the database.
+    sqlx::query("alter table invoices rename to invoices_away")
+        .execute(&app.db.pool)
+        .await
+        .expect("inject");
+    assert_eq!(
+        app.post_receipt(
+            &shop.token,
+            &receipt_event("ev-r", "rc-r", Some(id), "1000")
+        )
+        .await
+        .0,
+        200
+    );
+    let retrying = app.wait_receipt(shop.org, "ev-r", "retrying").await;
+    assert!(
+        retrying["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("invoices"),
+        "{retrying}"
+    );
+    sqlx::query("alter table invoices_away rename to invoices")
+        .execute(&app.db.pool)
+        .await
+        .expect("heal");
+    let done = app.wait_receipt(shop.org, "ev-r", "processed").await;
+    assert!(done["attempts"].as_i64().expect("attempts") >= 2, "{done}");
+    let (_, alex) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.alex
+        ))
+        .await;
+    assert_eq!(alex["bonuses"], json!(70.0));
+}
+
+#[tokio::test]
+async fn a_receipt_that_can_never_apply_goes_to_the_dead_letter_queue_with_its_error() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let id = bill(&app, &shop, "D1", "1000", None).await;
+    let _worker = app.start_worker();
+    assert_eq!(
+        app.post_receipt(&shop.token, &receipt_event("ev-d", "rc-d", Some(id), "0"))
+            .await
+            .0,
+        200
+    );
+    let dead = app.wait_receipt(shop.org, "ev-d", "dead").await;
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("positive"),
+        "{dead}"
+    );
+    let queue = app
+        .state
+        .broker
+        .topology()
+        .dead(loyalty::queue::Stream::Receipts);
+    assert_eq!(app.queue_depth(&queue).await, 1);
+    let (_, bill) = app
+        .get(&format!("/admin/v1/orgs/{}/bills/{id}", shop.org))
+        .await;
+    assert_eq!(bill["status"], "open", "nothing changed");
+}

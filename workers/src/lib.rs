@@ -1,0 +1,293 @@
+//! `workers`: consume receipts and apply them to the ledger, one PostgreSQL transaction per
+//! receipt, acknowledging only after commit. A failure is retried through the delay queues with
+//! exponential backoff; after `MAX_ATTEMPTS` the message goes to the dead-letter queue with its error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, message::Delivery};
+use loyalty::queue::{self, Broker, MAX_ATTEMPTS, PublishError, Stream, Topology, headers};
+use loyalty::receipts::{self, Outcome, ReceiptMessage};
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+
+/// Configuration, from the environment (see `workers --help`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "workers",
+    about = "Applies receipts from RabbitMQ to the loyalty ledger"
+)]
+pub struct Config {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/loyalty"
+    )]
+    pub database_url: String,
+    /// RabbitMQ connection URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Prefix of every queue name.
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "")]
+    pub queue_prefix: String,
+    /// Receipts processed at once (and the consumer's prefetch).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Applied(Outcome),
+    /// Failed; scheduled for another attempt.
+    Retrying {
+        attempt: u32,
+        error: String,
+    },
+    /// Failed for the last time, or can never succeed; in the dead-letter queue.
+    Dead {
+        error: String,
+    },
+}
+
+/// Why a failure is or is not worth retrying.
+enum Failure {
+    Transient(String),
+    Permanent(String),
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    db: PgPool,
+    broker: Arc<Broker>,
+}
+
+impl Worker {
+    pub fn new(db: PgPool, broker: Arc<Broker>) -> Self {
+        Self { db, broker }
+    }
+
+    /// Handles one message body: applies it, or passes it on to a retry or dead-letter queue.
+    /// Returns an error only when the message could not be passed on; it must then not be acked.
+    pub async fn process(
+        &self,
+        body: &[u8],
+        properties: &BasicProperties,
+    ) -> Result<Handled, PublishError> {
+        let attempt = queue::attempt_of(properties);
+        let message: ReceiptMessage = match serde_json::from_slice(body) {
+            Ok(m) => m,
+            Err(err) => {
+                let error = format!("not a receipt message: {err}");
+                self.pass_on(body, properties, attempt, &error, true)
+                    .await?;
+                return Ok(Handled::Dead { error });
+            }
+        };
+        let failure = match self.apply(&message).await {
+            Ok(outcome) => {
+                tracing::info!(org = message.org_id, event = %event_id(&message), status = outcome.status(), "receipt applied");
+                return Ok(Handled::Applied(outcome));
+            }
+            Err(failure) => failure,
+        };
+        let (error, dead) = match failure {
+            Failure::Permanent(e) => (e, true),
+            Failure::Transient(e) => (e.clone(), attempt >= MAX_ATTEMPTS),
+        };
+        tracing::warn!(org = message.org_id, event = %event_id(&message), attempt, dead, error = %error, "receipt failed");
+        self.pass_on(body, properties, attempt, &error, dead)
+            .await?;
+        // Operators see the attempt; if the database is what failed, the queues still hold the truth.
+        if let Ok(mut conn) = self.db.acquire().await {
+            let _ = receipts::record_failure(&mut conn, &message, attempt, &error, dead).await;
+        }
+        Ok(if dead {
+            Handled::Dead { error }
+        } else {
+            Handled::Retrying {
+                attempt: attempt + 1,
+                error,
+            }
+        })
+    }
+
+    /// One transaction; a race with a concurrent duplicate of the same receipt is settled by
+    /// running again, when the other has committed and this one is a plain duplicate.
+    async fn apply(&self, message: &ReceiptMessage) -> Result<Outcome, Failure> {
+        for _ in 0..3 {
+            let mut tx = self
+                .db
+                .begin()
+                .await
+                .map_err(|e| Failure::Transient(format!("database: {e}")))?;
+            match receipts::apply(&mut tx, message).await {
+                Ok(outcome) => {
+                    tx.commit()
+                        .await
+                        .map_err(|e| Failure::Transient(format!("database commit: {e}")))?;
+                    return Ok(outcome);
+                }
+                Err(loyalty::Error::Conflict {
+                    code: "receipt_race",
+                    ..
+                }) => continue,
+                Err(loyalty::Error::Db(e)) => {
+                    return Err(Failure::Transient(format!("database: {e}")));
+                }
+                Err(other) => return Err(Failure::Permanent(other.to_string())),
+            }
+        }
+        Err(Failure::Transient(
+            "the same receipt kept racing with another delivery".into(),
+        ))
+    }
+
+    async fn pass_on(
+        &self,
+        body: &[u8],
+        properties: &BasicProperties,
+        attempt: u32,
+        error: &str,
+        dead: bool,
+    ) -> Result<(), PublishError> {
+        let topology = self.broker.topology();
+        let main = topology.main(Stream::Receipts);
+        let (queue, next_attempt) = if dead {
+            (topology.dead(Stream::Receipts), attempt)
+        } else {
+            (topology.retry(Stream::Receipts, attempt + 1), attempt + 1)
+        };
+        let mut table = properties.headers().clone().unwrap_or_default();
+        let error: String = error.chars().take(1000).collect();
+        for (key, value) in [
+            (headers::ATTEMPT, next_attempt.to_string()),
+            (headers::LAST_ERROR, error),
+            (headers::ORIGIN, main),
+        ] {
+            table.insert(
+                ShortString::from(key),
+                lapin::types::AMQPValue::LongString(value.as_str().into()),
+            );
+        }
+        let mut props = BasicProperties::default().with_headers(table);
+        if let Some(id) = properties.message_id() {
+            props = props.with_message_id(id.clone());
+        }
+        if !dead {
+            let delay = queue::retry_delay(next_attempt);
+            props = props.with_expiration(ShortString::from(delay.as_millis().to_string()));
+        }
+        self.broker.publish(&queue, body, props).await
+    }
+
+    /// Consumes until `shutdown` resolves, reconnecting after the broker goes away. In-flight
+    /// receipts finish and are acknowledged before it returns.
+    pub async fn run(
+        &self,
+        concurrency: u16,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let permits = Arc::new(Semaphore::new(usize::from(concurrency.max(1))));
+        loop {
+            let connect = || self.broker.connect();
+            let conn = tokio::select! {
+                conn = connect.retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(10)).without_max_times().with_jitter())
+                    .notify(|err, wait| tracing::warn!(error = %err, ?wait, "RabbitMQ not reachable; retrying")) => conn?,
+                () = &mut shutdown => break,
+            };
+            let channel = conn.create_channel().await?;
+            channel
+                .basic_qos(concurrency.max(1), BasicQosOptions::default())
+                .await?;
+            let tag = ShortString::from(format!("workers-{}", std::process::id()));
+            let mut consumer = channel
+                .basic_consume(
+                    self.broker
+                        .topology()
+                        .main(Stream::Receipts)
+                        .as_str()
+                        .into(),
+                    tag.clone(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            tracing::info!("consuming receipts");
+            loop {
+                let next = tokio::select! {
+                    next = consumer.next() => next,
+                    () = &mut shutdown => {
+                        let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
+                        // Wait for in-flight receipts to commit and be acked.
+                        let _ = permits.acquire_many(u32::from(concurrency.max(1))).await;
+                        let _ = conn.close(200, "shutdown".into()).await;
+                        return Ok(());
+                    }
+                };
+                match next {
+                    Some(Ok(delivery)) => {
+                        let permit = permits.clone().acquire_owned().await?;
+                        let worker = self.clone();
+                        tokio::spawn(async move {
+                            worker.handle(delivery).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "consumer lost its connection; reconnecting");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        match self.process(&delivery.data, &delivery.properties).await {
+            Ok(_) => {
+                if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
+                    // Not acked: the broker redelivers it, and the redelivery is a duplicate.
+                    tracing::warn!(error = %err, "ack failed");
+                }
+            }
+            // Not passed on: left unacked, the broker delivers it again.
+            Err(err) => {
+                tracing::warn!(error = %err, "could not pass a failed receipt on; it will be redelivered")
+            }
+        }
+    }
+}
+
+fn event_id(message: &ReceiptMessage) -> &str {
+    message
+        .event
+        .get("id")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+}
+
+/// Connects, migrates, declares the topology and consumes until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let db = loyalty::db::connect(&config.database_url, u32::from(config.concurrency) + 4).await?;
+    loyalty::db::migrate(&db).await?;
+    let broker = Arc::new(Broker::new(
+        config.amqp_url.clone(),
+        Topology::new(config.queue_prefix.clone()),
+    ));
+    Worker::new(db, broker)
+        .run(config.concurrency, loyalty::shutdown::signal())
+        .await
+}
