@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::AppState;
-use crate::admin::{bills, customers, legacy, orgs};
+use crate::admin::{bills, customers, legacy, orgs, receipts};
 
 /// `{"error": {"code", "message", "field"?}}`
 #[derive(Serialize, utoipa::ToSchema)]
@@ -50,6 +50,7 @@ impl Modify for AdminAuth {
         customers::enter_promo, customers::move_bonuses, customers::move_debt,
         bills::create_bill, bills::list_bills, bills::get_bill, bills::cancel_bill,
         legacy::import, legacy::export,
+        receipts::list_receipts, receipts::attach_receipt,
     ),
     modifiers(&AdminAuth)
 )]

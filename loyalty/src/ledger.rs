@@ -121,6 +121,12 @@ pub mod describe {
     pub fn friend_reward(first_name: &str) -> String {
         format!("Бонус от друга {first_name}")
     }
+    pub fn refund_payment(invoice: &str) -> String {
+        format!("Возврат оплаты по накладной #{invoice}")
+    }
+    pub fn refund_reversal(invoice: &str) -> String {
+        format!("Возврат по накладной #{invoice}")
+    }
     pub const PROMO: &str = "Бонус за промокод";
     pub const OPERATOR_ACCRUAL: &str = "Начисление бонусов (админ)";
     pub const OPERATOR_DEDUCTION: &str = "Списание бонусов (админ)";

@@ -205,6 +205,15 @@ impl Broker {
         &self.topology
     }
 
+    /// Names connections after the deployment's queue prefix, so operators (and tests) can tell them apart.
+    fn connection_name(&self, role: &str) -> ShortString {
+        ShortString::from(
+            format!("loyalty {role} {}", self.topology.prefix)
+                .trim_end()
+                .to_owned(),
+        )
+    }
+
     /// The publishing channel, reconnecting and redeclaring the topology when needed.
     pub async fn channel(&self) -> lapin::Result<Channel> {
         let mut link = self.link.lock().await;
@@ -215,7 +224,7 @@ impl Broker {
         }
         let conn = Connection::connect(
             &self.url,
-            ConnectionProperties::default().with_connection_name("loyalty".into()),
+            ConnectionProperties::default().with_connection_name(self.connection_name("publisher")),
         )
         .await?;
         let channel = conn.create_channel().await?;
@@ -232,7 +241,7 @@ impl Broker {
     pub async fn connect(&self) -> lapin::Result<Connection> {
         let conn = Connection::connect(
             &self.url,
-            ConnectionProperties::default().with_connection_name("loyalty-consumer".into()),
+            ConnectionProperties::default().with_connection_name(self.connection_name("consumer")),
         )
         .await?;
         let channel = conn.create_channel().await?;

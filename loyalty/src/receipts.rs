@@ -178,6 +178,7 @@ pub async fn apply(conn: &mut PgConnection, message: &ReceiptMessage) -> Result<
     }
     let outcome = match receipt.kind.as_str() {
         "SELL" => sell(conn, message, &head.id, receipt).await?,
+        "PAYBACK" => payback(conn, message, &head.id, receipt).await?,
         _ => Outcome::Ignored,
     };
     row.save(conn, &outcome).await?;
@@ -307,6 +308,30 @@ struct OpenBill {
     status: String,
     bonus_payment: Decimal,
     bonus_wallet: Option<String>,
+    paid_by_receipt: Option<String>,
+}
+
+/// The bill a receipt names, when it is one of this organization's.
+async fn named_bill(
+    conn: &mut PgConnection,
+    org_id: i64,
+    receipt: &Receipt,
+) -> Result<Result<OpenBill, String>> {
+    let Some(bill_ref) = receipt.extras.bill_id.as_deref() else {
+        return Ok(Err("the receipt names no bill (extras.billId)".into()));
+    };
+    let Ok(bill_id) = bill_ref.parse::<i64>() else {
+        return Ok(Err(format!("bill {bill_ref:?} is not one of ours")));
+    };
+    let bill: Option<OpenBill> = sqlx::query_as(
+        "select id, customer_id, status, bonus_payment, bonus_wallet, paid_by_receipt
+         from bills where org_id = $1 and id = $2 for update",
+    )
+    .bind(org_id)
+    .bind(bill_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(bill.ok_or_else(|| format!("no bill {bill_id} in this organization")))
 }
 
 /// A sale: capture the bill's hold, record the invoice, accrue, reward the referrer on the first
@@ -317,31 +342,13 @@ async fn sell(
     event_id: &str,
     receipt: &Receipt,
 ) -> Result<Outcome> {
-    let Some(bill_ref) = receipt.extras.bill_id.as_deref() else {
-        return Ok(Outcome::Unmatched {
-            reason: "the receipt names no bill (extras.billId)".into(),
-        });
-    };
-    let Ok(bill_id) = bill_ref.parse::<i64>() else {
-        return Ok(Outcome::Unmatched {
-            reason: format!("bill {bill_ref:?} is not one of ours"),
-        });
-    };
-    let bill: Option<OpenBill> = sqlx::query_as(
-        "select id, customer_id, status, bonus_payment, bonus_wallet from bills where org_id = $1 and id = $2 for update",
-    )
-    .bind(message.org_id)
-    .bind(bill_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(bill) = bill else {
-        return Ok(Outcome::Unmatched {
-            reason: format!("no bill {bill_id} in this organization"),
-        });
+    let bill = match named_bill(conn, message.org_id, receipt).await? {
+        Ok(bill) => bill,
+        Err(reason) => return Ok(Outcome::Unmatched { reason }),
     };
     if bill.status != "open" {
         return Ok(Outcome::Unmatched {
-            reason: format!("bill {bill_id} is {}", bill.status),
+            reason: format!("bill {} is {}", bill.id, bill.status),
         });
     }
     let org = orgs::get(conn, message.org_id).await?;
@@ -514,16 +521,272 @@ async fn apply_sale(
     .execute(&mut *conn)
     .await?;
     for (customer_id, kind, amount) in notes {
-        sqlx::query("insert into outbox (org_id, customer_id, kind, payload, trace_id) values ($1, $2, $3, $4, $5)")
-            .bind(org.id)
-            .bind(customer_id)
-            .bind(kind)
-            .bind(serde_json::json!({ "amount": amount.to_string(), "invoice_id": invoice_id }))
-            .bind(sale.event_id)
-            .execute(&mut *conn)
-            .await?;
+        let payload = serde_json::json!({ "amount": amount.to_string(), "invoice_id": invoice_id });
+        queue_notification(conn, org.id, customer_id, kind, payload, sale.event_id).await?;
     }
     Ok(invoice_id)
+}
+
+/// A refund of an earlier sale, possibly partial: gives back the bonuses paid and takes back the
+/// accrual, both in proportion to the amount refunded. If the customer has already spent the
+/// accrual, the wallet stops at zero and the shortfall is recorded for operators.
+async fn payback(
+    conn: &mut PgConnection,
+    message: &ReceiptMessage,
+    event_id: &str,
+    receipt: &Receipt,
+) -> Result<Outcome> {
+    let bill = match named_bill(conn, message.org_id, receipt).await? {
+        Ok(bill) => bill,
+        Err(reason) => return Ok(Outcome::Unmatched { reason }),
+    };
+    let Some(sale_receipt) = bill
+        .paid_by_receipt
+        .as_deref()
+        .filter(|_| bill.status == "paid")
+    else {
+        return Ok(Outcome::Unmatched {
+            reason: format!(
+                "bill {} is {}; there is no sale to refund",
+                bill.id, bill.status
+            ),
+        });
+    };
+    let refunded_now = receipt.total_amount.abs();
+    if refunded_now.is_zero() {
+        return Err(Error::invalid(
+            "data.totalAmount",
+            "a refund must have a non-zero total",
+        ));
+    }
+    let (customer_id, invoice_id, sale_total): (i64, String, Decimal) = sqlx::query_as(
+        "select customer_id, invoice_id, total_amount from receipts
+         where org_id = $1 and receipt_id = $2 and status = 'processed'",
+    )
+    .bind(message.org_id)
+    .bind(sale_receipt)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::invalid("data.extras.billId", "the bill's sale is not recorded"))?;
+    let org = orgs::get(conn, message.org_id).await?;
+    customers::lock(conn, org.id, customer_id).await?;
+    let (refunded_before, accrual_reversed_before, payment_returned_before): (Decimal, Decimal, Decimal) = sqlx::query_as(
+        "select coalesce(sum(refunded_amount), 0), coalesce(sum(accrual_due), 0), coalesce(sum(payment_returned), 0)
+         from refunds where org_id = $1 and sale_receipt_id = $2",
+    )
+    .bind(org.id)
+    .bind(sale_receipt)
+    .fetch_one(&mut *conn)
+    .await?;
+    // What the sale did to this customer's wallets, read from its own entries.
+    let sale_entries: Vec<(String, String, Decimal)> = sqlx::query_as(
+        "select wallet, kind, amount from ledger_entries
+         where org_id = $1 and customer_id = $2 and source = 'receipt' and source_ref = $3",
+    )
+    .bind(org.id)
+    .bind(customer_id)
+    .bind(sale_receipt)
+    .fetch_all(&mut *conn)
+    .await?;
+    let accrued: Decimal = sale_entries
+        .iter()
+        .filter(|(w, k, _)| w == "main" && k == "accrual")
+        .map(|(_, _, a)| *a)
+        .sum();
+    let paid = sale_entries
+        .iter()
+        .find(|(_, k, _)| k == "deduction")
+        .and_then(|(w, _, a)| Some((Wallet::parse(w)?, *a)));
+
+    let refunded_total = refunded_before + refunded_now;
+    let at = Stamp::now_in(org.time_zone);
+    let reference = receipt.id.as_str();
+    let mut payment_returned = Decimal::ZERO;
+    if let Some((wallet, amount)) = paid {
+        payment_returned =
+            rules::refund_share(amount, sale_total, refunded_total, payment_returned_before);
+        if let Ok(back) = Amount::new(payment_returned) {
+            let text = describe::refund_payment(&invoice_id);
+            ledger::post(
+                conn,
+                &NewEntry {
+                    org_id: org.id,
+                    customer_id,
+                    wallet,
+                    kind: EntryKind::Accrual,
+                    amount: back,
+                    description: &text,
+                    source: Source::Refund,
+                    source_ref: Some(reference),
+                    at,
+                },
+            )
+            .await?;
+        }
+    }
+    let accrual_due =
+        rules::refund_share(accrued, sale_total, refunded_total, accrual_reversed_before);
+    let available = customers::lock(conn, org.id, customer_id)
+        .await?
+        .bonuses_available;
+    let accrual_taken = accrual_due.min(available.max(Decimal::ZERO));
+    if let Ok(taken) = Amount::new(accrual_taken) {
+        let text = describe::refund_reversal(&invoice_id);
+        ledger::post(
+            conn,
+            &NewEntry {
+                org_id: org.id,
+                customer_id,
+                wallet: Wallet::Main,
+                kind: EntryKind::Deduction,
+                amount: taken,
+                description: &text,
+                source: Source::Refund,
+                source_ref: Some(reference),
+                at,
+            },
+        )
+        .await?;
+    }
+    if accrual_taken < accrual_due {
+        tracing::warn!(org = org.id, customer = customer_id, receipt = %receipt.id, shortfall = %(accrual_due - accrual_taken), "refund shortfall: bonuses already spent");
+    }
+    sqlx::query(
+        "insert into refunds (org_id, receipt_id, sale_receipt_id, customer_id, invoice_id, refunded_amount, accrual_due,
+                              accrual_taken, payment_returned)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(org.id)
+    .bind(&receipt.id)
+    .bind(sale_receipt)
+    .bind(customer_id)
+    .bind(&invoice_id)
+    .bind(refunded_now)
+    .bind(accrual_due)
+    .bind(accrual_taken)
+    .bind(payment_returned)
+    .execute(&mut *conn)
+    .await?;
+    queue_notification(
+        conn,
+        org.id,
+        customer_id,
+        "refund",
+        serde_json::json!({
+            "invoice_id": invoice_id,
+            "refunded": refunded_now.to_string(),
+            "returned": payment_returned.to_string(),
+            "taken": accrual_taken.to_string(),
+        }),
+        event_id,
+    )
+    .await?;
+    Ok(Outcome::Processed {
+        customer_id,
+        invoice_id,
+    })
+}
+
+/// Writes a notification to send, in the caller's transaction.
+async fn queue_notification(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customer_id: i64,
+    kind: &str,
+    payload: serde_json::Value,
+    trace_id: &str,
+) -> Result<()> {
+    sqlx::query("insert into outbox (org_id, customer_id, kind, payload, trace_id) values ($1, $2, $3, $4, $5)")
+        .bind(org_id)
+        .bind(customer_id)
+        .bind(kind)
+        .bind(payload)
+        .bind(trace_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What attaching an unmatched receipt did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Attached {
+    pub receipt_id: String,
+    pub customer_id: String,
+    pub invoice_id: String,
+    pub status: String,
+}
+
+/// Applies an unmatched sale to a customer, once: a second attach finds it processed.
+pub async fn attach(
+    conn: &mut PgConnection,
+    org_id: i64,
+    receipt_id: &str,
+    customer_id: i64,
+) -> Result<Attached> {
+    let row: Option<(String, String, Option<String>, serde_json::Value)> = sqlx::query_as(
+        "select event_id, status, receipt_type, payload from receipts
+         where org_id = $1 and receipt_id = $2 and status in ('unmatched', 'processed', 'ignored')
+         for update",
+    )
+    .bind(org_id)
+    .bind(receipt_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (event_id, status, kind, payload) = row.ok_or(Error::NotFound("receipt"))?;
+    if status != "unmatched" {
+        return Err(Error::conflict(
+            "not_unmatched",
+            format!("the receipt is {status}; only unmatched receipts can be attached"),
+        ));
+    }
+    if kind.as_deref() != Some("SELL") {
+        return Err(Error::invalid(
+            "receipt",
+            "only sales (SELL) can be attached to a customer",
+        ));
+    }
+    let event: ReceiptCreated =
+        serde_json::from_value(payload).map_err(|e| Error::invalid("receipt", e.to_string()))?;
+    let org = orgs::get(conn, org_id).await?;
+    customers::lock(conn, org_id, customer_id)
+        .await
+        .map_err(|e| match e {
+            Error::NotFound(_) => Error::invalid(
+                "customer_id",
+                "no customer of this organization has this id",
+            ),
+            other => other,
+        })?;
+    let invoice_id = apply_sale(
+        conn,
+        &org,
+        Sale {
+            customer_id,
+            total: event.data.total_amount,
+            items: &event.data.items,
+            hold: None,
+            receipt_id,
+            event_id: &event_id,
+        },
+    )
+    .await?;
+    sqlx::query(
+        "update receipts set status = 'processed', customer_id = $3, invoice_id = $4, reason = 'attached by an operator',
+                             processed_at = now(), updated_at = now()
+         where org_id = $1 and event_id = $2",
+    )
+    .bind(org_id)
+    .bind(&event_id)
+    .bind(customer_id)
+    .bind(&invoice_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Attached {
+        receipt_id: receipt_id.to_owned(),
+        customer_id: customer_id.to_string(),
+        invoice_id,
+        status: "processed".into(),
+    })
 }
 
 /// A new invoice number: 8 uppercase hex characters like the old system's, unique per organization.

@@ -507,3 +507,214 @@ async fn a_receipt_that_can_never_apply_goes_to_the_dead_letter_queue_with_its_e
         .await;
     assert_eq!(bill["status"], "open", "nothing changed");
 }
+
+fn refund_event(event_id: &str, receipt_id: &str, bill: i64, total: &str) -> Value {
+    let mut event = receipt_event(event_id, receipt_id, Some(bill), total);
+    event["data"]["type"] = json!("PAYBACK");
+    event
+}
+
+#[tokio::test]
+async fn a_refund_after_the_bonuses_were_spent_stops_at_zero_and_records_the_shortfall() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let _worker = app.start_worker();
+    let id = bill(&app, &shop, "S1", "10000", None).await;
+    assert_eq!(
+        app.post_receipt(
+            &shop.token,
+            &receipt_event("ev-s", "rc-s", Some(id), "10000")
+        )
+        .await
+        .0,
+        200
+    );
+    app.wait_receipt(shop.org, "ev-s", "processed").await;
+    // 50 promo + 200 accrual; the customer spends 240 of it.
+    let (status, _) = app
+        .post(
+            &format!(
+                "/admin/v1/orgs/{}/customers/{}/bonuses",
+                shop.org, shop.alex
+            ),
+            &json!({"op": "deduct", "amount": 240}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    assert_eq!(
+        app.post_receipt(&shop.token, &refund_event("ev-p", "rc-p", id, "10000"))
+            .await
+            .0,
+        200
+    );
+    app.wait_receipt(shop.org, "ev-p", "processed").await;
+    let (_, alex) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.alex
+        ))
+        .await;
+    assert_eq!(alex["bonuses"], json!(0.0), "never negative");
+    assert!(
+        alex["combined_history"][0]["description"]
+            .as_str()
+            .expect("text")
+            .starts_with("Возврат по накладной #")
+    );
+    assert_eq!(alex["combined_history"][0]["amount"], json!(10.0));
+    let (due, taken, shortfall): (
+        rust_decimal::Decimal,
+        rust_decimal::Decimal,
+        rust_decimal::Decimal,
+    ) = sqlx::query_as("select accrual_due, accrual_taken, shortfall from refunds")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("refund");
+    assert_eq!(
+        (due.to_string(), taken.to_string(), shortfall.to_string()),
+        ("200".into(), "10".into(), "190".into())
+    );
+
+    // The same refund again, under a new event id: nothing more.
+    assert_eq!(
+        app.post_receipt(&shop.token, &refund_event("ev-p2", "rc-p", id, "10000"))
+            .await
+            .0,
+        200
+    );
+    app.wait_receipt(shop.org, "ev-p2", "duplicate").await;
+    let refunds: i64 = sqlx::query_scalar("select count(*) from refunds")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("count");
+    assert_eq!(refunds, 1);
+}
+
+#[tokio::test]
+async fn partial_refunds_give_back_bonuses_paid_and_take_back_the_accrual_in_proportion() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let (status, _) = reqwest_patch(&app, shop.org, json!({"bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 50, "referrer_first_purchase_percentage": 5, "accrue_when_paying_with_bonuses": true}})).await;
+    assert_eq!(status, 200);
+    let _worker = app.start_worker();
+    // A 1000 bill, 50 of it paid with the promo bonus: the register charges 950.
+    let id = bill(&app, &shop, "P1", "1000", Some("50")).await;
+    assert_eq!(
+        app.post_receipt(&shop.token, &receipt_event("ev-s", "rc-s", Some(id), "950"))
+            .await
+            .0,
+        200
+    );
+    app.wait_receipt(shop.org, "ev-s", "processed").await;
+    let path = format!("/admin/v1/orgs/{}/customers/{}", shop.org, shop.alex);
+    let balance = async |app: &TestApp| app.get(&path).await.1["bonuses"].clone();
+    assert_eq!(
+        balance(&app).await,
+        json!(19.0),
+        "50 − 50 paid + 2 % of 950"
+    );
+
+    assert_eq!(
+        app.post_receipt(&shop.token, &refund_event("ev-r1", "rc-r1", id, "475"))
+            .await
+            .0,
+        200
+    );
+    app.wait_receipt(shop.org, "ev-r1", "processed").await;
+    assert_eq!(
+        balance(&app).await,
+        json!(34.5),
+        "+25 paid back, −9.5 accrual"
+    );
+    // The rest, sent as a negative amount as some registers do.
+    assert_eq!(
+        app.post_receipt(&shop.token, &refund_event("ev-r2", "rc-r2", id, "-475"))
+            .await
+            .0,
+        200
+    );
+    app.wait_receipt(shop.org, "ev-r2", "processed").await;
+    assert_eq!(
+        balance(&app).await,
+        json!(50.0),
+        "everything paid is back, everything earned is gone"
+    );
+    // Refunding more than was sold takes nothing more.
+    assert_eq!(
+        app.post_receipt(&shop.token, &refund_event("ev-r3", "rc-r3", id, "100"))
+            .await
+            .0,
+        200
+    );
+    app.wait_receipt(shop.org, "ev-r3", "processed").await;
+    assert_eq!(balance(&app).await, json!(50.0));
+}
+
+async fn reqwest_patch(app: &TestApp, org: i64, body: Value) -> (u16, Value) {
+    send(
+        app.admin(reqwest::Method::PATCH, &format!("/admin/v1/orgs/{org}"))
+            .json(&body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_unmatched_receipt_is_kept_and_can_be_attached_to_a_customer_once() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let _worker = app.start_worker();
+    assert_eq!(
+        app.post_receipt(
+            &shop.token,
+            &receipt_event("ev-u", "rc-u", Some(424242), "1000")
+        )
+        .await
+        .0,
+        200
+    );
+    let row = app.wait_receipt(shop.org, "ev-u", "unmatched").await;
+    assert!(row["reason"].as_str().expect("reason").contains("424242"));
+    let (_, listed) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/receipts?status=unmatched",
+            shop.org
+        ))
+        .await;
+    assert_eq!(listed["items"][0]["receipt_id"], "rc-u");
+
+    let path = format!("/admin/v1/orgs/{}/receipts/rc-u/attach", shop.org);
+    let (status, attached) = app.post(&path, &json!({"customer_id": shop.alex})).await;
+    assert_eq!(status, 200, "{attached}");
+    assert_eq!(attached["status"], "processed");
+    let (status, again) = app.post(&path, &json!({"customer_id": shop.alex})).await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (409, Some("not_unmatched"))
+    );
+    let (_, alex) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.alex
+        ))
+        .await;
+    assert_eq!(alex["bonuses"], json!(70.0));
+    let (_, friend) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.friend
+        ))
+        .await;
+    assert_eq!(
+        friend["referral_bonuses"],
+        json!(50.0),
+        "an attached first purchase rewards the referrer too"
+    );
+    let (status, _) = app
+        .post(
+            &format!("/admin/v1/orgs/{}/receipts/nope/attach", shop.org),
+            &json!({"customer_id": shop.alex}),
+        )
+        .await;
+    assert_eq!(status, 404);
+}

@@ -4,6 +4,7 @@ pub mod bills;
 pub mod customers;
 pub mod legacy;
 pub mod orgs;
+pub mod receipts;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -21,6 +22,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(orgs::router())
         .merge(customers::router())
         .merge(bills::router())
+        .merge(receipts::router())
         .merge(legacy::router(state.config.import_body_limit))
         .layer(middleware::from_fn_with_state(state, require_admin))
 }

@@ -1,0 +1,111 @@
+//! Receipts as the workers recorded them, and attaching an unmatched one to a customer.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use loyalty::bills::deserialize_id;
+use loyalty::receipts::{self, Attached};
+use serde::{Deserialize, Serialize};
+
+use super::{Listing, Page};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Body, Path, Query};
+use crate::idempotency::{IdempotencyKey, transact};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orgs/{org}/receipts", get(list_receipts))
+        .route(
+            "/orgs/{org}/receipts/{receipt}/attach",
+            post(attach_receipt),
+        )
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    #[serde(deserialize_with = "deserialize_id")]
+    #[schema(value_type = String)]
+    pub customer_id: i64,
+}
+
+/// Applies an unmatched sale to a customer, once.
+#[utoipa::path(post, path = "/admin/v1/orgs/{org}/receipts/{receipt}/attach", tag = "receipts",
+    request_body = AttachRequest,
+    responses((status = 200, body = Attached), (status = 404, body = crate::openapi::ErrorBody),
+              (status = 409, description = "the receipt is not unmatched (already applied)", body = crate::openapi::ErrorBody),
+              (status = 422, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn attach_receipt(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((org, receipt)): Path<(i64, String)>,
+    body: Body<AttachRequest>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    transact(&state.db, key.as_ref(), &body.digest, StatusCode::OK, async |conn| {
+        let attached = receipts::attach(conn, org, &receipt, body.value.customer_id).await?;
+        tracing::info!(org, receipt = %receipt, customer = body.value.customer_id, "unmatched receipt attached");
+        Ok(attached)
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ReceiptQuery {
+    /// processed, duplicate, unmatched, ignored, retrying or dead; all when absent.
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// A receipt as recorded.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ReceiptRecord {
+    pub event_id: String,
+    pub receipt_id: Option<String>,
+    pub event_type: String,
+    pub receipt_type: Option<String>,
+    pub status: String,
+    pub reason: Option<String>,
+    pub bill_id: Option<i64>,
+    pub customer_id: Option<i64>,
+    pub invoice_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub total_amount: Option<rust_decimal::Decimal>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub processed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The organization's receipts, latest first.
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/receipts", tag = "receipts", params(ReceiptQuery),
+    responses((status = 200, body = Listing<ReceiptRecord>)), security(("admin" = [])))]
+pub async fn list_receipts(
+    State(state): State<AppState>,
+    Path(org): Path<i64>,
+    Query(query): Query<ReceiptQuery>,
+) -> Result<Json<Listing<ReceiptRecord>>, ApiError> {
+    let (limit, offset) = Page {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .bounds()?;
+    let rows: Vec<ReceiptRecord> = sqlx::query_as(
+        "select event_id, receipt_id, event_type, receipt_type, status, reason, bill_id, customer_id, invoice_id,
+                total_amount, attempts, last_error, received_at, processed_at
+         from receipts where org_id = $1 and ($2::text is null or status = $2)
+         order by updated_at desc, event_id limit $3 offset $4",
+    )
+    .bind(org)
+    .bind(query.status.as_deref())
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(Listing::new(rows, limit, offset)))
+}

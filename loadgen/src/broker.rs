@@ -1,0 +1,164 @@
+//! The broker ceiling: what RabbitMQ confirms a second for messages exactly like the ones ingest
+//! publishes (same body size, headers and properties, persistent, mandatory, to a quorum queue),
+//! from K concurrent publishers sharing one confirm channel, as ingest's requests do. No HTTP, no
+//! JSON parsing: the best ingest could do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use loyalty::queue::{self, headers};
+use loyalty::receipts::ReceiptMessage;
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::http::Throughput;
+use crate::setup::Shop;
+
+async fn connect(url: &str) -> anyhow::Result<Connection> {
+    Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name("loadgen".into()),
+    )
+    .await
+    .context("connect to RabbitMQ")
+}
+
+/// Publishes `count` receipt messages built from `sample` to a scratch quorum queue `queue`,
+/// deleted afterwards, with `publishers` concurrent publishers.
+pub async fn ceiling(
+    url: &str,
+    queue: &str,
+    shop: &Shop,
+    sample: &Value,
+    count: usize,
+    publishers: usize,
+) -> anyhow::Result<Throughput> {
+    let conn = connect(url).await?;
+    let channel = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
+        .await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+
+    // Ingest serializes the event it received inside a `ReceiptMessage`; so does this.
+    let messages: Vec<(String, Vec<u8>)> = (0..count)
+        .map(|i| {
+            let id = format!("ceiling-{i}");
+            let mut event = sample.clone();
+            event["id"] = Value::String(id.clone());
+            event["data"]["id"] = Value::String(format!("ceiling-rc-{i}"));
+            let message = ReceiptMessage {
+                org_id: shop.org,
+                integration_id: shop.integration,
+                received_at: chrono::Utc::now(),
+                event,
+            };
+            Ok((id, serde_json::to_vec(&message)?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let messages = Arc::new(messages);
+    let next = Arc::new(AtomicUsize::new(0));
+    let org = shop.org.to_string();
+
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..publishers.min(count) {
+        let (channel, messages, next) = (channel.clone(), messages.clone(), next.clone());
+        let (queue, org) = (queue.to_owned(), org.clone());
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((id, body)) = messages.get(i) else {
+                    break;
+                };
+                publish(&channel, &queue, id, &org, body).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    let mut outcome = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        if let Err(err) = done.map_err(anyhow::Error::from).and_then(|r| r) {
+            outcome = outcome.and(Err(err));
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let deleted = channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+    outcome?;
+    let depth = deleted.context("delete the ceiling queue")?;
+    if usize::try_from(depth)? != count {
+        bail!("the ceiling queue held {depth} messages, {count} were confirmed");
+    }
+    Ok(Throughput { count, elapsed })
+}
+
+/// One publish as `loyalty::queue::Broker::publish` does it, waiting for the confirm.
+async fn publish(
+    channel: &Channel,
+    queue: &str,
+    id: &str,
+    org: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let properties = BasicProperties::default()
+        .with_message_id(ShortString::from(id))
+        .with_headers(queue::header_table(&[
+            (headers::ORG, org.to_owned()),
+            (headers::ATTEMPT, "1".into()),
+        ]))
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            ShortString::from(queue),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        other => bail!("the broker did not confirm a ceiling message: {other:?}"),
+    }
+}
+
+/// Messages ready in `queue` (which must exist).
+pub async fn depth(url: &str, queue: &str) -> anyhow::Result<u32> {
+    let conn = connect(url).await?;
+    let channel = conn.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(declared.message_count())
+}

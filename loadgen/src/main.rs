@@ -1,0 +1,216 @@
+//! `loadgen`: measures the receipt pipeline against what its infrastructure can do at best, in one
+//! run on one machine, so a throughput figure comes with the baseline that makes it meaningful.
+//!
+//! - The broker ceiling (confirmed publishes of receipt-sized messages to a quorum queue, without
+//!   HTTP) is what ingest could reach at best; ingest should get within 70 % of it.
+//! - `pgbench`'s TPC-B-like tps is what this PostgreSQL does for a small write transaction; one
+//!   receipt is one transaction, so the workers should apply at least 1.5× that many receipts a
+//!   second (TPC-B is write-heavy, a receipt's transaction touches few rows).
+//! - The POST→commit latency is taken in a paced phase with the worker idle-ready, since the bulk
+//!   phase measures queueing, not latency.
+//!
+//! Everything runs against a scratch database and queue prefix of its own, removed at the end
+//! (also after an error or Ctrl-C). The figures go to stdout and to `target/loadgen-report.json`.
+
+mod broker;
+mod http;
+mod pgbench;
+mod report;
+mod setup;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use loyalty::queue::{Broker, Stream, Topology};
+
+use crate::report::{Report, Settings};
+use crate::setup::Scratch;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Measures ingest and worker throughput against the broker ceiling and pgbench"
+)]
+pub struct Args {
+    /// Receipts of the bulk phases (broker ceiling, ingest, worker).
+    #[arg(long, default_value_t = 5000)]
+    pub receipts: usize,
+    /// Customers the bills are spread over.
+    #[arg(long, default_value_t = 500)]
+    pub customers: usize,
+    /// Concurrent publishers (ceiling) and HTTP clients (ingest); the worker's concurrency too
+    /// unless `--worker-concurrency` is given.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Receipts the worker processes at once (and its prefetch).
+    #[arg(long)]
+    pub worker_concurrency: Option<u16>,
+    /// Receipts a second of the paced latency phase.
+    #[arg(long, default_value_t = 200.0)]
+    pub paced_rate: f64,
+    /// Duration of the pgbench run, in seconds.
+    #[arg(long, default_value_t = 15)]
+    pub pgbench_seconds: u32,
+    /// PostgreSQL server (any database on it; scratch databases are created next to it).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    /// RabbitMQ connection URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Where the JSON report goes (default: the workspace's `target/loadgen-report.json`).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+impl Args {
+    fn worker_concurrency(&self) -> anyhow::Result<u16> {
+        match self.worker_concurrency {
+            Some(k) => Ok(k),
+            None => u16::try_from(self.concurrency)
+                .context("--concurrency is too large for a worker; give --worker-concurrency"),
+        }
+    }
+
+    fn paced_receipts(&self) -> usize {
+        self.receipts.min(1000)
+    }
+
+    fn report_path(&self) -> PathBuf {
+        self.report.clone().unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            target.join("loadgen-report.json")
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    loyalty::telemetry::init("warn");
+    let args = Args::parse();
+    if args.receipts == 0 || args.customers == 0 || args.concurrency == 0 {
+        bail!("--receipts, --customers and --concurrency must be positive");
+    }
+    if args.paced_rate.is_nan() || args.paced_rate <= 0.0 {
+        bail!("--paced-rate must be positive");
+    }
+    args.worker_concurrency()?;
+
+    let scratch = Scratch::new(&args)?;
+    let outcome = tokio::select! {
+        outcome = run(&args, &scratch) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    eprintln!("cleaning up: databases and queues of {}", scratch.tag);
+    let cleaned = scratch.clean().await;
+    let report = outcome?;
+    cleaned?;
+    report.print();
+    let path = args.report_path();
+    report
+        .write(&path)
+        .with_context(|| format!("write {}", path.display()))?;
+    println!("report written to {}", path.display());
+    Ok(())
+}
+
+async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
+    let n = args.receipts;
+    let k = args.concurrency;
+    let m = args.paced_receipts();
+    let worker_concurrency = args.worker_concurrency()?;
+
+    eprintln!(
+        "[1/6] setup: database {}, {} customers, {} bills",
+        scratch.db_name,
+        args.customers,
+        n + m
+    );
+    let env = setup::Environment::start(args, scratch).await?;
+    let shop = env.seed(args.customers, n + m, k).await?;
+    let (bulk_bills, paced_bills) = shop.bills.split_at(n);
+    let http = http::Client::new(&env.base, &shop.token, k)?;
+    http.warm_up().await?;
+
+    eprintln!("[2/6] broker ceiling: {n} confirmed publishes, {k} publishers");
+    let sample = http::receipt_event("ceiling-sample", "ceiling-sample", bulk_bills[0]);
+    let ceiling =
+        broker::ceiling(&args.amqp_url, &scratch.ceiling_queue, &shop, &sample, n, k).await?;
+    eprintln!("      {:.0} msgs/s", ceiling.per_second());
+
+    eprintln!("[3/6] ingest: {n} receipts, {k} HTTP clients, no worker");
+    let bodies = http::bodies("bulk", bulk_bills)?;
+    let ingest = http.post_all(bodies, k).await?;
+    eprintln!("      {:.0} receipts/s", ingest.per_second());
+    let depth = broker::depth(&args.amqp_url, &scratch.topology.main(Stream::Receipts)).await?;
+    if usize::try_from(depth)? != n {
+        bail!("the receipts queue holds {depth} messages after ingest accepted {n}");
+    }
+
+    eprintln!(
+        "[4/6] pgbench: -s 10, tpcb-like -c 16 -j 2 -T {}",
+        args.pgbench_seconds
+    );
+    let pgbench = pgbench::run(&env.server_url, &scratch.pgbench_db, args.pgbench_seconds).await?;
+    eprintln!("      {:.0} tps", pgbench.tps);
+
+    eprintln!("[5/6] worker: {n} queued receipts, concurrency {worker_concurrency}");
+    let broker = Arc::new(Broker::new(
+        args.amqp_url.clone(),
+        Topology::new(scratch.prefix.clone()),
+    ));
+    let worker_pool = loyalty::db::connect(&env.db_url, u32::from(worker_concurrency) + 4).await?;
+    let running = worker::Running::start(worker_pool, broker, worker_concurrency);
+    let bulk = worker::wait_processed(&env.db, shop.org, "bulk-%", n, running.started).await?;
+    eprintln!("      {:.0} receipts/s", bulk.per_second());
+
+    eprintln!(
+        "[6/6] latency: {m} receipts at {:.0}/s with the worker running",
+        args.paced_rate
+    );
+    let paced_started = tokio::time::Instant::now();
+    let paced = http
+        .post_paced(http::bodies("paced", paced_bills)?, args.paced_rate)
+        .await?;
+    worker::wait_processed(&env.db, shop.org, "paced-%", m, paced_started.into_std()).await?;
+    let latency = worker::commit_latency(&env.db, shop.org, "paced-%").await?;
+    eprintln!(
+        "      p50 {:.1} ms, p99 {:.1} ms",
+        latency.p50_ms, latency.p99_ms
+    );
+    let stopped = running.stop(Duration::from_secs(30)).await;
+    env.stop().await;
+    stopped?;
+
+    Ok(Report::new(
+        Settings {
+            receipts: n,
+            customers: args.customers,
+            concurrency: k,
+            worker_concurrency,
+            paced_receipts: m,
+            paced_rate: args.paced_rate,
+            pgbench_seconds: args.pgbench_seconds,
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        },
+        &ceiling,
+        &ingest,
+        &pgbench,
+        &bulk,
+        &paced,
+        &latency,
+    ))
+}

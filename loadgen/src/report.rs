@@ -1,0 +1,185 @@
+//! The run's figures and their ratios to the baselines, printed and written as JSON.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::http::{Paced, Throughput};
+use crate::pgbench::Pgbench;
+use crate::worker::Latency;
+
+/// Ingest should reach this share of the broker ceiling.
+pub const INGEST_TARGET: f64 = 0.70;
+/// The workers should apply this many receipts per pgbench transaction.
+pub const WORKER_TARGET: f64 = 1.5;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub receipts: usize,
+    pub customers: usize,
+    pub concurrency: usize,
+    pub worker_concurrency: u16,
+    pub paced_receipts: usize,
+    pub paced_rate: f64,
+    pub pgbench_seconds: u32,
+    /// Everything (load, ingest, worker, and here also PostgreSQL and RabbitMQ) shares these.
+    pub cpus: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub count: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+}
+
+impl From<&Throughput> for Phase {
+    fn from(t: &Throughput) -> Self {
+        Self {
+            count: t.count,
+            seconds: t.elapsed.as_secs_f64(),
+            per_second: t.per_second(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub value: f64,
+    pub target: f64,
+    pub met: bool,
+}
+
+impl Ratio {
+    fn new(value: f64, target: f64) -> Self {
+        Self {
+            value,
+            target,
+            met: value >= target,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyReport {
+    pub receipts: usize,
+    pub achieved_rate: f64,
+    /// `processed_at - received_at` from the receipts table: ingest's acceptance to the worker's
+    /// transaction (`processed_at` is PostgreSQL's `now()`, the transaction's start).
+    pub post_to_commit_p50_ms: f64,
+    pub post_to_commit_p99_ms: f64,
+    pub post_to_commit_max_ms: f64,
+    /// The POST's answer time as the clients saw it.
+    pub http_p50_ms: f64,
+    pub http_p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub generated_at: String,
+    pub settings: Settings,
+    pub broker_ceiling: Phase,
+    pub ingest: Phase,
+    pub pgbench_tps: f64,
+    pub worker: Phase,
+    pub ingest_vs_broker_ceiling: Ratio,
+    pub worker_vs_pgbench_tps: Ratio,
+    pub latency: LatencyReport,
+}
+
+impl Report {
+    pub fn new(
+        settings: Settings,
+        ceiling: &Throughput,
+        ingest: &Throughput,
+        pgbench: &Pgbench,
+        worker: &Throughput,
+        paced: &Paced,
+        latency: &Latency,
+    ) -> Self {
+        let (ceiling, ingest, worker) = (
+            Phase::from(ceiling),
+            Phase::from(ingest),
+            Phase::from(worker),
+        );
+        Self {
+            generated_at: chrono::Utc::now().to_rfc3339(),
+            ingest_vs_broker_ceiling: Ratio::new(
+                ingest.per_second / ceiling.per_second,
+                INGEST_TARGET,
+            ),
+            worker_vs_pgbench_tps: Ratio::new(worker.per_second / pgbench.tps, WORKER_TARGET),
+            settings,
+            broker_ceiling: ceiling,
+            ingest,
+            pgbench_tps: pgbench.tps,
+            worker,
+            latency: LatencyReport {
+                receipts: paced.sent,
+                achieved_rate: paced.rate,
+                post_to_commit_p50_ms: latency.p50_ms,
+                post_to_commit_p99_ms: latency.p99_ms,
+                post_to_commit_max_ms: latency.max_ms,
+                http_p50_ms: paced.http_p50_ms,
+                http_p99_ms: paced.http_p99_ms,
+            },
+        }
+    }
+
+    pub fn print(&self) {
+        let s = &self.settings;
+        let verdict = |r: &Ratio| if r.met { "met" } else { "NOT MET" };
+        println!();
+        println!(
+            "loadgen: {} receipts, {} customers, concurrency {} (worker {}), {} CPUs",
+            s.receipts, s.customers, s.concurrency, s.worker_concurrency, s.cpus
+        );
+        println!(
+            "  broker ceiling   {:>10.0} msgs/s      ({} confirmed publishes in {:.2} s)",
+            self.broker_ceiling.per_second, self.broker_ceiling.count, self.broker_ceiling.seconds
+        );
+        println!(
+            "  ingest           {:>10.0} receipts/s  ({} POSTs answered 200 in {:.2} s)",
+            self.ingest.per_second, self.ingest.count, self.ingest.seconds
+        );
+        println!(
+            "  pgbench          {:>10.0} tps         (tpcb-like, scale 10, 16 clients, {} s)",
+            self.pgbench_tps, s.pgbench_seconds
+        );
+        println!(
+            "  worker           {:>10.0} receipts/s  ({} processed in {:.2} s)",
+            self.worker.per_second, self.worker.count, self.worker.seconds
+        );
+        println!(
+            "  ingest / broker ceiling  {:>6.2}  (target ≥ {:.2}: {})",
+            self.ingest_vs_broker_ceiling.value,
+            self.ingest_vs_broker_ceiling.target,
+            verdict(&self.ingest_vs_broker_ceiling)
+        );
+        println!(
+            "  worker / pgbench tps     {:>6.2}  (target ≥ {:.2}: {})",
+            self.worker_vs_pgbench_tps.value,
+            self.worker_vs_pgbench_tps.target,
+            verdict(&self.worker_vs_pgbench_tps)
+        );
+        let l = &self.latency;
+        println!(
+            "  POST→commit at {:.0}/s ({} receipts): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; HTTP answer p50 {:.1} ms, p99 {:.1} ms",
+            l.achieved_rate,
+            l.receipts,
+            l.post_to_commit_p50_ms,
+            l.post_to_commit_p99_ms,
+            l.post_to_commit_max_ms,
+            l.http_p50_ms,
+            l.http_p99_ms
+        );
+    }
+
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+}
