@@ -206,7 +206,7 @@ impl Broker {
     }
 
     /// Names connections after the deployment's queue prefix, so operators (and tests) can tell them apart.
-    fn connection_name(&self, role: &str) -> ShortString {
+    fn connection_name(&self, role: &str) -> LongString {
         ShortString::from(
             format!("loyalty {role} {}", self.topology.prefix)
                 .trim_end()
