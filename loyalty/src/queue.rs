@@ -207,11 +207,7 @@ impl Broker {
 
     /// Names connections after the deployment's queue prefix, so operators (and tests) can tell them apart.
     fn connection_name(&self, role: &str) -> LongString {
-        ShortString::from(
-            format!("loyalty {role} {}", self.topology.prefix)
-                .trim_end()
-                .to_owned(),
-        )
+        LongString::from(format!("loyalty {role} {}", self.topology.prefix).trim_end())
     }
 
     /// The publishing channel, reconnecting and redeclaring the topology when needed.
