@@ -93,7 +93,6 @@ pub struct Environment {
     pub db_url: String,
     /// For setup and measuring queries (ingest and the worker have pools of their own).
     pub db: PgPool,
-    pub state: ingest::AppState,
     pub base: String,
     admin_token: String,
     admin: reqwest::Client,
@@ -170,7 +169,6 @@ impl Environment {
             server_url: scratch.server_url.clone(),
             db_url,
             db,
-            state,
             base,
             admin_token,
             admin: reqwest::Client::new(),

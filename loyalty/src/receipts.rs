@@ -232,7 +232,7 @@ impl<'a> ReceiptRow<'a> {
             Outcome::Unmatched { reason } => (None, None, Some(reason.as_str())),
             _ => (None, None, None),
         };
-        sqlx::query(
+        let saved = sqlx::query(
             "insert into receipts (org_id, event_id, receipt_id, integration_id, event_type, receipt_type, status,
                                    reason, bill_id, customer_id, invoice_id, total_amount, payload, received_at,
                                    processed_at)
@@ -242,7 +242,8 @@ impl<'a> ReceiptRow<'a> {
                  customer_id = excluded.customer_id, invoice_id = excluded.invoice_id,
                  receipt_id = excluded.receipt_id, receipt_type = excluded.receipt_type,
                  total_amount = excluded.total_amount, processed_at = now(), updated_at = now(),
-                 attempts = receipts.attempts + 1",
+                 attempts = receipts.attempts + 1
+             where receipts.status in ('retrying', 'dead')",
         )
         .bind(self.message.org_id)
         .bind(self.event_id)
@@ -262,11 +263,20 @@ impl<'a> ReceiptRow<'a> {
         .await
         .map_err(|e| match violated_constraint(&e) {
             // Another event carrying the same receipt committed first: retried, it is a duplicate.
-            Some("receipts_take_effect_once") => Error::conflict("receipt_race", "the same receipt was applied concurrently"),
+            Some("receipts_take_effect_once") => race(),
             _ => e.into(),
         })?;
+        // Another delivery of this very event committed while this one ran (a redelivery after a
+        // lost ack): this transaction rolls back, and run again it finds a duplicate.
+        if saved.rows_affected() == 0 {
+            return Err(race());
+        }
         Ok(())
     }
+}
+
+fn race() -> Error {
+    Error::conflict("receipt_race", "the same receipt was applied concurrently")
 }
 
 /// Records a failed attempt (in its own transaction: the attempt's own rolled back).

@@ -454,3 +454,44 @@ mod containers {
         .map(|(_, url)| url.clone())
     }
 }
+
+/// The path of one of the workspace's binaries, built if needed (the real program, for tests that
+/// kill it).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", name, "--bin", name])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {name} failed");
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir")
+        .join(name)
+}
+
+/// Closes this test's broker connections from the broker's side, as a broker restart would.
+pub fn cut_broker_connections(prefix: &str) -> usize {
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+        .expect("rabbitmqctl runs");
+    // Connections are named "loyalty <role> <queue prefix>".
+    let marker = format!(" {prefix}\"");
+    let mut cut = 0;
+    for line in String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|l| l.contains(&marker))
+    {
+        let Some(pid) = line.split('\t').next() else {
+            continue;
+        };
+        let closed = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test cut"])
+            .output();
+        cut += usize::from(closed.is_ok_and(|o| o.status.success()));
+    }
+    cut
+}

@@ -1,0 +1,155 @@
+//! Faults injected for real: a worker process killed with SIGKILL mid-stream, and the broker
+//! closing every connection of the service. Every receipt that got a 200 is applied exactly once.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use e2e::{TestApp, binary, cut_broker_connections, receipt_event};
+use serde_json::json;
+
+/// An organization with a POS token, one customer and `n` open bills of 100 each.
+async fn shop_with_bills(app: &TestApp, n: usize) -> (i64, String, String, Vec<i64>) {
+    let org = app.org().await;
+    let token = app.pos_token(org, "shop").await;
+    let customer = app.customer(org, "Alex").await;
+    let mut bills = Vec::new();
+    for i in 0..n {
+        let (status, bill) = app
+            .post(
+                &format!("/admin/v1/orgs/{org}/bills"),
+                &json!({"customer_id": customer, "number": format!("K{i}"), "items": [{"name": "x", "quantity": 1, "unit_price": 100}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{bill}");
+        bills.push(bill["id"].as_i64().expect("id"));
+    }
+    (org, token, customer, bills)
+}
+
+/// Posts a receipt the way the POS does: again and again until it gets its 200.
+async fn post_until_accepted(app: &TestApp, token: &str, event: &serde_json::Value) {
+    for _ in 0..100 {
+        if app.post_receipt(token, event).await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("receipt {} never accepted", event["id"]);
+}
+
+async fn processed(app: &TestApp, org: i64) -> i64 {
+    sqlx::query_scalar("select count(*) from receipts where org_id = $1 and status = 'processed'")
+        .bind(org)
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("count")
+}
+
+async fn assert_applied_exactly_once(app: &TestApp, org: i64, customer: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while processed(app, org).await < n as i64 {
+        if std::time::Instant::now() > deadline {
+            let by_status: Vec<(String, i64)> = sqlx::query_as(
+                "select status || coalesce(': ' || reason, ''), count(*) from receipts group by 1",
+            )
+            .fetch_all(&app.db.pool)
+            .await
+            .expect("statuses");
+            let topology = app.state.broker.topology();
+            let main = app
+                .queue_depth(&topology.main(loyalty::queue::Stream::Receipts))
+                .await;
+            let dead = app
+                .queue_depth(&topology.dead(loyalty::queue::Stream::Receipts))
+                .await;
+            panic!(
+                "only {} of {n} processed: {by_status:?}, queue {main}, dead {dead}",
+                processed(app, org).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, read) = app
+        .get(&format!("/admin/v1/orgs/{org}/customers/{customer}"))
+        .await;
+    assert_eq!(
+        read["history"].as_array().map(Vec::len),
+        Some(n),
+        "one accrual per receipt"
+    );
+    assert_eq!(read["bonuses"], json!(2.0 * n as f64), "2 % of 100 each");
+    let paid: i64 =
+        sqlx::query_scalar("select count(*) from bills where org_id = $1 and status = 'paid'")
+            .bind(org)
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("count");
+    assert_eq!(paid, n as i64);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
+    let app = TestApp::spawn().await;
+    let n = 300;
+    let (org, token, customer, bills) = shop_with_bills(&app, n).await;
+    for (i, bill) in bills.iter().enumerate() {
+        post_until_accepted(
+            &app,
+            &token,
+            &receipt_event(&format!("ev-{i}"), &format!("rc-{i}"), Some(*bill), "100"),
+        )
+        .await;
+    }
+    let mut worker = Command::new(binary("workers"))
+        .env("DATABASE_URL", &app.db.url)
+        .env("AMQP_URL", &app.state.config.amqp_url)
+        .env("QUEUE_PREFIX", &app.state.config.queue_prefix)
+        .env("WORKER_CONCURRENCY", "8")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("worker starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while processed(&app, org).await < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker process applied nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.kill().expect("SIGKILL");
+    worker.wait().expect("reaped");
+    let at_kill = processed(&app, org).await;
+    assert!(
+        at_kill < n as i64,
+        "killed mid-stream, not after the end ({at_kill})"
+    );
+
+    let _replacement = app.start_worker();
+    assert_applied_exactly_once(&app, org, &customer, n).await;
+}
+
+#[tokio::test]
+async fn cut_broker_connections_lose_and_double_nothing() {
+    let app = TestApp::spawn().await;
+    let n = 200;
+    let (org, token, customer, bills) = shop_with_bills(&app, n).await;
+    let _worker = app.start_worker();
+    let prefix = app.state.config.queue_prefix.clone();
+    for (i, bill) in bills.iter().enumerate() {
+        if i == n / 2 {
+            let cut = cut_broker_connections(&prefix);
+            assert!(
+                cut >= 2,
+                "the publisher's and the worker's connections were cut ({cut})"
+            );
+        }
+        post_until_accepted(
+            &app,
+            &token,
+            &receipt_event(&format!("ev-{i}"), &format!("rc-{i}"), Some(*bill), "100"),
+        )
+        .await;
+    }
+    assert_applied_exactly_once(&app, org, &customer, n).await;
+}
