@@ -6,7 +6,7 @@
 //! - `pgbench`'s TPC-B-like tps is what this PostgreSQL does for a small write transaction; one
 //!   receipt is one transaction, so the workers should apply at least 1.5× that many receipts a
 //!   second (TPC-B is write-heavy, a receipt's transaction touches few rows).
-//! - The POST→commit latency is taken in a paced phase with the worker idle-ready, since the bulk
+//! - The POST→commit latency is taken in a paced phase with the worker running, since the bulk
 //!   phase measures queueing, not latency.
 //!
 //! Everything runs against a scratch database and queue prefix of its own, removed at the end
@@ -19,7 +19,7 @@ mod report;
 mod setup;
 mod worker;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,9 +89,11 @@ impl Args {
 
     fn report_path(&self) -> PathBuf {
         self.report.clone().unwrap_or_else(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap_or(Path::new("."));
             let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+                .map_or_else(|| workspace.join("target"), PathBuf::from);
             target.join("loadgen-report.json")
         })
     }
@@ -99,7 +101,8 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    loyalty::telemetry::init("warn");
+    // sqlx's slow-statement warnings (dropping a database takes a second) are not news here.
+    loyalty::telemetry::init("warn,sqlx::query=error");
     let args = Args::parse();
     if args.receipts == 0 || args.customers == 0 || args.concurrency == 0 {
         bail!("--receipts, --customers and --concurrency must be positive");

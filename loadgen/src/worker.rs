@@ -132,24 +132,35 @@ async fn breakdown(db: &PgPool, org: i64, like: &str) -> anyhow::Result<String> 
         .join(", "))
 }
 
-/// Percentiles of `processed_at - received_at` (ingest's acceptance → the worker's transaction).
+/// Percentiles of the time from ingest's acceptance (`received_at`) to the worker's commit.
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Where the end time comes from: the commit itself when the server tracks commit timestamps,
+    /// else `processed_at`, which is `now()`, the start of the worker's transaction.
+    pub end: &'static str,
 }
 
 pub async fn commit_latency(db: &PgPool, org: i64, like: &str) -> anyhow::Result<Latency> {
-    let (p50, p99, max): (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+    let tracked: String = sqlx::query_scalar("select current_setting('track_commit_timestamp')")
+        .fetch_one(db)
+        .await?;
+    let (end, column) = if tracked == "on" {
+        ("commit timestamp", "pg_xact_commit_timestamp(xmin)")
+    } else {
+        ("processed_at (transaction start)", "processed_at")
+    };
+    let (p50, p99, max): (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(&format!(
         "with l as (
-             select extract(epoch from processed_at - received_at)::float8 * 1000 as ms
+             select extract(epoch from {column} - received_at)::float8 * 1000 as ms
              from receipts where org_id = $1 and event_id like $2 and status = 'processed')
          select percentile_cont(0.5) within group (order by ms),
                 percentile_cont(0.99) within group (order by ms),
                 max(ms)
-         from l",
-    )
+         from l"
+    ))
     .bind(org)
     .bind(like)
     .fetch_one(db)
@@ -159,6 +170,7 @@ pub async fn commit_latency(db: &PgPool, org: i64, like: &str) -> anyhow::Result
             p50_ms,
             p99_ms,
             max_ms,
+            end,
         }),
         _ => bail!("no processed receipts ({like}) to measure"),
     }
