@@ -164,14 +164,7 @@ async fn receipt(
     if head.event_type == RECEIPT_CREATED {
         parse_json::<ReceiptCreated>(&body)?;
     }
-    let event: Value = parse_json(&body)?;
-    let message = ReceiptMessage {
-        org_id: pos.org_id,
-        integration_id: pos.id,
-        received_at: chrono::Utc::now(),
-        event,
-    };
-    let payload = serde_json::to_vec(&message).map_err(anyhow::Error::from)?;
+    let payload = ReceiptMessage::encode_raw(pos.org_id, pos.id, chrono::Utc::now(), &body);
     let properties = lapin::BasicProperties::default()
         .with_message_id(lapin::types::ShortString::from(head.id.as_str()))
         .with_headers(queue::header_table(&[

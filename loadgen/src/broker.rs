@@ -18,6 +18,7 @@ use loyalty::receipts::ReceiptMessage;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
+use crate::cpu::{self, Usage};
 use crate::http::Throughput;
 use crate::setup::Shop;
 
@@ -31,15 +32,16 @@ async fn connect(url: &str) -> anyhow::Result<Connection> {
 }
 
 /// Publishes `count` receipt messages built from `sample` to a scratch quorum queue `queue`,
-/// deleted afterwards, with `publishers` concurrent publishers.
+/// deleted afterwards, with `publishers` concurrent publishers; returns the throughput and the CPU
+/// use while publishing.
 pub async fn ceiling(
     url: &str,
     queue: &str,
     shop: &Shop,
     sample: &Value,
-    count: usize,
-    publishers: usize,
-) -> anyhow::Result<Throughput> {
+    (count, publishers): (usize, usize),
+    cpus: usize,
+) -> anyhow::Result<(Throughput, Option<Usage>)> {
     let conn = connect(url).await?;
     let channel = conn.create_channel().await?;
     let mut args = FieldTable::default();
@@ -74,6 +76,7 @@ pub async fn ceiling(
     let next = Arc::new(AtomicUsize::new(0));
     let org = shop.org.to_string();
 
+    let cpu = cpu::Sample::now();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..publishers.min(count) {
@@ -97,6 +100,7 @@ pub async fn ceiling(
         }
     }
     let elapsed = started.elapsed();
+    let usage = cpu.and_then(|c| c.usage(cpus));
 
     let deleted = channel
         .queue_delete(queue.into(), QueueDeleteOptions::default())
@@ -107,7 +111,7 @@ pub async fn ceiling(
     if usize::try_from(depth)? != count {
         bail!("the ceiling queue held {depth} messages, {count} were confirmed");
     }
-    Ok(Throughput { count, elapsed })
+    Ok((Throughput { count, elapsed }, usage))
 }
 
 /// One publish as `loyalty::queue::Broker::publish` does it, waiting for the confirm.

@@ -13,6 +13,7 @@
 //! (also after an error or Ctrl-C). The figures go to stdout and to `target/loadgen-report.json`.
 
 mod broker;
+mod cpu;
 mod http;
 mod pgbench;
 mod report;
@@ -27,7 +28,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use loyalty::queue::{Broker, Stream, Topology};
 
-use crate::report::{Report, Settings};
+use crate::report::{Measured, Report, Settings};
 use crate::setup::Scratch;
 
 #[derive(Debug, Clone, Parser)]
@@ -42,13 +43,15 @@ pub struct Args {
     /// Customers the bills are spread over.
     #[arg(long, default_value_t = 500)]
     pub customers: usize,
-    /// Concurrent publishers (ceiling) and HTTP clients (ingest); the worker's concurrency too
-    /// unless `--worker-concurrency` is given.
+    /// Concurrent publishers (ceiling) and HTTP clients (ingest).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Receipts the worker processes at once (and its prefetch).
-    #[arg(long)]
-    pub worker_concurrency: Option<u16>,
+    /// Batches the worker applies at once (`WORKER_CONCURRENCY`).
+    #[arg(long, default_value_t = 4)]
+    pub worker_concurrency: u16,
+    /// Most receipts in one worker transaction (`WORKER_BATCH`).
+    #[arg(long, default_value_t = 50)]
+    pub worker_batch: u16,
     /// Receipts a second of the paced latency phase.
     #[arg(long, default_value_t = 200.0)]
     pub paced_rate: f64,
@@ -76,11 +79,7 @@ pub struct Args {
 
 impl Args {
     fn worker_concurrency(&self) -> anyhow::Result<u16> {
-        match self.worker_concurrency {
-            Some(k) => Ok(k),
-            None => u16::try_from(self.concurrency)
-                .context("--concurrency is too large for a worker; give --worker-concurrency"),
-        }
+        Ok(self.worker_concurrency)
     }
 
     fn paced_receipts(&self) -> usize {
@@ -135,6 +134,7 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
     let k = args.concurrency;
     let m = args.paced_receipts();
     let worker_concurrency = args.worker_concurrency()?;
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
 
     eprintln!(
         "[1/6] setup: database {}, {} customers, {} bills",
@@ -150,13 +150,22 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
 
     eprintln!("[2/6] broker ceiling: {n} confirmed publishes, {k} publishers");
     let sample = http::receipt_event("ceiling-sample", "ceiling-sample", bulk_bills[0]);
-    let ceiling =
-        broker::ceiling(&args.amqp_url, &scratch.ceiling_queue, &shop, &sample, n, k).await?;
+    let (ceiling, ceiling_cpu) = broker::ceiling(
+        &args.amqp_url,
+        &scratch.ceiling_queue,
+        &shop,
+        &sample,
+        (n, k),
+        cpus,
+    )
+    .await?;
     eprintln!("      {:.0} msgs/s", ceiling.per_second());
 
     eprintln!("[3/6] ingest: {n} receipts, {k} HTTP clients, no worker");
     let bodies = http::bodies("bulk", bulk_bills)?;
+    let cpu = cpu::Sample::now();
     let ingest = http.post_all(bodies, k).await?;
+    let ingest_cpu = cpu.and_then(|c| c.usage(cpus));
     eprintln!("      {:.0} receipts/s", ingest.per_second());
     let depth = broker::depth(&args.amqp_url, &scratch.topology.main(Stream::Receipts)).await?;
     if usize::try_from(depth)? != n {
@@ -167,7 +176,13 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
         "[4/6] pgbench: -s 10, tpcb-like -c 16 -j 2 -T {}",
         args.pgbench_seconds
     );
-    let pgbench = pgbench::run(&env.server_url, &scratch.pgbench_db, args.pgbench_seconds).await?;
+    let (pgbench, pgbench_cpu) = pgbench::run(
+        &env.server_url,
+        &scratch.pgbench_db,
+        args.pgbench_seconds,
+        cpus,
+    )
+    .await?;
     eprintln!("      {:.0} tps", pgbench.tps);
 
     eprintln!("[5/6] worker: {n} queued receipts, concurrency {worker_concurrency}");
@@ -175,20 +190,24 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
         args.amqp_url.clone(),
         Topology::new(scratch.prefix.clone()),
     ));
-    let worker_pool = loyalty::db::connect(&env.db_url, u32::from(worker_concurrency) + 4).await?;
-    let running = worker::Running::start(worker_pool, broker, worker_concurrency);
+    let worker_pool =
+        loyalty::db::connect(&env.db_url, u32::from(worker_concurrency) * 2 + 2).await?;
+    let cpu = cpu::Sample::now();
+    let running =
+        worker::Running::start(worker_pool, broker, worker_concurrency, args.worker_batch);
     let bulk = worker::wait_processed(&env.db, shop.org, "bulk-%", n, running.started).await?;
+    let worker_cpu = cpu.and_then(|c| c.usage(cpus));
     eprintln!("      {:.0} receipts/s", bulk.per_second());
 
     eprintln!(
         "[6/6] latency: {m} receipts at {:.0}/s with the worker running",
         args.paced_rate
     );
-    let paced_started = tokio::time::Instant::now();
+    let paced_started = std::time::Instant::now();
     let paced = http
         .post_paced(http::bodies("paced", paced_bills)?, args.paced_rate)
         .await?;
-    worker::wait_processed(&env.db, shop.org, "paced-%", m, paced_started.into_std()).await?;
+    worker::wait_processed(&env.db, shop.org, "paced-%", m, paced_started).await?;
     let latency = worker::commit_latency(&env.db, shop.org, "paced-%").await?;
     eprintln!(
         "      p50 {:.1} ms, p99 {:.1} ms",
@@ -207,13 +226,15 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
             paced_receipts: m,
             paced_rate: args.paced_rate,
             pgbench_seconds: args.pgbench_seconds,
-            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            cpus,
         },
-        &ceiling,
-        &ingest,
-        &pgbench,
-        &bulk,
-        &paced,
-        &latency,
+        &Measured {
+            ceiling: (ceiling, ceiling_cpu),
+            ingest: (ingest, ingest_cpu),
+            pgbench: (pgbench, pgbench_cpu),
+            worker: (bulk, worker_cpu),
+            paced,
+            latency,
+        },
     ))
 }

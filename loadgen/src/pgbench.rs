@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use sqlx::{Connection, PgConnection};
 use tokio::process::Command;
 
+use crate::cpu::{self, Usage};
 use crate::setup::with_database;
 
 #[derive(Debug, Clone, Copy)]
@@ -70,8 +71,14 @@ fn parse_tps(summary: &str) -> Option<f64> {
     })
 }
 
-/// Creates `database`, initializes it at scale 10, runs TPC-B-like for `seconds`, drops it.
-pub async fn run(server_url: &str, database: &str, seconds: u32) -> anyhow::Result<Pgbench> {
+/// Creates `database`, initializes it at scale 10, runs TPC-B-like for `seconds`, drops it;
+/// returns the tps and the CPU use during the timed run.
+pub async fn run(
+    server_url: &str,
+    database: &str,
+    seconds: u32,
+    cpus: usize,
+) -> anyhow::Result<(Pgbench, Option<Usage>)> {
     let binary = find()?;
     let mut admin = PgConnection::connect(server_url).await?;
     sqlx::query(&format!("create database {database}"))
@@ -80,6 +87,7 @@ pub async fn run(server_url: &str, database: &str, seconds: u32) -> anyhow::Resu
     let url = with_database(server_url, database)?;
     let measured = async {
         pgbench(&binary, &["-i", "-q", "-s", "10", &url]).await?;
+        let cpu = cpu::Sample::now();
         let summary = pgbench(
             &binary,
             &[
@@ -97,7 +105,7 @@ pub async fn run(server_url: &str, database: &str, seconds: u32) -> anyhow::Resu
         .await?;
         let tps = parse_tps(&summary)
             .with_context(|| format!("no `tps = ` in pgbench's output:\n{summary}"))?;
-        anyhow::Ok(Pgbench { tps })
+        anyhow::Ok((Pgbench { tps }, cpu.and_then(|c| c.usage(cpus))))
     }
     .await;
     let dropped = sqlx::query(&format!("drop database if exists {database} with (force)"))

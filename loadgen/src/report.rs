@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::cpu::Usage;
 use crate::http::{Paced, Throughput};
 use crate::pgbench::Pgbench;
 use crate::worker::Latency;
@@ -31,16 +32,28 @@ pub struct Phase {
     pub count: usize,
     pub seconds: f64,
     pub per_second: f64,
+    pub cpu: Option<Usage>,
 }
 
-impl From<&Throughput> for Phase {
-    fn from(t: &Throughput) -> Self {
+impl Phase {
+    fn new(t: &Throughput, cpu: Option<Usage>) -> Self {
         Self {
             count: t.count,
             seconds: t.elapsed.as_secs_f64(),
             per_second: t.per_second(),
+            cpu,
         }
     }
+}
+
+/// Everything a run measured.
+pub struct Measured {
+    pub ceiling: (Throughput, Option<Usage>),
+    pub ingest: (Throughput, Option<Usage>),
+    pub pgbench: (Pgbench, Option<Usage>),
+    pub worker: (Throughput, Option<Usage>),
+    pub paced: Paced,
+    pub latency: Latency,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +96,7 @@ pub struct Report {
     pub broker_ceiling: Phase,
     pub ingest: Phase,
     pub pgbench_tps: f64,
+    pub pgbench_cpu: Option<Usage>,
     pub worker: Phase,
     pub ingest_vs_broker_ceiling: Ratio,
     pub worker_vs_pgbench_tps: Ratio,
@@ -90,20 +104,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(
-        settings: Settings,
-        ceiling: &Throughput,
-        ingest: &Throughput,
-        pgbench: &Pgbench,
-        worker: &Throughput,
-        paced: &Paced,
-        latency: &Latency,
-    ) -> Self {
-        let (ceiling, ingest, worker) = (
-            Phase::from(ceiling),
-            Phase::from(ingest),
-            Phase::from(worker),
-        );
+    pub fn new(settings: Settings, measured: &Measured) -> Self {
+        let ceiling = Phase::new(&measured.ceiling.0, measured.ceiling.1);
+        let ingest = Phase::new(&measured.ingest.0, measured.ingest.1);
+        let worker = Phase::new(&measured.worker.0, measured.worker.1);
+        let (pgbench, pgbench_cpu) = measured.pgbench;
+        let (paced, latency) = (&measured.paced, &measured.latency);
         Self {
             generated_at: chrono::Utc::now().to_rfc3339(),
             ingest_vs_broker_ceiling: Ratio::new(
@@ -115,6 +121,7 @@ impl Report {
             broker_ceiling: ceiling,
             ingest,
             pgbench_tps: pgbench.tps,
+            pgbench_cpu,
             worker,
             latency: LatencyReport {
                 receipts: paced.sent,
@@ -138,20 +145,31 @@ impl Report {
             s.receipts, s.customers, s.concurrency, s.worker_concurrency, s.cpus
         );
         println!(
-            "  broker ceiling   {:>10.0} msgs/s      ({} confirmed publishes in {:.2} s)",
-            self.broker_ceiling.per_second, self.broker_ceiling.count, self.broker_ceiling.seconds
+            "  broker ceiling   {:>10.0} msgs/s      ({} confirmed publishes in {:.2} s{})",
+            self.broker_ceiling.per_second,
+            self.broker_ceiling.count,
+            self.broker_ceiling.seconds,
+            cpu_note(self.broker_ceiling.cpu)
         );
         println!(
-            "  ingest           {:>10.0} receipts/s  ({} POSTs answered 200 in {:.2} s)",
-            self.ingest.per_second, self.ingest.count, self.ingest.seconds
+            "  ingest           {:>10.0} receipts/s  ({} POSTs answered 200 in {:.2} s{})",
+            self.ingest.per_second,
+            self.ingest.count,
+            self.ingest.seconds,
+            cpu_note(self.ingest.cpu)
         );
         println!(
-            "  pgbench          {:>10.0} tps         (tpcb-like, scale 10, 16 clients, {} s)",
-            self.pgbench_tps, s.pgbench_seconds
+            "  pgbench          {:>10.0} tps         (tpcb-like, scale 10, 16 clients, {} s{})",
+            self.pgbench_tps,
+            s.pgbench_seconds,
+            cpu_note(self.pgbench_cpu)
         );
         println!(
-            "  worker           {:>10.0} receipts/s  ({} processed in {:.2} s)",
-            self.worker.per_second, self.worker.count, self.worker.seconds
+            "  worker           {:>10.0} receipts/s  ({} processed in {:.2} s{})",
+            self.worker.per_second,
+            self.worker.count,
+            self.worker.seconds,
+            cpu_note(self.worker.cpu)
         );
         println!(
             "  ingest / broker ceiling  {:>6.2}  (target ≥ {:.2}: {})",
@@ -188,4 +206,14 @@ impl Report {
         std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
         Ok(())
     }
+}
+
+/// ", machine 93 % busy, loadgen 1.2 cores", or nothing without figures.
+fn cpu_note(cpu: Option<Usage>) -> String {
+    cpu.map_or_else(String::new, |u| {
+        format!(
+            "; machine {:.0} % busy, loadgen {:.1} cores",
+            u.machine_busy_pct, u.loadgen_process_cores
+        )
+    })
 }

@@ -25,13 +25,13 @@ pub struct Running {
 }
 
 impl Running {
-    pub fn start(db: PgPool, broker: Arc<Broker>, concurrency: u16) -> Self {
+    pub fn start(db: PgPool, broker: Arc<Broker>, concurrency: u16, batch: u16) -> Self {
         let worker = workers::Worker::new(db, broker);
         let (stop, stopped) = oneshot::channel::<()>();
         let started = Instant::now();
         let task = tokio::spawn(async move {
             worker
-                .run(concurrency, async {
+                .run(concurrency, batch, async {
                     let _ = stopped.await;
                 })
                 .await

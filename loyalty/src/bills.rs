@@ -164,7 +164,7 @@ const BILL_COLUMNS: &str =
     "id, number, customer_id, status, items, total, bonus_payment, bonus_wallet, created_at";
 
 /// The `held` column of a wallet that can pay bills.
-fn held_column(wallet: Wallet) -> Result<&'static str> {
+pub(crate) fn held_column(wallet: Wallet) -> Result<&'static str> {
     match wallet {
         Wallet::Main => Ok("bonuses_held"),
         Wallet::Referral => Ok("referral_bonuses_held"),

@@ -168,34 +168,53 @@ pub struct HistoryEntry {
 
 /// Appends `entry`; the wallet moves in the same statement. Taking out more than the wallet holds
 /// (less what open bills have reserved) is a `Conflict`, and nothing is written.
-pub async fn post(conn: &mut PgConnection, entry: &NewEntry<'_>) -> Result<i64> {
-    let result = sqlx::query_scalar(
+pub async fn post(conn: &mut PgConnection, entry: &NewEntry<'_>) -> Result<()> {
+    post_many(conn, std::slice::from_ref(entry)).await
+}
+
+/// Appends entries in one statement, in order (each moves its wallet through the trigger).
+pub async fn post_many(conn: &mut PgConnection, entries: &[NewEntry<'_>]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&NewEntry<'_>) -> String| entries.iter().map(f).collect::<Vec<_>>();
+    let result = sqlx::query(
         "insert into ledger_entries
              (org_id, customer_id, wallet, kind, amount, description, source, source_ref,
               transaction_type, occurred_at, utc_offset_seconds)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         returning seq",
+         select o, c, w, k, a, d, s, r, t, at, off
+         from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::numeric[], $6::text[],
+                              $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
+                with ordinality as e(o, c, w, k, a, d, s, r, t, at, off, n)
+         order by n",
     )
-    .bind(entry.org_id)
-    .bind(entry.customer_id)
-    .bind(entry.wallet.as_str())
-    .bind(entry.kind.as_str())
-    .bind(entry.amount.get())
-    .bind(entry.description)
-    .bind(entry.source.as_str())
-    .bind(entry.source_ref)
-    .bind(entry.wallet.transaction_type())
-    .bind(entry.at.utc())
-    .bind(entry.at.offset_seconds())
-    .fetch_one(conn)
+    .bind(entries.iter().map(|e| e.org_id).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.customer_id).collect::<Vec<_>>())
+    .bind(column(|e| e.wallet.as_str().to_owned()))
+    .bind(column(|e| e.kind.as_str().to_owned()))
+    .bind(entries.iter().map(|e| e.amount.get()).collect::<Vec<_>>())
+    .bind(column(|e| e.description.to_owned()))
+    .bind(column(|e| e.source.as_str().to_owned()))
+    .bind(
+        entries
+            .iter()
+            .map(|e| e.source_ref.map(str::to_owned))
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|e| e.wallet.transaction_type().to_owned()))
+    .bind(entries.iter().map(|e| e.at.utc()).collect::<Vec<_>>())
+    .bind(
+        entries
+            .iter()
+            .map(|e| e.at.offset_seconds())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
     .await;
-    result.map_err(|err| match insufficient(&err) {
+    result.map(|_| ()).map_err(|err| match insufficient(&err) {
         Some(wallet) => Error::conflict(
             "insufficient_balance",
-            format!(
-                "the {wallet} holds less than {} (after what open bills reserve)",
-                entry.amount
-            ),
+            format!("the {wallet} holds less than the amount (after what open bills reserve)"),
         ),
         None => Error::Db(err),
     })

@@ -16,7 +16,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use tokio::sync::Mutex;
+use tokio::sync::RwLock;
 
 /// How many times a message is tried before it goes to the dead-letter queue.
 pub const MAX_ATTEMPTS: u32 = 6;
@@ -188,7 +188,7 @@ pub enum PublishError {
 pub struct Broker {
     url: String,
     topology: Topology,
-    link: Mutex<Option<(Connection, Channel)>>,
+    link: RwLock<Option<(Connection, Channel)>>,
 }
 
 impl Broker {
@@ -197,7 +197,7 @@ impl Broker {
         Self {
             url: url.into(),
             topology,
-            link: Mutex::new(None),
+            link: RwLock::new(None),
         }
     }
 
@@ -212,11 +212,14 @@ impl Broker {
 
     /// The publishing channel, reconnecting and redeclaring the topology when needed.
     pub async fn channel(&self) -> lapin::Result<Channel> {
-        let mut link = self.link.lock().await;
-        if let Some((conn, channel)) = link.as_ref() {
-            if conn.status().connected() && channel.status().connected() {
-                return Ok(channel.clone());
-            }
+        // The hot path: a shared read of a live channel.
+        if let Some(channel) = live(self.link.read().await.as_ref()) {
+            return Ok(channel);
+        }
+        let mut link = self.link.write().await;
+        // Another task may have reconnected while this one waited.
+        if let Some(channel) = live(link.as_ref()) {
+            return Ok(channel);
         }
         let conn = Connection::connect(
             &self.url,
@@ -278,7 +281,7 @@ impl Broker {
             Ok(Confirmation::Nack(_) | Confirmation::NotRequested) => Err(PublishError::Nacked),
             Err(err) => {
                 // Drop the link so the next publish reconnects.
-                self.link.lock().await.take();
+                self.link.write().await.take();
                 Err(err.into())
             }
         }
@@ -288,6 +291,11 @@ impl Broker {
     pub async fn is_reachable(&self) -> bool {
         self.channel().await.is_ok()
     }
+}
+
+fn live(link: Option<&(Connection, Channel)>) -> Option<Channel> {
+    let (conn, channel) = link?;
+    (conn.status().connected() && channel.status().connected()).then(|| channel.clone())
 }
 
 /// Message headers as a table.

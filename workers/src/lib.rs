@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, message::Delivery};
@@ -41,9 +41,12 @@ pub struct Config {
     /// Prefix of every queue name.
     #[arg(long, env = "QUEUE_PREFIX", default_value = "")]
     pub queue_prefix: String,
-    /// Receipts processed at once (and the consumer's prefetch).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16)]
+    /// Batches applied at once, each in its own transaction.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
+    /// Most receipts applied in one transaction (the consumer's prefetch is concurrency × batch).
+    #[arg(long, env = "WORKER_BATCH", default_value_t = 50)]
+    pub batch: u16,
 }
 
 /// What became of one delivery.
@@ -78,40 +81,92 @@ impl Worker {
         Self { db, broker }
     }
 
-    /// Handles one message body: applies it, or passes it on to a retry or dead-letter queue.
+    /// Handles one message: applies it, or passes it on to a retry or dead-letter queue.
     /// Returns an error only when the message could not be passed on; it must then not be acked.
     pub async fn process(
         &self,
         body: &[u8],
         properties: &BasicProperties,
     ) -> Result<Handled, PublishError> {
+        let mut handled = self.process_batch(&[(body, properties)]).await;
+        handled.pop().unwrap_or(Err(PublishError::Nacked))
+    }
+
+    /// Handles messages together: one transaction applies them all; if it fails, each is applied
+    /// on its own, so one bad receipt costs its batch only a retry. Results are in order.
+    pub async fn process_batch(
+        &self,
+        batch: &[(&[u8], &BasicProperties)],
+    ) -> Vec<Result<Handled, PublishError>> {
+        let mut results: Vec<Option<Result<Handled, PublishError>>> =
+            Vec::with_capacity(batch.len());
+        let mut decoded = Vec::new();
+        let mut positions = Vec::new();
+        for (i, (body, properties)) in batch.iter().enumerate() {
+            match serde_json::from_slice::<ReceiptMessage>(body) {
+                Ok(message) => {
+                    decoded.push(message);
+                    positions.push(i);
+                    results.push(None);
+                }
+                Err(err) => {
+                    let error = format!("not a receipt message: {err}");
+                    let attempt = queue::attempt_of(properties);
+                    results.push(Some(
+                        self.pass_on(body, properties, attempt, &error, true)
+                            .await
+                            .map(|()| Handled::Dead { error }),
+                    ));
+                }
+            }
+        }
+        match self.apply(&decoded).await {
+            Ok(outcomes) => {
+                for ((message, outcome), i) in decoded.iter().zip(outcomes).zip(&positions) {
+                    tracing::info!(org = message.org_id, event = %event_id(message), status = outcome.status(), "receipt applied");
+                    results[*i] = Some(Ok(Handled::Applied(outcome)));
+                }
+            }
+            Err(failure) if decoded.len() == 1 => {
+                let (body, properties) = batch[positions[0]];
+                results[positions[0]] =
+                    Some(self.fail(&decoded[0], body, properties, failure).await);
+            }
+            Err(_) => {
+                for (message, &i) in decoded.iter().zip(&positions) {
+                    let (body, properties) = batch[i];
+                    results[i] = Some(match self.apply(std::slice::from_ref(message)).await {
+                        Ok(mut outcome) => Ok(Handled::Applied(outcome.remove(0))),
+                        Err(failure) => self.fail(message, body, properties, failure).await,
+                    });
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(PublishError::Nacked)))
+            .collect()
+    }
+
+    /// Passes a failed receipt on to its next attempt, or to the dead letters.
+    async fn fail(
+        &self,
+        message: &ReceiptMessage,
+        body: &[u8],
+        properties: &BasicProperties,
+        failure: Failure,
+    ) -> Result<Handled, PublishError> {
         let attempt = queue::attempt_of(properties);
-        let message: ReceiptMessage = match serde_json::from_slice(body) {
-            Ok(m) => m,
-            Err(err) => {
-                let error = format!("not a receipt message: {err}");
-                self.pass_on(body, properties, attempt, &error, true)
-                    .await?;
-                return Ok(Handled::Dead { error });
-            }
-        };
-        let failure = match self.apply(&message).await {
-            Ok(outcome) => {
-                tracing::info!(org = message.org_id, event = %event_id(&message), status = outcome.status(), "receipt applied");
-                return Ok(Handled::Applied(outcome));
-            }
-            Err(failure) => failure,
-        };
         let (error, dead) = match failure {
             Failure::Permanent(e) => (e, true),
-            Failure::Transient(e) => (e.clone(), attempt >= MAX_ATTEMPTS),
+            Failure::Transient(e) => (e, attempt >= MAX_ATTEMPTS),
         };
-        tracing::warn!(org = message.org_id, event = %event_id(&message), attempt, dead, error = %error, "receipt failed");
+        tracing::warn!(org = message.org_id, event = %event_id(message), attempt, dead, error = %error, "receipt failed");
         self.pass_on(body, properties, attempt, &error, dead)
             .await?;
         // Operators see the attempt; if the database is what failed, the queues still hold the truth.
         if let Ok(mut conn) = self.db.acquire().await {
-            let _ = receipts::record_failure(&mut conn, &message, attempt, &error, dead).await;
+            let _ = receipts::record_failure(&mut conn, message, attempt, &error, dead).await;
         }
         Ok(if dead {
             Handled::Dead { error }
@@ -123,21 +178,24 @@ impl Worker {
         })
     }
 
-    /// One transaction; a race with a concurrent duplicate of the same receipt is settled by
-    /// running again, when the other has committed and this one is a plain duplicate.
-    async fn apply(&self, message: &ReceiptMessage) -> Result<Outcome, Failure> {
+    /// One transaction for the messages; a race with a concurrent delivery of the same receipt is
+    /// settled by running again, when the other has committed and this one is a plain duplicate.
+    async fn apply(&self, messages: &[ReceiptMessage]) -> Result<Vec<Outcome>, Failure> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
         for _ in 0..3 {
             let mut tx = self
                 .db
                 .begin()
                 .await
                 .map_err(|e| Failure::Transient(format!("database: {e}")))?;
-            match receipts::apply(&mut tx, message).await {
-                Ok(outcome) => {
+            match receipts::apply_batch(&mut tx, messages).await {
+                Ok(outcomes) => {
                     tx.commit()
                         .await
                         .map_err(|e| Failure::Transient(format!("database commit: {e}")))?;
-                    return Ok(outcome);
+                    return Ok(outcomes);
                 }
                 Err(loyalty::Error::Conflict {
                     code: "receipt_race",
@@ -192,15 +250,18 @@ impl Worker {
         self.broker.publish(&queue, body, props).await
     }
 
-    /// Consumes until `shutdown` resolves, reconnecting after the broker goes away. In-flight
-    /// receipts finish and are acknowledged before it returns.
+    /// Consumes until `shutdown` resolves, reconnecting after the broker goes away. Up to
+    /// `concurrency` batches of up to `batch` receipts are applied at once; in-flight batches finish
+    /// and are acknowledged before it returns.
     pub async fn run(
         &self,
         concurrency: u16,
+        batch: u16,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
-        let permits = Arc::new(Semaphore::new(usize::from(concurrency.max(1))));
+        let (concurrency, batch) = (concurrency.max(1), batch.max(1));
+        let permits = Arc::new(Semaphore::new(usize::from(concurrency)));
         loop {
             let connect = || self.broker.connect();
             let conn = tokio::select! {
@@ -210,7 +271,10 @@ impl Worker {
             };
             let channel = conn.create_channel().await?;
             channel
-                .basic_qos(concurrency.max(1), BasicQosOptions::default())
+                .basic_qos(
+                    concurrency.saturating_mul(batch),
+                    BasicQosOptions::default(),
+                )
                 .await?;
             let tag = ShortString::from(format!("workers-{}", std::process::id()));
             let mut consumer = channel
@@ -225,49 +289,63 @@ impl Worker {
                     FieldTable::default(),
                 )
                 .await?;
-            tracing::info!("consuming receipts");
+            tracing::info!(concurrency, batch, "consuming receipts");
             loop {
                 let next = tokio::select! {
                     next = consumer.next() => next,
                     () = &mut shutdown => {
                         let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
-                        // Wait for in-flight receipts to commit and be acked.
-                        let _ = permits.acquire_many(u32::from(concurrency.max(1))).await;
+                        // Wait for in-flight batches to commit and be acked.
+                        let _ = permits.acquire_many(u32::from(concurrency)).await;
                         let _ = conn.close(200, "shutdown".into()).await;
                         return Ok(());
                     }
                 };
-                match next {
-                    Some(Ok(delivery)) => {
-                        let permit = permits.clone().acquire_owned().await?;
-                        let worker = self.clone();
-                        tokio::spawn(async move {
-                            worker.handle(delivery).await;
-                            drop(permit);
-                        });
-                    }
+                let first = match next {
+                    Some(Ok(delivery)) => delivery,
                     Some(Err(err)) => {
                         tracing::warn!(error = %err, "consumer lost its connection; reconnecting");
                         break;
                     }
                     None => break,
+                };
+                // Whatever else has already arrived joins the batch; nothing waits for more.
+                let mut deliveries = vec![first];
+                while deliveries.len() < usize::from(batch) {
+                    match consumer.next().now_or_never() {
+                        Some(Some(Ok(delivery))) => deliveries.push(delivery),
+                        _ => break,
+                    }
                 }
+                let permit = permits.clone().acquire_owned().await?;
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    worker.handle(deliveries).await;
+                    drop(permit);
+                });
             }
         }
         Ok(())
     }
 
-    async fn handle(&self, delivery: Delivery) {
-        match self.process(&delivery.data, &delivery.properties).await {
-            Ok(_) => {
-                if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
-                    // Not acked: the broker redelivers it, and the redelivery is a duplicate.
-                    tracing::warn!(error = %err, "ack failed");
+    async fn handle(&self, deliveries: Vec<Delivery>) {
+        let batch: Vec<(&[u8], &BasicProperties)> = deliveries
+            .iter()
+            .map(|d| (d.data.as_slice(), &d.properties))
+            .collect();
+        let results = self.process_batch(&batch).await;
+        for (delivery, result) in deliveries.iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
+                        // Not acked: the broker redelivers it, and the redelivery is a duplicate.
+                        tracing::warn!(error = %err, "ack failed");
+                    }
                 }
-            }
-            // Not passed on: left unacked, the broker delivers it again.
-            Err(err) => {
-                tracing::warn!(error = %err, "could not pass a failed receipt on; it will be redelivered")
+                // Not passed on: left unacked, the broker delivers it again.
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not pass a failed receipt on; it will be redelivered")
+                }
             }
         }
     }
@@ -283,13 +361,18 @@ fn event_id(message: &ReceiptMessage) -> &str {
 
 /// Connects, migrates, declares the topology and consumes until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let db = loyalty::db::connect(&config.database_url, u32::from(config.concurrency) + 4).await?;
+    let db =
+        loyalty::db::connect(&config.database_url, u32::from(config.concurrency) * 2 + 2).await?;
     loyalty::db::migrate(&db).await?;
     let broker = Arc::new(Broker::new(
         config.amqp_url.clone(),
         Topology::new(config.queue_prefix.clone()),
     ));
     Worker::new(db, broker)
-        .run(config.concurrency, loyalty::shutdown::signal())
+        .run(
+            config.concurrency,
+            config.batch,
+            loyalty::shutdown::signal(),
+        )
         .await
 }

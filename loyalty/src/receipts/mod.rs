@@ -7,12 +7,18 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::PgConnection;
 
+mod batch;
+mod sale;
+
+pub use batch::apply_batch;
+use sale::{SaleInput, apply_sales};
+
 use crate::customers;
-use crate::error::{Error, Result, violated_constraint};
+use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
 use crate::money::{Amount, MoneyError, deserialize_decimal};
 use crate::orgs;
-use crate::rules::{self, BonusSettings};
+use crate::rules;
 use crate::time::Stamp;
 
 /// The event type that carries a receipt; other types are acknowledged and recorded as ignored.
@@ -110,6 +116,27 @@ pub struct ReceiptMessage {
     pub event: serde_json::Value,
 }
 
+impl ReceiptMessage {
+    /// The message's JSON, built around the event's bytes as the POS sent them (already checked
+    /// to be JSON), so the hot path does not parse and serialize the event once more.
+    pub fn encode_raw(
+        org_id: i64,
+        integration_id: i64,
+        received_at: DateTime<Utc>,
+        event: &[u8],
+    ) -> Vec<u8> {
+        let head = format!(
+            r#"{{"org_id":{org_id},"integration_id":{integration_id},"received_at":"{}","event":"#,
+            received_at.to_rfc3339()
+        );
+        let mut out = Vec::with_capacity(head.len() + event.len() + 1);
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(event);
+        out.push(b'}');
+        out
+    }
+}
+
 /// What applying a receipt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -133,145 +160,6 @@ impl Outcome {
             Outcome::Unmatched { .. } => "unmatched",
             Outcome::Ignored => "ignored",
         }
-    }
-}
-
-/// Applies one message in the caller's transaction. Everything it writes commits or rolls back
-/// together with the receipt's row, which is what makes a redelivery a no-op.
-pub async fn apply(conn: &mut PgConnection, message: &ReceiptMessage) -> Result<Outcome> {
-    let head: EventHead = serde_json::from_value(message.event.clone())
-        .map_err(|e| Error::invalid("event", e.to_string()))?;
-    // The event id is claimed first: a second delivery of it waits here for the first to commit.
-    let seen: Option<String> = sqlx::query_scalar(
-        "select status from receipts where org_id = $1 and event_id = $2 for update",
-    )
-    .bind(message.org_id)
-    .bind(&head.id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if seen
-        .as_deref()
-        .is_some_and(|s| s != "retrying" && s != "dead")
-    {
-        return Ok(Outcome::Duplicate);
-    }
-    let row = ReceiptRow::new(message, &head);
-    if head.event_type != RECEIPT_CREATED {
-        row.save(conn, &Outcome::Ignored).await?;
-        return Ok(Outcome::Ignored);
-    }
-    let event: ReceiptCreated = serde_json::from_value(message.event.clone())
-        .map_err(|e| Error::invalid("event", e.to_string()))?;
-    let receipt = &event.data;
-    let row = row.receipt(receipt);
-    let earlier: Option<String> = sqlx::query_scalar(
-        "select event_id from receipts where org_id = $1 and receipt_id = $2
-           and status in ('processed', 'unmatched', 'ignored')",
-    )
-    .bind(message.org_id)
-    .bind(&receipt.id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if earlier.is_some() {
-        row.save(conn, &Outcome::Duplicate).await?;
-        return Ok(Outcome::Duplicate);
-    }
-    let outcome = match receipt.kind.as_str() {
-        "SELL" => sell(conn, message, &head.id, receipt).await?,
-        "PAYBACK" => payback(conn, message, &head.id, receipt).await?,
-        _ => Outcome::Ignored,
-    };
-    row.save(conn, &outcome).await?;
-    Ok(outcome)
-}
-
-/// The receipt's row, filled as far as processing got.
-struct ReceiptRow<'a> {
-    message: &'a ReceiptMessage,
-    event_id: &'a str,
-    event_type: &'a str,
-    receipt_id: Option<&'a str>,
-    receipt_type: Option<&'a str>,
-    total: Option<Decimal>,
-    bill_id: Option<i64>,
-}
-
-impl<'a> ReceiptRow<'a> {
-    fn new(message: &'a ReceiptMessage, head: &'a EventHead) -> Self {
-        Self {
-            message,
-            event_id: &head.id,
-            event_type: &head.event_type,
-            receipt_id: None,
-            receipt_type: None,
-            total: None,
-            bill_id: None,
-        }
-    }
-
-    fn receipt(self, receipt: &'a Receipt) -> Self {
-        Self {
-            receipt_id: Some(&receipt.id),
-            receipt_type: Some(&receipt.kind),
-            total: Some(receipt.total_amount),
-            bill_id: receipt
-                .extras
-                .bill_id
-                .as_deref()
-                .and_then(|b| b.parse().ok()),
-            ..self
-        }
-    }
-
-    async fn save(&self, conn: &mut PgConnection, outcome: &Outcome) -> Result<()> {
-        let (customer_id, invoice_id, reason) = match outcome {
-            Outcome::Processed {
-                customer_id,
-                invoice_id,
-            } => (Some(*customer_id), Some(invoice_id.as_str()), None),
-            Outcome::Unmatched { reason } => (None, None, Some(reason.as_str())),
-            _ => (None, None, None),
-        };
-        let saved = sqlx::query(
-            "insert into receipts (org_id, event_id, receipt_id, integration_id, event_type, receipt_type, status,
-                                   reason, bill_id, customer_id, invoice_id, total_amount, payload, received_at,
-                                   processed_at)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now())
-             on conflict (org_id, event_id) do update set
-                 status = excluded.status, reason = excluded.reason, bill_id = excluded.bill_id,
-                 customer_id = excluded.customer_id, invoice_id = excluded.invoice_id,
-                 receipt_id = excluded.receipt_id, receipt_type = excluded.receipt_type,
-                 total_amount = excluded.total_amount, processed_at = now(), updated_at = now(),
-                 attempts = receipts.attempts + 1
-             where receipts.status in ('retrying', 'dead')",
-        )
-        .bind(self.message.org_id)
-        .bind(self.event_id)
-        .bind(self.receipt_id)
-        .bind(self.message.integration_id)
-        .bind(self.event_type)
-        .bind(self.receipt_type)
-        .bind(outcome.status())
-        .bind(reason)
-        .bind(self.bill_id)
-        .bind(customer_id)
-        .bind(invoice_id)
-        .bind(self.total)
-        .bind(&self.message.event)
-        .bind(self.message.received_at)
-        .execute(conn)
-        .await
-        .map_err(|e| match violated_constraint(&e) {
-            // Another event carrying the same receipt committed first: retried, it is a duplicate.
-            Some("receipts_take_effect_once") => race(),
-            _ => e.into(),
-        })?;
-        // Another delivery of this very event committed while this one ran (a redelivery after a
-        // lost ack): this transaction rolls back, and run again it finds a duplicate.
-        if saved.rows_affected() == 0 {
-            return Err(race());
-        }
-        Ok(())
     }
 }
 
@@ -342,199 +230,6 @@ async fn named_bill(
     .fetch_optional(&mut *conn)
     .await?;
     Ok(bill.ok_or_else(|| format!("no bill {bill_id} in this organization")))
-}
-
-/// A sale: capture the bill's hold, record the invoice, accrue, reward the referrer on the first
-/// purchase, close the bill, and queue the notifications.
-async fn sell(
-    conn: &mut PgConnection,
-    message: &ReceiptMessage,
-    event_id: &str,
-    receipt: &Receipt,
-) -> Result<Outcome> {
-    let bill = match named_bill(conn, message.org_id, receipt).await? {
-        Ok(bill) => bill,
-        Err(reason) => return Ok(Outcome::Unmatched { reason }),
-    };
-    if bill.status != "open" {
-        return Ok(Outcome::Unmatched {
-            reason: format!("bill {} is {}", bill.id, bill.status),
-        });
-    }
-    let org = orgs::get(conn, message.org_id).await?;
-    let applied = apply_sale(
-        conn,
-        &org,
-        Sale {
-            customer_id: bill.customer_id,
-            total: receipt.total_amount,
-            items: receipt.items.as_slice(),
-            hold: bill
-                .bonus_wallet
-                .as_deref()
-                .and_then(Wallet::parse)
-                .map(|w| (w, bill.bonus_payment)),
-            receipt_id: &receipt.id,
-            event_id,
-        },
-    )
-    .await?;
-    sqlx::query("update bills set status = 'paid', closed_at = now(), paid_by_receipt = $3 where org_id = $1 and id = $2")
-        .bind(message.org_id)
-        .bind(bill.id)
-        .bind(&receipt.id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(Outcome::Processed {
-        customer_id: bill.customer_id,
-        invoice_id: applied,
-    })
-}
-
-struct Sale<'a> {
-    customer_id: i64,
-    total: Decimal,
-    items: &'a [ReceiptItem],
-    /// The bonus payment held by the bill: captured now.
-    hold: Option<(Wallet, Decimal)>,
-    receipt_id: &'a str,
-    event_id: &'a str,
-}
-
-/// Applies a sale to a customer; returns the new invoice's id.
-async fn apply_sale(
-    conn: &mut PgConnection,
-    org: &orgs::Organization,
-    sale: Sale<'_>,
-) -> Result<String> {
-    if sale.total <= Decimal::ZERO {
-        return Err(Error::invalid(
-            "data.totalAmount",
-            "a sale must have a positive total",
-        ));
-    }
-    customers::lock(conn, org.id, sale.customer_id).await?;
-    let (first_name, referred_by, first_purchase_made): (Option<String>, Option<i64>, bool) = sqlx::query_as(
-        "select first_name, referred_by, has_made_first_purchase from customers where org_id = $1 and id = $2",
-    )
-    .bind(org.id)
-    .bind(sale.customer_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let settings: BonusSettings = org.bonus_program_settings.into();
-    let at = Stamp::now_in(org.time_zone);
-    let invoice_id = new_invoice_id(conn, org.id).await?;
-    let payment_text = describe::bill_payment(&invoice_id);
-    let accrual_text = describe::purchase_accrual(&invoice_id);
-    let reward_text = describe::friend_reward(first_name.as_deref().unwrap_or_default());
-    let entry = |customer_id, wallet, kind, amount, description| NewEntry {
-        org_id: org.id,
-        customer_id,
-        wallet,
-        kind,
-        amount,
-        description,
-        source: Source::Receipt,
-        source_ref: Some(sale.receipt_id),
-        at,
-    };
-    let mut notes = Vec::new();
-
-    let mut paid_with_bonuses = Decimal::ZERO;
-    if let Some((wallet, held)) = sale.hold.filter(|(_, held)| *held > Decimal::ZERO) {
-        crate::bills::release(conn, org.id, sale.customer_id, wallet, held).await?;
-        if let Ok(amount) = Amount::new(held) {
-            ledger::post(
-                conn,
-                &entry(
-                    sale.customer_id,
-                    wallet,
-                    EntryKind::Deduction,
-                    amount,
-                    &payment_text,
-                ),
-            )
-            .await?;
-            notes.push((sale.customer_id, "bonus_payment", held));
-        }
-        paid_with_bonuses = held;
-    }
-    let accrual = rules::purchase_accrual(&settings, sale.total, paid_with_bonuses);
-    if let Ok(amount) = Amount::new(accrual) {
-        ledger::post(
-            conn,
-            &entry(
-                sale.customer_id,
-                Wallet::Main,
-                EntryKind::Accrual,
-                amount,
-                &accrual_text,
-            ),
-        )
-        .await?;
-        notes.push((sale.customer_id, "purchase_accrual", accrual));
-    }
-    if !first_purchase_made {
-        sqlx::query(
-            "update customers set has_made_first_purchase = true where org_id = $1 and id = $2",
-        )
-        .bind(org.id)
-        .bind(sale.customer_id)
-        .execute(&mut *conn)
-        .await?;
-        if let Some(referrer) = referred_by {
-            let reward = rules::referral_reward(&settings, sale.total, true);
-            if let Ok(amount) = Amount::new(reward) {
-                customers::lock(conn, org.id, referrer).await?;
-                ledger::post(
-                    conn,
-                    &entry(
-                        referrer,
-                        Wallet::Referral,
-                        EntryKind::Accrual,
-                        amount,
-                        &reward_text,
-                    ),
-                )
-                .await?;
-                notes.push((referrer, "referral_reward", reward));
-            }
-        }
-    }
-    let items: Vec<serde_json::Value> = sale
-        .items
-        .iter()
-        .map(|i| {
-            serde_json::json!({
-                "product_name": i.name,
-                "quantity": crate::legacy::money_json(i.quantity),
-                "unit_price": crate::legacy::money_json(i.price),
-                "item_total": crate::legacy::money_json(i.sum_price),
-            })
-        })
-        .collect();
-    sqlx::query(
-        "insert into invoices (org_id, invoice_id, customer_id, occurred_at, utc_offset_seconds, total_amount, items,
-                               bonuses_deducted, bonus_source_used, receipt_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(org.id)
-    .bind(&invoice_id)
-    .bind(sale.customer_id)
-    .bind(at.utc())
-    .bind(at.offset_seconds())
-    .bind(sale.total)
-    .bind(serde_json::Value::Array(items))
-    .bind(paid_with_bonuses)
-    .bind(sale.hold.filter(|(_, held)| *held > Decimal::ZERO).map(|(w, _)| w.as_str()))
-    .bind(sale.receipt_id)
-    .execute(&mut *conn)
-    .await?;
-    for (customer_id, kind, amount) in notes {
-        let payload = serde_json::json!({ "amount": amount.to_string(), "invoice_id": invoice_id });
-        queue_notification(conn, org.id, customer_id, kind, payload, sale.event_id).await?;
-    }
-    Ok(invoice_id)
 }
 
 /// A refund of an earlier sale, possibly partial: gives back the bonuses paid and takes back the
@@ -677,43 +372,56 @@ async fn payback(
     .bind(payment_returned)
     .execute(&mut *conn)
     .await?;
-    queue_notification(
-        conn,
-        org.id,
+    let payload = serde_json::json!({
+        "invoice_id": invoice_id,
+        "refunded": refunded_now.to_string(),
+        "returned": payment_returned.to_string(),
+        "taken": accrual_taken.to_string(),
+    });
+    let note = Note {
+        org_id: org.id,
         customer_id,
-        "refund",
-        serde_json::json!({
-            "invoice_id": invoice_id,
-            "refunded": refunded_now.to_string(),
-            "returned": payment_returned.to_string(),
-            "taken": accrual_taken.to_string(),
-        }),
-        event_id,
-    )
-    .await?;
+        kind: "refund",
+        payload,
+        trace_id: event_id,
+    };
+    queue_notifications(conn, std::slice::from_ref(&note)).await?;
     Ok(Outcome::Processed {
         customer_id,
         invoice_id,
     })
 }
 
-/// Writes a notification to send, in the caller's transaction.
-async fn queue_notification(
-    conn: &mut PgConnection,
-    org_id: i64,
-    customer_id: i64,
-    kind: &str,
-    payload: serde_json::Value,
-    trace_id: &str,
-) -> Result<()> {
-    sqlx::query("insert into outbox (org_id, customer_id, kind, payload, trace_id) values ($1, $2, $3, $4, $5)")
-        .bind(org_id)
-        .bind(customer_id)
-        .bind(kind)
-        .bind(payload)
-        .bind(trace_id)
-        .execute(conn)
-        .await?;
+/// A notification to send, written to the outbox in the transaction that caused it.
+pub(crate) struct Note<'a> {
+    pub org_id: i64,
+    pub customer_id: i64,
+    pub kind: &'static str,
+    pub payload: serde_json::Value,
+    /// The receipt's event id, so one grep follows a receipt to its message.
+    pub trace_id: &'a str,
+}
+
+pub(crate) async fn queue_notifications(conn: &mut PgConnection, notes: &[Note<'_>]) -> Result<()> {
+    if notes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "insert into outbox (org_id, customer_id, kind, payload, trace_id)
+         select * from unnest($1::bigint[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[])",
+    )
+    .bind(notes.iter().map(|n| n.org_id).collect::<Vec<_>>())
+    .bind(notes.iter().map(|n| n.customer_id).collect::<Vec<_>>())
+    .bind(notes.iter().map(|n| n.kind.to_owned()).collect::<Vec<_>>())
+    .bind(notes.iter().map(|n| n.payload.clone()).collect::<Vec<_>>())
+    .bind(
+        notes
+            .iter()
+            .map(|n| n.trace_id.to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -767,19 +475,18 @@ pub async fn attach(
             ),
             other => other,
         })?;
-    let invoice_id = apply_sale(
-        conn,
-        &org,
-        Sale {
-            customer_id,
-            total: event.data.total_amount,
-            items: &event.data.items,
-            hold: None,
-            receipt_id,
-            event_id: &event_id,
-        },
-    )
-    .await?;
+    let sale = SaleInput {
+        org: &org,
+        customer_id,
+        total: event.data.total_amount,
+        items: &event.data.items,
+        hold: None,
+        receipt_id,
+        event_id: &event_id,
+    };
+    let invoice_id = apply_sales(conn, std::slice::from_ref(&sale))
+        .await?
+        .remove(0);
     sqlx::query(
         "update receipts set status = 'processed', customer_id = $3, invoice_id = $4, reason = 'attached by an operator',
                              processed_at = now(), updated_at = now()
@@ -799,19 +506,25 @@ pub async fn attach(
     })
 }
 
-/// A new invoice number: 8 uppercase hex characters like the old system's, unique per organization.
-async fn new_invoice_id(conn: &mut PgConnection, org_id: i64) -> Result<String> {
-    loop {
-        let candidate = hex::encode_upper(rand::random::<[u8; 4]>());
-        let taken: Option<i64> = sqlx::query_scalar(
-            "select 1::bigint from invoices where org_id = $1 and invoice_id = $2",
-        )
-        .bind(org_id)
-        .bind(&candidate)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if taken.is_none() {
-            return Ok(candidate);
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_built_around_the_raw_event_decodes_to_the_same_event() {
+        let event = br#"{"id": "e1", "type": "ReceiptCreated", "data": {"totalAmount": 15.9}}"#;
+        let at = DateTime::parse_from_rfc3339("2026-03-11T12:01:32.123456Z")
+            .expect("date")
+            .to_utc();
+        let message: ReceiptMessage =
+            serde_json::from_slice(&ReceiptMessage::encode_raw(7, 9, at, event)).expect("decodes");
+        assert_eq!(
+            (message.org_id, message.integration_id, message.received_at),
+            (7, 9, at)
+        );
+        assert_eq!(
+            message.event,
+            serde_json::from_slice::<serde_json::Value>(event).expect("json")
+        );
     }
 }

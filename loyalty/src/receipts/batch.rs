@@ -1,0 +1,400 @@
+//! Applying receipts in batches: one transaction and a handful of statements for many receipts,
+//! with the guarantees of one at a time. A batch of one is the same code.
+//!
+//! The receipts' rows are claimed first, by inserting them as `processing`: a concurrent delivery
+//! of the same event waits on its row and then finds it applied. The receipt ids (`data.id`) are
+//! checked against those already applied, and made unique by an index when the statuses are
+//! written, so the same receipt under two event ids takes effect once.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::PgConnection;
+
+use super::sale::{SaleInput, apply_sales};
+use super::{
+    EventHead, OpenBill, Outcome, RECEIPT_CREATED, Receipt, ReceiptCreated, ReceiptMessage,
+    payback, race,
+};
+use crate::error::{Error, Result, violated_constraint};
+use crate::ledger::Wallet;
+use crate::orgs::{self, Organization};
+
+struct Parsed<'a> {
+    message: &'a ReceiptMessage,
+    head: EventHead,
+    receipt: Option<Receipt>,
+}
+
+impl Parsed<'_> {
+    fn key(&self) -> (i64, String) {
+        (self.message.org_id, self.head.id.clone())
+    }
+}
+
+/// Applies `messages` in the caller's transaction and returns each one's outcome, in order. Any
+/// error fails the whole batch (the caller rolls back and may apply the messages one by one).
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    messages: &[ReceiptMessage],
+) -> Result<Vec<Outcome>> {
+    let parsed = parse(messages)?;
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; parsed.len()];
+
+    // The second delivery of an event within the batch is a duplicate of the first.
+    let mut seen = HashSet::new();
+    for (p, outcome) in parsed.iter().zip(outcomes.iter_mut()) {
+        if !seen.insert(p.key()) {
+            *outcome = Some(Outcome::Duplicate);
+        }
+    }
+    let claimed = claim(conn, &parsed, &outcomes).await?;
+    for (p, outcome) in parsed.iter().zip(outcomes.iter_mut()) {
+        if outcome.is_none() && !claimed.contains(&p.key()) {
+            *outcome = Some(Outcome::Duplicate);
+        }
+    }
+    let claimed_rows: Vec<usize> = (0..parsed.len())
+        .filter(|i| outcomes[*i].is_none())
+        .collect();
+
+    // A receipt already applied (under another event id, or earlier in this batch) is a duplicate.
+    let applied = applied_receipts(conn, &parsed, &claimed_rows).await?;
+    let mut receipts_seen = HashSet::new();
+    for &i in &claimed_rows {
+        let p = &parsed[i];
+        outcomes[i] = match &p.receipt {
+            None => Some(Outcome::Ignored),
+            Some(r) => {
+                let key = (p.message.org_id, r.id.clone());
+                if applied.contains(&key) || !receipts_seen.insert(key) {
+                    Some(Outcome::Duplicate)
+                } else if !matches!(r.kind.as_str(), "SELL" | "PAYBACK") {
+                    Some(Outcome::Ignored)
+                } else {
+                    None
+                }
+            }
+        };
+    }
+
+    sell(conn, &parsed, &mut outcomes).await?;
+    // Refunds one by one, after the sales: the refund of a sale in the same batch sees it.
+    for i in 0..parsed.len() {
+        if let (None, Some(r)) = (&outcomes[i], &parsed[i].receipt) {
+            outcomes[i] = Some(payback(conn, parsed[i].message, &parsed[i].head.id, r).await?);
+        }
+    }
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Duplicate))
+        .collect();
+    save(conn, &parsed, &claimed_rows, &outcomes).await?;
+    Ok(outcomes)
+}
+
+/// Everything that can be refused without the database is refused before anything is written.
+fn parse(messages: &[ReceiptMessage]) -> Result<Vec<Parsed<'_>>> {
+    let invalid = |e: serde_json::Error| Error::invalid("event", e.to_string());
+    messages
+        .iter()
+        .map(|message| {
+            let head: EventHead = serde_json::from_value(message.event.clone()).map_err(invalid)?;
+            let receipt = if head.event_type == RECEIPT_CREATED {
+                let event: ReceiptCreated =
+                    serde_json::from_value(message.event.clone()).map_err(invalid)?;
+                if event.data.kind == "SELL"
+                    && event.data.total_amount <= rust_decimal::Decimal::ZERO
+                {
+                    return Err(Error::invalid(
+                        "data.totalAmount",
+                        "a sale must have a positive total",
+                    ));
+                }
+                Some(event.data)
+            } else {
+                None
+            };
+            Ok(Parsed {
+                message,
+                head,
+                receipt,
+            })
+        })
+        .collect()
+}
+
+/// Inserts the rows of the events not seen before (or seen only failing) as `processing`; returns
+/// those this transaction now holds.
+async fn claim(
+    conn: &mut PgConnection,
+    parsed: &[Parsed<'_>],
+    outcomes: &[Option<Outcome>],
+) -> Result<HashSet<(i64, String)>> {
+    let rows: Vec<&Parsed> = parsed
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| o.is_none())
+        .map(|(p, _)| p)
+        .collect();
+    let claimed: Vec<(i64, String)> = sqlx::query_as(
+        "insert into receipts (org_id, event_id, integration_id, event_type, status, payload, received_at)
+         select o, e, i, t, 'processing', p, r
+         from unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::timestamptz[])
+              as u(o, e, i, t, p, r)
+         on conflict (org_id, event_id) do update
+             set status = 'processing', attempts = receipts.attempts + 1, updated_at = now()
+             where receipts.status in ('retrying', 'dead')
+         returning org_id, event_id",
+    )
+    .bind(rows.iter().map(|p| p.message.org_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.head.id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.message.integration_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.head.event_type.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.message.event.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.message.received_at).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(claimed.into_iter().collect())
+}
+
+async fn applied_receipts(
+    conn: &mut PgConnection,
+    parsed: &[Parsed<'_>],
+    rows: &[usize],
+) -> Result<HashSet<(i64, String)>> {
+    let keys: Vec<(i64, String)> = rows
+        .iter()
+        .filter_map(|&i| {
+            parsed[i]
+                .receipt
+                .as_ref()
+                .map(|r| (parsed[i].message.org_id, r.id.clone()))
+        })
+        .collect();
+    let found: Vec<(i64, String)> = sqlx::query_as(
+        "select r.org_id, r.receipt_id from receipts r
+         join unnest($1::bigint[], $2::text[]) as k(org_id, receipt_id)
+           on r.org_id = k.org_id and r.receipt_id = k.receipt_id
+         where r.status in ('processed', 'unmatched', 'ignored')",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// The bill a receipt names, if it names one of ours.
+fn bill_id(receipt: &Receipt) -> std::result::Result<i64, String> {
+    let bill_ref = receipt
+        .extras
+        .bill_id
+        .as_deref()
+        .ok_or("the receipt names no bill (extras.billId)")?;
+    bill_ref
+        .parse()
+        .map_err(|_| format!("bill {bill_ref:?} is not one of ours"))
+}
+
+/// Applies the batch's sales: each pays its open bill; the rest are unmatched.
+async fn sell(
+    conn: &mut PgConnection,
+    parsed: &[Parsed<'_>],
+    outcomes: &mut [Option<Outcome>],
+) -> Result<()> {
+    let sales: Vec<usize> = (0..parsed.len())
+        .filter(|&i| {
+            outcomes[i].is_none() && parsed[i].receipt.as_ref().is_some_and(|r| r.kind == "SELL")
+        })
+        .collect();
+    if sales.is_empty() {
+        return Ok(());
+    }
+    let receipt = |i: usize| parsed[i].receipt.as_ref().ok_or(Error::NotFound("receipt"));
+    let mut ids: Vec<i64> = sales
+        .iter()
+        .filter_map(|&i| receipt(i).ok().and_then(|r| bill_id(r).ok()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let bills: Vec<(i64, OpenBill)> = sqlx::query_as::<
+        _,
+        (
+            i64,
+            i64,
+            i64,
+            String,
+            rust_decimal::Decimal,
+            Option<String>,
+            Option<String>,
+        ),
+    >(
+        "select org_id, id, customer_id, status, bonus_payment, bonus_wallet, paid_by_receipt
+         from bills where id = any($1) order by id for update",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(
+        |(org_id, id, customer_id, status, bonus_payment, bonus_wallet, paid_by_receipt)| {
+            (
+                org_id,
+                OpenBill {
+                    id,
+                    customer_id,
+                    status,
+                    bonus_payment,
+                    bonus_wallet,
+                    paid_by_receipt,
+                },
+            )
+        },
+    )
+    .collect();
+    let bills: HashMap<(i64, i64), &OpenBill> =
+        bills.iter().map(|(org, b)| ((*org, b.id), b)).collect();
+
+    let mut orgs: HashMap<i64, Organization> = HashMap::new();
+    for &i in &sales {
+        let org_id = parsed[i].message.org_id;
+        if let std::collections::hash_map::Entry::Vacant(slot) = orgs.entry(org_id) {
+            slot.insert(orgs::get(conn, org_id).await?);
+        }
+    }
+    let mut paying: HashSet<i64> = HashSet::new();
+    let mut inputs = Vec::new();
+    let mut applied_to: Vec<(usize, i64, i64)> = Vec::new();
+    for &i in &sales {
+        let p = &parsed[i];
+        let r = receipt(i)?;
+        let bill = match bill_id(r) {
+            Err(reason) => Err(reason),
+            Ok(id) => bills
+                .get(&(p.message.org_id, id))
+                .copied()
+                .ok_or_else(|| format!("no bill {id} in this organization")),
+        };
+        let bill = match bill {
+            Ok(b) if b.status == "open" && paying.insert(b.id) => b,
+            Ok(b) => {
+                outcomes[i] = Some(Outcome::Unmatched {
+                    reason: format!(
+                        "bill {} is {}",
+                        b.id,
+                        if b.status == "open" {
+                            "paid"
+                        } else {
+                            &b.status
+                        }
+                    ),
+                });
+                continue;
+            }
+            Err(reason) => {
+                outcomes[i] = Some(Outcome::Unmatched { reason });
+                continue;
+            }
+        };
+        let org = orgs
+            .get(&p.message.org_id)
+            .ok_or(Error::NotFound("organization"))?;
+        inputs.push(SaleInput {
+            org,
+            customer_id: bill.customer_id,
+            total: r.total_amount,
+            items: &r.items,
+            hold: bill
+                .bonus_wallet
+                .as_deref()
+                .and_then(Wallet::parse)
+                .map(|w| (w, bill.bonus_payment)),
+            receipt_id: &r.id,
+            event_id: &p.head.id,
+        });
+        applied_to.push((i, bill.id, bill.customer_id));
+    }
+    let invoices = apply_sales(conn, &inputs).await?;
+    sqlx::query(
+        "update bills b set status = 'paid', closed_at = now(), paid_by_receipt = u.receipt
+         from unnest($1::bigint[], $2::text[]) as u(id, receipt) where b.id = u.id",
+    )
+    .bind(applied_to.iter().map(|a| a.1).collect::<Vec<_>>())
+    .bind(
+        inputs
+            .iter()
+            .map(|s| s.receipt_id.to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    for ((i, _, customer_id), invoice_id) in applied_to.into_iter().zip(invoices) {
+        outcomes[i] = Some(Outcome::Processed {
+            customer_id,
+            invoice_id,
+        });
+    }
+    Ok(())
+}
+
+/// Writes every claimed receipt's final status.
+async fn save(
+    conn: &mut PgConnection,
+    parsed: &[Parsed<'_>],
+    rows: &[usize],
+    outcomes: &[Outcome],
+) -> Result<()> {
+    let field = |i: usize, f: fn(&Receipt) -> String| parsed[i].receipt.as_ref().map(f);
+    let customer = |o: &Outcome| {
+        if let Outcome::Processed { customer_id, .. } = o {
+            Some(*customer_id)
+        } else {
+            None
+        }
+    };
+    let invoice = |o: &Outcome| {
+        if let Outcome::Processed { invoice_id, .. } = o {
+            Some(invoice_id.clone())
+        } else {
+            None
+        }
+    };
+    let reason = |o: &Outcome| {
+        if let Outcome::Unmatched { reason } = o {
+            Some(reason.clone())
+        } else {
+            None
+        }
+    };
+    let saved = sqlx::query(
+        "update receipts r set status = u.status, reason = u.reason, receipt_id = u.receipt_id,
+                receipt_type = u.receipt_type, bill_id = u.bill_id, customer_id = u.customer_id,
+                invoice_id = u.invoice_id, total_amount = u.total, last_error = null,
+                processed_at = now(), updated_at = now()
+         from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+                     $8::bigint[], $9::text[], $10::numeric[])
+              as u(org_id, event_id, status, reason, receipt_id, receipt_type, bill_id, customer_id, invoice_id, total)
+         where r.org_id = u.org_id and r.event_id = u.event_id and r.status = 'processing'",
+    )
+    .bind(rows.iter().map(|&i| parsed[i].message.org_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| parsed[i].head.id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| outcomes[i].status().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| reason(&outcomes[i])).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| field(i, |r| r.id.clone())).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| field(i, |r| r.kind.clone())).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| parsed[i].receipt.as_ref().and_then(|r| bill_id(r).ok())).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| customer(&outcomes[i])).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| invoice(&outcomes[i])).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| parsed[i].receipt.as_ref().map(|r| r.total_amount)).collect::<Vec<_>>())
+    .execute(conn)
+    .await
+    .map_err(|e| match violated_constraint(&e) {
+        // Another event carrying the same receipt committed first: run again, it is a duplicate.
+        Some("receipts_take_effect_once") => race(),
+        _ => e.into(),
+    })?;
+    if saved.rows_affected() != rows.len() as u64 {
+        return Err(race());
+    }
+    Ok(())
+}

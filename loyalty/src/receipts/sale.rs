@@ -1,0 +1,310 @@
+//! Applying sales to customers, many in a few statements: capture the bill's hold, record the
+//! invoice, accrue, reward the referrer on the first purchase, and queue the notifications.
+
+use std::collections::{HashMap, HashSet};
+
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+
+use super::{Note, ReceiptItem, queue_notifications};
+use crate::error::{Error, Result};
+use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
+use crate::legacy::money_json;
+use crate::money::Amount;
+use crate::orgs::Organization;
+use crate::rules::{self, BonusSettings};
+use crate::time::Stamp;
+
+/// One sale to apply.
+pub(super) struct SaleInput<'a> {
+    pub org: &'a Organization,
+    pub customer_id: i64,
+    pub total: Decimal,
+    pub items: &'a [ReceiptItem],
+    /// The bonus payment the bill held: captured now.
+    pub hold: Option<(Wallet, Decimal)>,
+    pub receipt_id: &'a str,
+    pub event_id: &'a str,
+}
+
+#[derive(sqlx::FromRow)]
+struct Buyer {
+    org_id: i64,
+    id: i64,
+    first_name: Option<String>,
+    referred_by: Option<i64>,
+    has_made_first_purchase: bool,
+}
+
+/// Applies the sales in order (two sales of one customer in a batch: only the first is a first
+/// purchase). Returns each sale's new invoice id.
+pub(super) async fn apply_sales(
+    conn: &mut PgConnection,
+    sales: &[SaleInput<'_>],
+) -> Result<Vec<String>> {
+    if sales.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(bad) = sales.iter().find(|s| s.total <= Decimal::ZERO) {
+        return Err(Error::invalid(
+            "data.totalAmount",
+            format!("a sale must have a positive total, not {}", bad.total),
+        ));
+    }
+    let buyers = lock_customers(
+        conn,
+        sales.iter().map(|s| (s.org.id, s.customer_id)).collect(),
+    )
+    .await?;
+    let by_key: HashMap<(i64, i64), &Buyer> =
+        buyers.iter().map(|b| ((b.org_id, b.id), b)).collect();
+    // Referrers whose wallets this batch may move are locked too, after the buyers.
+    let referrers: HashSet<(i64, i64)> = buyers
+        .iter()
+        .filter(|b| !b.has_made_first_purchase)
+        .filter_map(|b| b.referred_by.map(|r| (b.org_id, r)))
+        .filter(|key| !by_key.contains_key(key))
+        .collect();
+    lock_customers(conn, referrers.into_iter().collect()).await?;
+
+    let invoices = new_invoice_ids(conn, sales).await?;
+    let now = chrono::Utc::now();
+    let stamps: Vec<Stamp> = sales
+        .iter()
+        .map(|s| Stamp::in_zone(now, s.org.time_zone))
+        .collect();
+    let texts: Vec<[String; 3]> = sales
+        .iter()
+        .zip(&invoices)
+        .map(|(s, invoice)| {
+            let first_name = by_key
+                .get(&(s.org.id, s.customer_id))
+                .and_then(|b| b.first_name.as_deref())
+                .unwrap_or_default();
+            [
+                describe::bill_payment(invoice),
+                describe::purchase_accrual(invoice),
+                describe::friend_reward(first_name),
+            ]
+        })
+        .collect();
+
+    let mut entries = Vec::new();
+    let mut releases: Vec<(i64, i64, Wallet, Decimal)> = Vec::new();
+    let mut notes = Vec::new();
+    let mut first_purchases = Vec::new();
+    let mut bought: HashSet<(i64, i64)> = HashSet::new();
+    for (i, sale) in sales.iter().enumerate() {
+        let key = (sale.org.id, sale.customer_id);
+        let settings: BonusSettings = sale.org.bonus_program_settings.into();
+        let entry = |customer_id, wallet, kind, amount, description| NewEntry {
+            org_id: sale.org.id,
+            customer_id,
+            wallet,
+            kind,
+            amount,
+            description,
+            source: Source::Receipt,
+            source_ref: Some(sale.receipt_id),
+            at: stamps[i],
+        };
+        let note = |customer_id, kind: &'static str, amount: Decimal| Note {
+            org_id: sale.org.id,
+            customer_id,
+            kind,
+            payload: serde_json::json!({ "amount": amount.to_string(), "invoice_id": invoices[i] }),
+            trace_id: sale.event_id,
+        };
+        let mut paid_with_bonuses = Decimal::ZERO;
+        if let Some((wallet, held)) = sale.hold {
+            if let Ok(amount) = Amount::new(held) {
+                releases.push((sale.org.id, sale.customer_id, wallet, held));
+                entries.push(entry(
+                    sale.customer_id,
+                    wallet,
+                    EntryKind::Deduction,
+                    amount,
+                    texts[i][0].as_str(),
+                ));
+                notes.push(note(sale.customer_id, "bonus_payment", held));
+                paid_with_bonuses = held;
+            }
+        }
+        let accrual = rules::purchase_accrual(&settings, sale.total, paid_with_bonuses);
+        if let Ok(amount) = Amount::new(accrual) {
+            entries.push(entry(
+                sale.customer_id,
+                Wallet::Main,
+                EntryKind::Accrual,
+                amount,
+                texts[i][1].as_str(),
+            ));
+            notes.push(note(sale.customer_id, "purchase_accrual", accrual));
+        }
+        let buyer = by_key.get(&key).ok_or(Error::NotFound("customer"))?;
+        if !buyer.has_made_first_purchase && bought.insert(key) {
+            first_purchases.push(key);
+            let reward = rules::referral_reward(&settings, sale.total, true);
+            if let (Some(referrer), Ok(amount)) = (buyer.referred_by, Amount::new(reward)) {
+                entries.push(entry(
+                    referrer,
+                    Wallet::Referral,
+                    EntryKind::Accrual,
+                    amount,
+                    texts[i][2].as_str(),
+                ));
+                notes.push(note(referrer, "referral_reward", reward));
+            }
+        }
+    }
+
+    insert_invoices(conn, sales, &invoices, &stamps).await?;
+    release_holds(conn, &releases).await?;
+    ledger::post_many(conn, &entries).await?;
+    if !first_purchases.is_empty() {
+        sqlx::query(
+            "update customers c set has_made_first_purchase = true
+             from unnest($1::bigint[], $2::bigint[]) as f(org_id, id)
+             where c.org_id = f.org_id and c.id = f.id",
+        )
+        .bind(first_purchases.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(first_purchases.iter().map(|k| k.1).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    queue_notifications(conn, &notes).await?;
+    Ok(invoices)
+}
+
+/// Locks customers' rows in one fixed order (organization, id), so batches do not deadlock.
+async fn lock_customers(conn: &mut PgConnection, mut keys: Vec<(i64, i64)>) -> Result<Vec<Buyer>> {
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Buyer> = sqlx::query_as(
+        "select c.org_id, c.id, c.first_name, c.referred_by, c.has_made_first_purchase
+         from customers c join unnest($1::bigint[], $2::bigint[]) as k(org_id, id) on c.org_id = k.org_id and c.id = k.id
+         order by c.org_id, c.id
+         for update of c",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    if rows.len() != keys.len() {
+        return Err(Error::NotFound("customer"));
+    }
+    Ok(rows)
+}
+
+/// Invoice numbers like the old system's: 8 uppercase hex characters, unique per organization.
+async fn new_invoice_ids(conn: &mut PgConnection, sales: &[SaleInput<'_>]) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = Vec::with_capacity(sales.len());
+    let mut used = HashSet::new();
+    for sale in sales {
+        loop {
+            let candidate = hex::encode_upper(rand::random::<[u8; 4]>());
+            if used.insert((sale.org.id, candidate.clone())) {
+                ids.push(candidate);
+                break;
+            }
+        }
+    }
+    // Regenerate the rare ones an organization already has.
+    loop {
+        let taken: Vec<(i64, String)> = sqlx::query_as(
+            "select i.org_id, i.invoice_id from invoices i
+             join unnest($1::bigint[], $2::text[]) as k(org_id, invoice_id)
+               on i.org_id = k.org_id and i.invoice_id = k.invoice_id",
+        )
+        .bind(sales.iter().map(|s| s.org.id).collect::<Vec<_>>())
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        if taken.is_empty() {
+            return Ok(ids);
+        }
+        let taken: HashSet<(i64, String)> = taken.into_iter().collect();
+        for (sale, id) in sales.iter().zip(ids.iter_mut()) {
+            while taken.contains(&(sale.org.id, id.clone()))
+                || !used.insert((sale.org.id, id.clone()))
+            {
+                *id = hex::encode_upper(rand::random::<[u8; 4]>());
+            }
+        }
+    }
+}
+
+async fn insert_invoices(
+    conn: &mut PgConnection,
+    sales: &[SaleInput<'_>],
+    ids: &[String],
+    stamps: &[Stamp],
+) -> Result<()> {
+    let items: Vec<serde_json::Value> = sales
+        .iter()
+        .map(|s| {
+            serde_json::Value::Array(
+                s.items
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "product_name": i.name,
+                            "quantity": money_json(i.quantity),
+                            "unit_price": money_json(i.price),
+                            "item_total": money_json(i.sum_price),
+                        })
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    sqlx::query(
+        "insert into invoices (org_id, invoice_id, customer_id, occurred_at, utc_offset_seconds, total_amount, items,
+                               bonuses_deducted, bonus_source_used, receipt_id)
+         select * from unnest($1::bigint[], $2::text[], $3::bigint[], $4::timestamptz[], $5::int[], $6::numeric[],
+                              $7::jsonb[], $8::numeric[], $9::text[], $10::text[])",
+    )
+    .bind(sales.iter().map(|s| s.org.id).collect::<Vec<_>>())
+    .bind(ids)
+    .bind(sales.iter().map(|s| s.customer_id).collect::<Vec<_>>())
+    .bind(stamps.iter().map(Stamp::utc).collect::<Vec<_>>())
+    .bind(stamps.iter().map(Stamp::offset_seconds).collect::<Vec<_>>())
+    .bind(sales.iter().map(|s| s.total).collect::<Vec<_>>())
+    .bind(items)
+    .bind(sales.iter().map(|s| s.hold.map_or(Decimal::ZERO, |(_, held)| held)).collect::<Vec<_>>())
+    .bind(sales.iter().map(|s| s.hold.map(|(w, _)| w.as_str().to_owned())).collect::<Vec<_>>())
+    .bind(sales.iter().map(|s| s.receipt_id.to_owned()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Releases what the bills held, before the payments are deducted from the wallets.
+async fn release_holds(
+    conn: &mut PgConnection,
+    releases: &[(i64, i64, Wallet, Decimal)],
+) -> Result<()> {
+    for wallet in [Wallet::Main, Wallet::Referral] {
+        let mine: Vec<_> = releases.iter().filter(|r| r.2 == wallet).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let column = crate::bills::held_column(wallet)?;
+        sqlx::query(&format!(
+            "update customers c set {column} = c.{column} - r.amount
+             from (select org_id, id, sum(amount) as amount
+                   from unnest($1::bigint[], $2::bigint[], $3::numeric[]) as u(org_id, id, amount)
+                   group by org_id, id) as r
+             where c.org_id = r.org_id and c.id = r.id"
+        ))
+        .bind(mine.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(mine.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(mine.iter().map(|r| r.3).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
