@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4)]
     pub worker_concurrency: u16,
     /// Most receipts in one worker transaction (`WORKER_BATCH`).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     pub worker_batch: u16,
     /// Receipts a second of the paced latency phase.
     #[arg(long, default_value_t = 200.0)]
@@ -197,6 +197,7 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
         worker::Running::start(worker_pool, broker, worker_concurrency, args.worker_batch);
     let bulk = worker::wait_processed(&env.db, shop.org, "bulk-%", n, running.started).await?;
     let worker_cpu = cpu.and_then(|c| c.usage(cpus));
+    let worker_steady_per_second = worker::steady_rate(&env.db, shop.org, "bulk-%").await?;
     eprintln!("      {:.0} receipts/s", bulk.per_second());
 
     eprintln!(
@@ -233,6 +234,7 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
             ingest: (ingest, ingest_cpu),
             pgbench: (pgbench, pgbench_cpu),
             worker: (bulk, worker_cpu),
+            worker_steady_per_second,
             paced,
             latency,
         },

@@ -52,6 +52,8 @@ pub struct Measured {
     pub ingest: (Throughput, Option<Usage>),
     pub pgbench: (Pgbench, Option<Usage>),
     pub worker: (Throughput, Option<Usage>),
+    /// Between the first and the last commit (see `worker::steady_rate`).
+    pub worker_steady_per_second: Option<f64>,
     pub paced: Paced,
     pub latency: Latency,
 }
@@ -98,6 +100,9 @@ pub struct Report {
     pub pgbench_tps: f64,
     pub pgbench_cpu: Option<Usage>,
     pub worker: Phase,
+    /// Receipts a second from the first to the last `processed_at`, leaving out the worker's
+    /// start-up and the 100 ms polling.
+    pub worker_steady_per_second: Option<f64>,
     pub ingest_vs_broker_ceiling: Ratio,
     pub worker_vs_pgbench_tps: Ratio,
     pub latency: LatencyReport,
@@ -123,6 +128,7 @@ impl Report {
             pgbench_tps: pgbench.tps,
             pgbench_cpu,
             worker,
+            worker_steady_per_second: measured.worker_steady_per_second,
             latency: LatencyReport {
                 receipts: paced.sent,
                 achieved_rate: paced.rate,
@@ -171,6 +177,9 @@ impl Report {
             self.worker.seconds,
             cpu_note(self.worker.cpu)
         );
+        if let Some(steady) = self.worker_steady_per_second {
+            println!("    steady, first to last commit: {steady:.0} receipts/s");
+        }
         println!(
             "  ingest / broker ceiling  {:>6.2}  (target ≥ {:.2}: {})",
             self.ingest_vs_broker_ceiling.value,

@@ -112,6 +112,20 @@ pub async fn wait_processed(
     }
 }
 
+/// Receipts a second between the first and the last `processed_at` of the pattern: the steady
+/// rate, without the worker's start (connecting, declaring queues) and the polling granularity.
+pub async fn steady_rate(db: &PgPool, org: i64, like: &str) -> anyhow::Result<Option<f64>> {
+    let (count, span): (i64, Option<f64>) = sqlx::query_as(
+        "select count(*), extract(epoch from max(processed_at) - min(processed_at))::float8
+         from receipts where org_id = $1 and event_id like $2 and status = 'processed'",
+    )
+    .bind(org)
+    .bind(like)
+    .fetch_one(db)
+    .await?;
+    Ok(span.filter(|s| *s > 0.0).map(|s| (count - 1) as f64 / s))
+}
+
 /// Receipts by status, with a sample error, for a failure message.
 async fn breakdown(db: &PgPool, org: i64, like: &str) -> anyhow::Result<String> {
     let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(

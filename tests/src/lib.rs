@@ -248,7 +248,7 @@ impl TestApp {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             worker
-                .run(4, 50, async {
+                .run(4, 100, async {
                     let _ = stopped.await;
                 })
                 .await

@@ -45,7 +45,7 @@ pub struct Config {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
     /// Most receipts applied in one transaction (the consumer's prefetch is concurrency × batch).
-    #[arg(long, env = "WORKER_BATCH", default_value_t = 50)]
+    #[arg(long, env = "WORKER_BATCH", default_value_t = 100)]
     pub batch: u16,
 }
 

@@ -51,21 +51,31 @@ pub(super) async fn apply_sales(
             format!("a sale must have a positive total, not {}", bad.total),
         ));
     }
-    let buyers = lock_customers(
-        conn,
-        sales.iter().map(|s| (s.org.id, s.customer_id)).collect(),
-    )
-    .await?;
-    let by_key: HashMap<(i64, i64), &Buyer> =
-        buyers.iter().map(|b| ((b.org_id, b.id), b)).collect();
-    // Referrers whose wallets this batch may move are locked too, after the buyers.
-    let referrers: HashSet<(i64, i64)> = buyers
-        .iter()
-        .filter(|b| !b.has_made_first_purchase)
-        .filter_map(|b| b.referred_by.map(|r| (b.org_id, r)))
-        .filter(|key| !by_key.contains_key(key))
+    // Buyers and the referrers whose wallets this may move are locked together, in one order,
+    // so concurrent batches cannot deadlock.
+    let buyer_keys: Vec<(i64, i64)> = sales.iter().map(|s| (s.org.id, s.customer_id)).collect();
+    let referrers = |rows: &[Buyer]| -> Vec<(i64, i64)> {
+        rows.iter()
+            .filter(|b| !b.has_made_first_purchase)
+            .filter_map(|b| b.referred_by.map(|r| (b.org_id, r)))
+            .collect()
+    };
+    let unlocked = read_customers(conn, buyer_keys.clone(), false).await?;
+    let mut keys = buyer_keys.clone();
+    keys.extend(referrers(&unlocked));
+    let mut locked = read_customers(conn, keys.clone(), true).await?;
+    // A promo code entered in between names a referrer not locked yet: lock it too.
+    let late: Vec<(i64, i64)> = referrers(&locked)
+        .into_iter()
+        .filter(|k| !keys.contains(k))
         .collect();
-    lock_customers(conn, referrers.into_iter().collect()).await?;
+    locked.extend(read_customers(conn, late, true).await?);
+    let buyer_set: HashSet<(i64, i64)> = buyer_keys.into_iter().collect();
+    let by_key: HashMap<(i64, i64), &Buyer> = locked
+        .iter()
+        .filter(|b| buyer_set.contains(&(b.org_id, b.id)))
+        .map(|b| ((b.org_id, b.id), b))
+        .collect();
 
     let invoices = new_invoice_ids(conn, sales).await?;
     let now = chrono::Utc::now();
@@ -176,19 +186,23 @@ pub(super) async fn apply_sales(
     Ok(invoices)
 }
 
-/// Locks customers' rows in one fixed order (organization, id), so batches do not deadlock.
-async fn lock_customers(conn: &mut PgConnection, mut keys: Vec<(i64, i64)>) -> Result<Vec<Buyer>> {
+/// Reads customers' rows, locking them (in one fixed order: organization, id) when `lock`.
+async fn read_customers(
+    conn: &mut PgConnection,
+    mut keys: Vec<(i64, i64)>,
+    lock: bool,
+) -> Result<Vec<Buyer>> {
     keys.sort_unstable();
     keys.dedup();
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<Buyer> = sqlx::query_as(
+    let rows: Vec<Buyer> = sqlx::query_as(&format!(
         "select c.org_id, c.id, c.first_name, c.referred_by, c.has_made_first_purchase
          from customers c join unnest($1::bigint[], $2::bigint[]) as k(org_id, id) on c.org_id = k.org_id and c.id = k.id
-         order by c.org_id, c.id
-         for update of c",
-    )
+         order by c.org_id, c.id {}",
+        if lock { "for update of c" } else { "" }
+    ))
     .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
     .fetch_all(conn)
