@@ -370,7 +370,7 @@ async fn save(
         "update receipts r set status = u.status, reason = u.reason, receipt_id = u.receipt_id,
                 receipt_type = u.receipt_type, bill_id = u.bill_id, customer_id = u.customer_id,
                 invoice_id = u.invoice_id, total_amount = u.total, last_error = null,
-                processed_at = now(), updated_at = now()
+                processed_at = clock_timestamp(), updated_at = now()
          from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
                      $8::bigint[], $9::text[], $10::numeric[])
               as u(org_id, event_id, status, reason, receipt_id, receipt_type, bill_id, customer_id, invoice_id, total)
