@@ -39,6 +39,24 @@ async fn postgres_server() -> &'static str {
         .await
 }
 
+static RABBITMQ: OnceCell<String> = OnceCell::const_new();
+
+/// The URL of a RabbitMQ broker: `AMQP_URL` (default the local one), or one in Docker.
+pub async fn amqp_url() -> &'static str {
+    RABBITMQ
+        .get_or_init(|| async {
+            let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+            if let Ok(conn) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await {
+                let _ = conn.close(200, "probe".into()).await;
+                return url;
+            }
+            containers::rabbitmq().await.unwrap_or_else(|| {
+                panic!("RabbitMQ is not reachable at {url} and no Docker engine is available to start one")
+            })
+        })
+        .await
+}
+
 fn with_database(url: &str, name: &str) -> String {
     let mut parsed = url::Url::parse(url).expect("DATABASE_URL is a URL");
     parsed.set_path(&format!("/{name}"));
@@ -134,8 +152,7 @@ impl TestApp {
         let db = TestDb::new().await;
         let config = ingest::Config {
             database_url: db.url.clone(),
-            amqp_url: std::env::var("AMQP_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            amqp_url: amqp_url().await.to_owned(),
             admin_token: ADMIN_TOKEN.to_owned(),
             addr: "127.0.0.1:0".parse().expect("addr"),
             telegram_api_url: "http://127.0.0.1:9".into(),
@@ -424,11 +441,31 @@ pub fn same_json(a: &Value, b: &Value) -> bool {
 mod containers {
     //! Services started in Docker when the local ones are missing (a developer's laptop).
     use testcontainers::ContainerAsync;
+    use testcontainers::ImageExt;
     use testcontainers::runners::AsyncRunner;
     use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::rabbitmq::RabbitMq;
     use tokio::sync::OnceCell;
 
     static PG: OnceCell<Option<(ContainerAsync<Postgres>, String)>> = OnceCell::const_new();
+    static MQ: OnceCell<Option<(ContainerAsync<RabbitMq>, String)>> = OnceCell::const_new();
+
+    pub async fn rabbitmq() -> Option<String> {
+        MQ.get_or_init(|| async {
+            if !docker_present() {
+                return None;
+            }
+            let container = RabbitMq::default().start().await.ok()?;
+            let port = container.get_host_port_ipv4(5672).await.ok()?;
+            Some((
+                container,
+                format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            ))
+        })
+        .await
+        .as_ref()
+        .map(|(_, url)| url.clone())
+    }
 
     fn docker_present() -> bool {
         std::process::Command::new("docker")
@@ -442,7 +479,11 @@ mod containers {
             if !docker_present() {
                 return None;
             }
-            let container = Postgres::default().start().await.ok()?;
+            let container = Postgres::default()
+                .with_tag("16-alpine")
+                .start()
+                .await
+                .ok()?;
             let port = container.get_host_port_ipv4(5432).await.ok()?;
             Some((
                 container,
