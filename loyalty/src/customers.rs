@@ -8,6 +8,7 @@ use sqlx::PgConnection;
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
 use crate::money::{Amount, serialize_decimal};
+use crate::notifications::{self, Note};
 use crate::orgs::Organization;
 use crate::time::Stamp;
 
@@ -332,6 +333,14 @@ pub async fn apply_promo(
             },
         )
         .await?;
+        let note = Note {
+            org_id: org.id,
+            customer_id: id,
+            kind: "promo_bonus",
+            payload: serde_json::json!({ "amount": amount.get().to_string() }),
+            trace_id: code,
+        };
+        notifications::queue(conn, std::slice::from_ref(&note)).await?;
     }
     lock(conn, org.id, id).await
 }
@@ -384,6 +393,16 @@ pub async fn operator_move(
         },
     )
     .await?;
+    if m.kind == EntryKind::Accrual && m.wallet != Wallet::Debt {
+        let note = Note {
+            org_id: org.id,
+            customer_id: id,
+            kind: "operator_accrual",
+            payload: serde_json::json!({ "amount": m.amount.get().to_string(), "wallet": m.wallet.as_str() }),
+            trace_id: m.reference.unwrap_or_default(),
+        };
+        notifications::queue(conn, std::slice::from_ref(&note)).await?;
+    }
     lock(conn, org.id, id).await
 }
 

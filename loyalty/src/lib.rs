@@ -8,6 +8,7 @@ pub mod error;
 pub mod ledger;
 pub mod legacy;
 pub mod money;
+pub mod notifications;
 pub mod orgs;
 pub mod queue;
 pub mod receipts;

@@ -17,6 +17,7 @@ use crate::customers;
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
 use crate::money::{Amount, MoneyError, deserialize_decimal};
+use crate::notifications::{self, Note};
 use crate::orgs;
 use crate::rules;
 use crate::time::Stamp;
@@ -385,44 +386,11 @@ async fn payback(
         payload,
         trace_id: event_id,
     };
-    queue_notifications(conn, std::slice::from_ref(&note)).await?;
+    notifications::queue(conn, std::slice::from_ref(&note)).await?;
     Ok(Outcome::Processed {
         customer_id,
         invoice_id,
     })
-}
-
-/// A notification to send, written to the outbox in the transaction that caused it.
-pub(crate) struct Note<'a> {
-    pub org_id: i64,
-    pub customer_id: i64,
-    pub kind: &'static str,
-    pub payload: serde_json::Value,
-    /// The receipt's event id, so one grep follows a receipt to its message.
-    pub trace_id: &'a str,
-}
-
-pub(crate) async fn queue_notifications(conn: &mut PgConnection, notes: &[Note<'_>]) -> Result<()> {
-    if notes.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "insert into outbox (org_id, customer_id, kind, payload, trace_id)
-         select * from unnest($1::bigint[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[])",
-    )
-    .bind(notes.iter().map(|n| n.org_id).collect::<Vec<_>>())
-    .bind(notes.iter().map(|n| n.customer_id).collect::<Vec<_>>())
-    .bind(notes.iter().map(|n| n.kind.to_owned()).collect::<Vec<_>>())
-    .bind(notes.iter().map(|n| n.payload.clone()).collect::<Vec<_>>())
-    .bind(
-        notes
-            .iter()
-            .map(|n| n.trace_id.to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// What attaching an unmatched receipt did.

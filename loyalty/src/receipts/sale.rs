@@ -6,11 +6,12 @@ use std::collections::{HashMap, HashSet};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
-use super::{Note, ReceiptItem, queue_notifications};
+use super::ReceiptItem;
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
 use crate::legacy::money_json;
 use crate::money::Amount;
+use crate::notifications::{self, Note};
 use crate::orgs::Organization;
 use crate::rules::{self, BonusSettings};
 use crate::time::Stamp;
@@ -182,7 +183,7 @@ pub(super) async fn apply_sales(
         .execute(&mut *conn)
         .await?;
     }
-    queue_notifications(conn, &notes).await?;
+    notifications::queue(conn, &notes).await?;
     Ok(invoices)
 }
 
