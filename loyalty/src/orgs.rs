@@ -66,6 +66,10 @@ pub struct Organization {
     pub time_zone: OrgTimeZone,
     pub bonus_program_settings: BonusProgramSettings,
     pub telegram_bot_token_set: bool,
+    /// Shown after amounts in messages (default ₸).
+    pub currency_symbol: String,
+    /// Message templates that replace the defaults, by kind.
+    pub notification_templates: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -82,6 +86,8 @@ struct OrgRow {
     referrer_first_purchase_percentage: Decimal,
     accrue_when_paying_with_bonuses: bool,
     telegram_bot_token_set: bool,
+    currency_symbol: String,
+    notification_templates: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
 }
 
 impl TryFrom<OrgRow> for Organization {
@@ -110,6 +116,8 @@ impl TryFrom<OrgRow> for Organization {
                 accrue_when_paying_with_bonuses: r.accrue_when_paying_with_bonuses,
             },
             telegram_bot_token_set: r.telegram_bot_token_set,
+            currency_symbol: r.currency_symbol,
+            notification_templates: r.notification_templates.0,
         })
     }
 }
@@ -127,6 +135,12 @@ pub struct OrgChanges {
     pub bonus_program_settings: Option<BonusProgramSettings>,
     /// Write-only: stored for calling the Bot API, never returned. `""` removes it.
     pub telegram_bot_token: Option<String>,
+    /// Shown after amounts in messages (₸, сом, ₽…).
+    pub currency_symbol: Option<String>,
+    /// Templates by kind (purchase_accrual, referral_reward, promo_bonus, operator_accrual,
+    /// bonus_payment, refund), replacing the Russian defaults; `""` restores a default. HTML, with
+    /// placeholders {amount} {balance} {referral_balance} {invoice} {shop} {currency} {returned} {taken}.
+    pub notification_templates: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl OrgChanges {
@@ -134,6 +148,31 @@ impl OrgChanges {
         if let Some(name) = &self.name {
             if name.trim().is_empty() || name.chars().count() > 200 {
                 return Err(Error::invalid("name", "must be 1 to 200 characters"));
+            }
+        }
+        if let Some(symbol) = &self.currency_symbol {
+            if symbol.trim().is_empty() || symbol.chars().count() > 8 {
+                return Err(Error::invalid(
+                    "currency_symbol",
+                    "must be 1 to 8 characters",
+                ));
+            }
+        }
+        for (kind, template) in self.notification_templates.iter().flatten() {
+            if !crate::notifications::KINDS.contains(&kind.as_str()) {
+                return Err(Error::invalid(
+                    format!("notification_templates.{kind}"),
+                    format!(
+                        "unknown kind; use one of {}",
+                        crate::notifications::KINDS.join(", ")
+                    ),
+                ));
+            }
+            if template.chars().count() > 3000 {
+                return Err(Error::invalid(
+                    format!("notification_templates.{kind}"),
+                    "must be at most 3000 characters",
+                ));
             }
         }
         if let Some(token) = &self.telegram_bot_token {
@@ -156,7 +195,8 @@ impl OrgChanges {
 const SELECT_ORG: &str =
     "select id, name, phone_numbers, address, whatsapp_link, telegram_link, time_zone,
         invoice_bonus_percentage, referral_promo_bonus, referrer_first_purchase_percentage,
-        accrue_when_paying_with_bonuses, telegram_bot_token is not null as telegram_bot_token_set
+        accrue_when_paying_with_bonuses, telegram_bot_token is not null as telegram_bot_token_set,
+        currency_symbol, notification_templates
     from organizations";
 
 pub async fn create(conn: &mut PgConnection, new: &OrgChanges) -> Result<i64> {
@@ -198,7 +238,12 @@ pub async fn update(conn: &mut PgConnection, id: i64, c: &OrgChanges) -> Result<
             referrer_first_purchase_percentage = coalesce($10, referrer_first_purchase_percentage),
             accrue_when_paying_with_bonuses = coalesce($11, accrue_when_paying_with_bonuses),
             telegram_bot_token = case when $12::text is null then telegram_bot_token
-                                      else nullif($12, '') end
+                                      else nullif($12, '') end,
+            currency_symbol = coalesce($13, currency_symbol),
+            -- Templates merge: a kind given an empty text goes back to its default.
+            notification_templates = case when $14::jsonb is null then notification_templates
+                else (select coalesce(jsonb_object_agg(key, value), '{}'::jsonb)
+                      from jsonb_each(notification_templates || $14::jsonb) where value <> to_jsonb(''::text)) end
          where id = $1",
     )
     .bind(id)
@@ -213,6 +258,8 @@ pub async fn update(conn: &mut PgConnection, id: i64, c: &OrgChanges) -> Result<
     .bind(s.map(|s| s.referrer_first_purchase_percentage.get()))
     .bind(s.map(|s| s.accrue_when_paying_with_bonuses))
     .bind(&c.telegram_bot_token)
+    .bind(&c.currency_symbol)
+    .bind(c.notification_templates.as_ref().map(sqlx::types::Json))
     .execute(conn)
     .await?;
     if updated.rows_affected() == 0 {

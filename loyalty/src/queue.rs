@@ -287,6 +287,45 @@ impl Broker {
         }
     }
 
+    /// Passes a failed message on: to the delay queue of its next attempt (it comes back after
+    /// its backoff), or to the dead letters, with its last error and attempt count in headers.
+    pub async fn pass_on(
+        &self,
+        stream: Stream,
+        body: &[u8],
+        properties: &BasicProperties,
+        attempt: u32,
+        error: &str,
+        dead: bool,
+    ) -> Result<(), PublishError> {
+        let (queue, next_attempt) = if dead {
+            (self.topology.dead(stream), attempt)
+        } else {
+            (self.topology.retry(stream, attempt + 1), attempt + 1)
+        };
+        let mut table = properties.headers().clone().unwrap_or_default();
+        let error: String = error.chars().take(1000).collect();
+        for (key, value) in [
+            (headers::ATTEMPT, next_attempt.to_string()),
+            (headers::LAST_ERROR, error),
+            (headers::ORIGIN, self.topology.main(stream)),
+        ] {
+            table.insert(
+                ShortString::from(key),
+                AMQPValue::LongString(value.as_str().into()),
+            );
+        }
+        let mut props = BasicProperties::default().with_headers(table);
+        if let Some(id) = properties.message_id() {
+            props = props.with_message_id(id.clone());
+        }
+        if !dead {
+            let delay = retry_delay(next_attempt);
+            props = props.with_expiration(ShortString::from(delay.as_millis().to_string()));
+        }
+        self.publish(&queue, body, props).await
+    }
+
     /// Whether the broker answers now.
     pub async fn is_reachable(&self) -> bool {
         self.channel().await.is_ok()

@@ -10,7 +10,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, message::Delivery};
-use loyalty::queue::{self, Broker, MAX_ATTEMPTS, PublishError, Stream, Topology, headers};
+use loyalty::queue::{self, Broker, MAX_ATTEMPTS, PublishError, Stream, Topology};
 use loyalty::receipts::{self, Outcome, ReceiptMessage};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
@@ -220,34 +220,9 @@ impl Worker {
         error: &str,
         dead: bool,
     ) -> Result<(), PublishError> {
-        let topology = self.broker.topology();
-        let main = topology.main(Stream::Receipts);
-        let (queue, next_attempt) = if dead {
-            (topology.dead(Stream::Receipts), attempt)
-        } else {
-            (topology.retry(Stream::Receipts, attempt + 1), attempt + 1)
-        };
-        let mut table = properties.headers().clone().unwrap_or_default();
-        let error: String = error.chars().take(1000).collect();
-        for (key, value) in [
-            (headers::ATTEMPT, next_attempt.to_string()),
-            (headers::LAST_ERROR, error),
-            (headers::ORIGIN, main),
-        ] {
-            table.insert(
-                ShortString::from(key),
-                lapin::types::AMQPValue::LongString(value.as_str().into()),
-            );
-        }
-        let mut props = BasicProperties::default().with_headers(table);
-        if let Some(id) = properties.message_id() {
-            props = props.with_message_id(id.clone());
-        }
-        if !dead {
-            let delay = queue::retry_delay(next_attempt);
-            props = props.with_expiration(ShortString::from(delay.as_millis().to_string()));
-        }
-        self.broker.publish(&queue, body, props).await
+        self.broker
+            .pass_on(Stream::Receipts, body, properties, attempt, error, dead)
+            .await
     }
 
     /// Consumes until `shutdown` resolves, reconnecting after the broker goes away. Up to

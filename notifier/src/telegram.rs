@@ -1,0 +1,170 @@
+//! The one Bot API call the notifier makes, `sendMessage`, and what each answer means. The token
+//! is part of the URL, so no URL is ever logged or put into an error.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+/// What Telegram's answer means for the notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Sent {
+        message_id: i64,
+    },
+    /// 429: the whole bot must pause; not a failed attempt.
+    RetryAfter(Duration),
+    /// 403 (blocked, deactivated, never started) or 400 chat not found: never retry.
+    Unreachable(String),
+    /// 400 about our message (entities, length): our bug; dead-letter it.
+    Rejected(String),
+    /// 401 or 404: the organization's bot token is wrong or revoked.
+    BadToken(String),
+    /// Not delivered (5xx, connection refused): retry with backoff.
+    Transient(String),
+    /// The request may have reached Telegram (a timeout after sending): never resend blindly.
+    Uncertain(String),
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    ok: bool,
+    result: Option<SentMessage>,
+    error_code: Option<u16>,
+    description: Option<String>,
+    parameters: Option<Parameters>,
+}
+
+#[derive(Deserialize)]
+struct SentMessage {
+    message_id: i64,
+}
+
+#[derive(Deserialize)]
+struct Parameters {
+    retry_after: Option<u64>,
+}
+
+pub async fn send_message(
+    http: &reqwest::Client,
+    api_url: &str,
+    token: &str,
+    chat_id: i64,
+    text: &str,
+) -> Answer {
+    let url = format!("{}/bot{token}/sendMessage", api_url.trim_end_matches('/'));
+    let sent = http
+        .post(url)
+        .json(&json!({ "chat_id": chat_id, "text": text, "parse_mode": "HTML", "link_preview_options": {"is_disabled": true} }))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await;
+    let response = match sent {
+        Ok(r) => r,
+        Err(err) if err.is_connect() => {
+            return Answer::Transient(format!("connection failed: {}", err.without_url()));
+        }
+        Err(err) if err.is_builder() => {
+            return Answer::Rejected(format!("request not built: {}", err.without_url()));
+        }
+        Err(err) => return Answer::Uncertain(format!("no answer: {}", err.without_url())),
+    };
+    let status = response.status().as_u16();
+    let reply: Option<Reply> = response.json().await.ok();
+    classify(status, reply)
+}
+
+fn classify(status: u16, reply: Option<Reply>) -> Answer {
+    let description = reply
+        .as_ref()
+        .and_then(|r| r.description.clone())
+        .unwrap_or_default();
+    let code = reply.as_ref().and_then(|r| r.error_code).unwrap_or(status);
+    match (code, reply) {
+        (
+            200,
+            Some(Reply {
+                ok: true,
+                result: Some(m),
+                ..
+            }),
+        ) => Answer::Sent {
+            message_id: m.message_id,
+        },
+        (429, reply) => {
+            let seconds = reply
+                .and_then(|r| r.parameters)
+                .and_then(|p| p.retry_after)
+                .unwrap_or(1);
+            Answer::RetryAfter(Duration::from_secs(seconds.clamp(1, 3600)))
+        }
+        (403, _) => Answer::Unreachable(description),
+        (400, _) if description.to_ascii_lowercase().contains("chat not found") => {
+            Answer::Unreachable(description)
+        }
+        (400, _) => Answer::Rejected(description),
+        (401 | 404, _) => Answer::BadToken(format!("{code} {description}")),
+        (code, _) => Answer::Transient(format!("{code} {description}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(json: serde_json::Value) -> Option<Reply> {
+        serde_json::from_value(json).ok()
+    }
+
+    #[test]
+    fn answers_are_classified_by_code_and_description_prefix() {
+        assert_eq!(
+            classify(200, reply(json!({"ok": true, "result": {"message_id": 7}}))),
+            Answer::Sent { message_id: 7 }
+        );
+        assert_eq!(
+            classify(
+                429,
+                reply(
+                    json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 35", "parameters": {"retry_after": 35}})
+                )
+            ),
+            Answer::RetryAfter(Duration::from_secs(35))
+        );
+        assert!(matches!(
+            classify(
+                403,
+                reply(
+                    json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"})
+                )
+            ),
+            Answer::Unreachable(_)
+        ));
+        assert!(matches!(
+            classify(
+                400,
+                reply(
+                    json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"})
+                )
+            ),
+            Answer::Unreachable(_)
+        ));
+        assert!(matches!(
+            classify(
+                400,
+                reply(
+                    json!({"ok": false, "error_code": 400, "description": "Bad Request: can't parse entities"})
+                )
+            ),
+            Answer::Rejected(_)
+        ));
+        assert!(matches!(
+            classify(
+                401,
+                reply(json!({"ok": false, "error_code": 401, "description": "Unauthorized"}))
+            ),
+            Answer::BadToken(_)
+        ));
+        assert!(matches!(classify(502, None), Answer::Transient(_)));
+    }
+}

@@ -1,0 +1,296 @@
+//! Telegram delivery against a fake Bot API that answers 429 with retry_after, 500, 403 and
+//! success: the exact requests, none doubled, each outcome recorded.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use e2e::TestApp;
+use serde_json::{Value, json};
+
+const BOT_TOKEN: &str = "123456:TEST-fake-token_for-notifier-tests";
+
+/// Every request the fake Bot API received, and scripted answers per chat (success when none).
+#[derive(Clone, Default)]
+struct FakeTelegram {
+    requests: Arc<Mutex<Vec<(String, i64, String)>>>,
+    script: Arc<Mutex<HashMap<i64, VecDeque<(u16, Value)>>>>,
+}
+
+impl FakeTelegram {
+    async fn start(&self) -> String {
+        async fn send(
+            State(fake): State<FakeTelegram>,
+            Path(bot): Path<String>,
+            Json(body): Json<Value>,
+        ) -> (StatusCode, Json<Value>) {
+            let chat = body["chat_id"].as_i64().unwrap_or_default();
+            let mut requests = fake.requests.lock().expect("lock");
+            requests.push((
+                bot,
+                chat,
+                body["text"].as_str().unwrap_or_default().to_owned(),
+            ));
+            let scripted = fake
+                .script
+                .lock()
+                .expect("lock")
+                .get_mut(&chat)
+                .and_then(VecDeque::pop_front);
+            let (status, answer) = scripted.unwrap_or((
+                200,
+                json!({"ok": true, "result": {"message_id": requests.len(), "chat": {"id": chat}}}),
+            ));
+            (StatusCode::from_u16(status).expect("status"), Json(answer))
+        }
+        let app = Router::new()
+            .route("/{bot}/sendMessage", post(send))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        url
+    }
+
+    fn script(&self, chat: i64, answers: Vec<(u16, Value)>) {
+        self.script
+            .lock()
+            .expect("lock")
+            .insert(chat, answers.into());
+    }
+
+    fn requests_to(&self, chat: i64) -> Vec<String> {
+        self.requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.1 == chat)
+            .map(|r| r.2.clone())
+            .collect()
+    }
+}
+
+async fn org_with_bot(app: &TestApp) -> i64 {
+    let (status, body) = app
+        .post("/admin/v1/orgs", &json!({"name": "Tom & Jerry", "telegram_bot_token": BOT_TOKEN, "currency_symbol": "₸"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_i64().expect("id")
+}
+
+async fn customer(app: &TestApp, org: i64, telegram_id: Option<i64>) -> String {
+    let (status, body) = app
+        .post(
+            &format!("/admin/v1/orgs/{org}/customers"),
+            &json!({"first_name": "Alex", "telegram_id": telegram_id}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+async fn accrue(app: &TestApp, org: i64, id: &str, amount: &str) {
+    let (status, body) = app
+        .post(
+            &format!("/admin/v1/orgs/{org}/customers/{id}/bonuses"),
+            &json!({"op": "accrue", "amount": amount}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+fn start_notifier(app: &TestApp, api: &str) -> tokio::task::JoinHandle<()> {
+    let notifier = notifier::Notifier::new(
+        app.db.pool.clone(),
+        app.state.broker.clone(),
+        api.to_owned(),
+        30,
+        1,
+    );
+    tokio::spawn(async move {
+        notifier
+            .run(8, std::future::pending())
+            .await
+            .expect("notifier runs");
+    })
+}
+
+async fn wait_status(app: &TestApp, org: i64, customer: &str, status: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row: Option<Value> = sqlx::query_scalar(
+            "select to_jsonb(o) from outbox o where org_id = $1 and customer_id = $2 order by id desc limit 1",
+        )
+        .bind(org)
+        .bind(customer.parse::<i64>().expect("id"))
+        .fetch_optional(&app.db.pool)
+        .await
+        .expect("query");
+        if row.as_ref().is_some_and(|r| r["status"] == status) {
+            return row.expect("row");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "notification of {customer} never became {status}: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_accrual_is_sent_once_whatever_telegram_answers() {
+    let app = TestApp::spawn().await;
+    let fake = FakeTelegram::default();
+    let api = fake.start().await;
+    let org = org_with_bot(&app).await;
+    let ok = customer(&app, org, Some(1001)).await;
+    let throttled = customer(&app, org, Some(1002)).await;
+    let flaky = customer(&app, org, Some(1003)).await;
+    let blocked = customer(&app, org, Some(1004)).await;
+    let phone_only = customer(&app, org, None).await;
+    fake.script(1002, vec![(429, json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": {"retry_after": 1}}))]);
+    fake.script(
+        1003,
+        vec![(
+            500,
+            json!({"ok": false, "error_code": 500, "description": "Internal Server Error"}),
+        )],
+    );
+    fake.script(1004, vec![(403, json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}))]);
+    for id in [&ok, &throttled, &flaky, &blocked, &phone_only] {
+        accrue(&app, org, id, "1234.5").await;
+    }
+    let _notifier = start_notifier(&app, &api);
+
+    let sent = wait_status(&app, org, &ok, "sent").await;
+    assert!(sent["telegram_message_id"].as_i64().is_some());
+    wait_status(&app, org, &throttled, "sent").await;
+    wait_status(&app, org, &flaky, "sent").await;
+    let unreachable = wait_status(&app, org, &blocked, "unreachable").await;
+    assert!(
+        unreachable["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("blocked")
+    );
+    wait_status(&app, org, &phone_only, "skipped").await;
+
+    let expected =
+        "🎁 «Tom &amp; Jerry» начислил вам 1\u{a0}234,50 ₸ бонусов.\nБаланс: 1\u{a0}234,50 ₸.";
+    assert_eq!(fake.requests_to(1001), [expected]);
+    assert_eq!(
+        fake.requests_to(1002),
+        [expected, expected],
+        "429 first, then sent once"
+    );
+    assert_eq!(
+        fake.requests_to(1003),
+        [expected, expected],
+        "500 first, then sent once after a backoff"
+    );
+    assert_eq!(
+        fake.requests_to(1004),
+        [expected],
+        "a blocked bot is not retried"
+    );
+    let all = fake.requests.lock().expect("lock").clone();
+    assert!(
+        all.iter()
+            .all(|(bot, _, _)| bot == &format!("bot{BOT_TOKEN}"))
+    );
+    assert_eq!(all.len(), 6);
+    let marked: bool = sqlx::query_scalar(
+        "select telegram_unreachable_at is not null from customers where id = $1",
+    )
+    .bind(blocked.parse::<i64>().expect("id"))
+    .fetch_one(&app.db.pool)
+    .await
+    .expect("query");
+    assert!(marked);
+
+    // The same notifications delivered again (a redelivery, a replay) send nothing more.
+    let ids: Vec<i64> = sqlx::query_scalar("select id from outbox where org_id = $1")
+        .bind(org)
+        .fetch_all(&app.db.pool)
+        .await
+        .expect("ids");
+    let queue = app
+        .state
+        .broker
+        .topology()
+        .main(loyalty::queue::Stream::Notifications);
+    for id in ids {
+        let body = serde_json::to_vec(&json!({"outbox_id": id})).expect("json");
+        app.state
+            .broker
+            .publish(&queue, &body, lapin::BasicProperties::default())
+            .await
+            .expect("published");
+    }
+    // A later accrual to the first customer waits a second for the chat's limit, and is the only
+    // new request.
+    accrue(&app, org, &ok, "10").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fake.requests_to(1001).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new accrual was never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.requests.lock().expect("lock").len(),
+        7,
+        "nothing was sent twice"
+    );
+}
+
+#[tokio::test]
+async fn outbox_rows_wait_for_the_broker_and_are_relayed_once_it_is_back() {
+    let app = TestApp::spawn().await;
+    let org = org_with_bot(&app).await;
+    let id = customer(&app, org, Some(2001)).await;
+    accrue(&app, org, &id, "5").await;
+    let topology = app.state.broker.topology().clone();
+    let down = std::sync::Arc::new(loyalty::queue::Broker::new(
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        topology,
+    ));
+    let relay = notifier::Notifier::new(
+        app.db.pool.clone(),
+        down,
+        "http://127.0.0.1:9".into(),
+        30,
+        1,
+    );
+    assert!(relay.relay_once().await.is_err(), "the broker is down");
+    let unpublished: i64 =
+        sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("count");
+    assert_eq!(unpublished, 1, "the row is kept");
+
+    let relay = notifier::Notifier::new(
+        app.db.pool.clone(),
+        app.state.broker.clone(),
+        "http://127.0.0.1:9".into(),
+        30,
+        1,
+    );
+    assert_eq!(relay.relay_once().await.expect("relayed"), 1);
+    assert_eq!(relay.relay_once().await.expect("nothing left"), 0);
+    let queue = app
+        .state
+        .broker
+        .topology()
+        .main(loyalty::queue::Stream::Notifications);
+    assert_eq!(app.queue_depth(&queue).await, 1);
+}
