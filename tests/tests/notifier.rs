@@ -14,11 +14,14 @@ use serde_json::{Value, json};
 
 const BOT_TOKEN: &str = "123456:TEST-fake-token_for-notifier-tests";
 
+/// Answers (status, body) waiting for each chat, first first.
+type Script = HashMap<i64, VecDeque<(u16, Value)>>;
+
 /// Every request the fake Bot API received, and scripted answers per chat (success when none).
 #[derive(Clone, Default)]
 struct FakeTelegram {
     requests: Arc<Mutex<Vec<(String, i64, String)>>>,
-    script: Arc<Mutex<HashMap<i64, VecDeque<(u16, Value)>>>>,
+    script: Arc<Mutex<Script>>,
 }
 
 impl FakeTelegram {
