@@ -297,3 +297,153 @@ async fn outbox_rows_wait_for_the_broker_and_are_relayed_once_it_is_back() {
         .main(loyalty::queue::Stream::Notifications);
     assert_eq!(app.queue_depth(&queue).await, 1);
 }
+
+/// The npm package `telegram-test-api` running in Node.js, stopped when dropped.
+struct TelegramTestApi {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for TelegramTestApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TelegramTestApi {
+    /// Starts the emulator, or says why it cannot (no Node.js, package not installed).
+    async fn start() -> Result<Self, String> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/telegram-test-api");
+        if !std::path::Path::new(dir)
+            .join("node_modules/telegram-test-api")
+            .exists()
+        {
+            return Err(format!(
+                "telegram-test-api is not installed (npm install --prefix {dir})"
+            ));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let script = format!(
+            "new (require('telegram-test-api'))({{host: '127.0.0.1', port: {port}, storeTimeout: 600}}).start()"
+        );
+        let child = std::process::Command::new("node")
+            .args(["-e", &script])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("Node.js is not available: {e}"))?;
+        let api = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(api);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("telegram-test-api did not start".into())
+    }
+
+    async fn sent(&self, token: &str) -> Vec<Value> {
+        let history: Value = reqwest::Client::new()
+            .post(format!("{}/getUpdatesHistory", self.url))
+            .json(&json!({ "token": token }))
+            .send()
+            .await
+            .expect("history")
+            .json()
+            .await
+            .expect("json");
+        history["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn a_pos_receipt_ends_as_one_telegram_message() {
+    let telegram = match TelegramTestApi::start().await {
+        Ok(api) => api,
+        Err(why) => {
+            eprintln!("SKIPPED a_pos_receipt_ends_as_one_telegram_message: {why}");
+            return;
+        }
+    };
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .post(
+            "/admin/v1/orgs",
+            &json!({"name": "Магазин", "telegram_bot_token": BOT_TOKEN,
+                    "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 0, "referrer_first_purchase_percentage": 0}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let org = body["id"].as_i64().expect("id");
+    let id = customer(&app, org, Some(5929031322)).await;
+    let token = app.pos_token(org, "shop").await;
+    let (status, bill) = app
+        .post(&format!("/admin/v1/orgs/{org}/bills"), &json!({"customer_id": id, "items": [{"name": "тест", "quantity": 17, "unit_price": 654}]}))
+        .await;
+    assert_eq!(status, 201, "{bill}");
+    let _worker = app.start_worker();
+    let _notifier = start_notifier(&app, &telegram.url);
+
+    let event = e2e::receipt_event("ev-tg", "rc-tg", bill["id"].as_i64(), "11118");
+    assert_eq!(app.post_receipt(&token, &event).await.0, 200);
+    let row = app.wait_receipt(org, "ev-tg", "processed").await;
+    wait_status(&app, org, &id, "sent").await;
+
+    let sent = telegram.sent(BOT_TOKEN).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["message"]["chat_id"], 5929031322_i64);
+    assert_eq!(sent[0]["message"]["parse_mode"], "HTML");
+    let invoice = row["invoice_id"].as_str().expect("invoice");
+    assert_eq!(
+        sent[0]["message"]["text"],
+        format!(
+            "🎁 Начислено 222,36 ₸ бонусов за покупку по накладной #{invoice} в «Магазин».\nБаланс: 222,36 ₸."
+        )
+    );
+}
+
+#[tokio::test]
+async fn an_organization_sets_its_own_templates_and_currency() {
+    let app = TestApp::spawn().await;
+    let fake = FakeTelegram::default();
+    let api = fake.start().await;
+    let org = org_with_bot(&app).await;
+    let (status, body) = e2e::send(app.admin(reqwest::Method::PATCH, &format!("/admin/v1/orgs/{org}")).json(&json!({
+        "currency_symbol": "сом",
+        "notification_templates": {"operator_accrual": "<b>+{amount} {currency}</b> от {shop}"}
+    })))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["notification_templates"]["operator_accrual"],
+        "<b>+{amount} {currency}</b> от {shop}"
+    );
+    let (status, body) = e2e::send(
+        app.admin(reqwest::Method::PATCH, &format!("/admin/v1/orgs/{org}"))
+            .json(&json!({"notification_templates": {"birthday": "x"}})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("notification_templates.birthday"))
+    );
+
+    let id = customer(&app, org, Some(3001)).await;
+    accrue(&app, org, &id, "50").await;
+    let _notifier = start_notifier(&app, &api);
+    wait_status(&app, org, &id, "sent").await;
+    assert_eq!(
+        fake.requests_to(3001),
+        ["<b>+50 сом</b> от Tom &amp; Jerry"]
+    );
+}
