@@ -50,7 +50,7 @@ impl Modify for AdminAuth {
         customers::enter_promo, customers::move_bonuses, customers::move_debt,
         bills::create_bill, bills::list_bills, bills::get_bill, bills::cancel_bill,
         legacy::import, legacy::export,
-        receipts::list_receipts, receipts::attach_receipt,
+        receipts::list_receipts, receipts::attach_receipt, receipts::list_notifications,
     ),
     modifiers(&AdminAuth)
 )]

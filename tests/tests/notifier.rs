@@ -208,6 +208,17 @@ async fn each_accrual_is_sent_once_whatever_telegram_answers() {
             .all(|(bot, _, _)| bot == &format!("bot{BOT_TOKEN}"))
     );
     assert_eq!(all.len(), 6);
+    let (status, listed) = app
+        .get(&format!(
+            "/admin/v1/orgs/{org}/notifications?status=unreachable"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        listed["items"][0]["customer_id"].as_i64(),
+        blocked.parse().ok()
+    );
     let marked: bool = sqlx::query_scalar(
         "select telegram_unreachable_at is not null from customers where id = $1",
     )

@@ -18,6 +18,7 @@ use crate::idempotency::{IdempotencyKey, transact};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orgs/{org}/receipts", get(list_receipts))
+        .route("/orgs/{org}/notifications", get(list_notifications))
         .route(
             "/orgs/{org}/receipts/{receipt}/attach",
             post(attach_receipt),
@@ -100,6 +101,78 @@ pub async fn list_receipts(
                 total_amount, attempts, last_error, received_at, processed_at
          from receipts where org_id = $1 and ($2::text is null or status = $2)
          order by updated_at desc, event_id limit $3 offset $4",
+    )
+    .bind(org)
+    .bind(query.status.as_deref())
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(Listing::new(rows, limit, offset)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct NotificationQuery {
+    /// pending, sending, sent, skipped, unreachable, retrying, dead or uncertain; all when absent.
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// A notification and its delivery state.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct NotificationRecord {
+    pub id: i64,
+    pub customer_id: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// The receipt's event id (or the operator request's key) behind it.
+    pub trace_id: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub telegram_message_id: Option<i64>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub published_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The organization's notifications, latest first.
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/notifications", tag = "receipts", params(NotificationQuery),
+    responses((status = 200, body = Listing<NotificationRecord>)), security(("admin" = [])))]
+pub async fn list_notifications(
+    State(state): State<AppState>,
+    Path(org): Path<i64>,
+    Query(query): Query<NotificationQuery>,
+) -> Result<Json<Listing<NotificationRecord>>, ApiError> {
+    let (limit, offset) = Page {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .bounds()?;
+    const STATUSES: [&str; 8] = [
+        "pending",
+        "sending",
+        "sent",
+        "skipped",
+        "unreachable",
+        "retrying",
+        "dead",
+        "uncertain",
+    ];
+    if let Some(status) = query.status.as_deref() {
+        if !STATUSES.contains(&status) {
+            return Err(ApiError::invalid(
+                "status",
+                format!("must be one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    let rows: Vec<NotificationRecord> = sqlx::query_as(
+        "select id, customer_id, kind, payload, trace_id, status, attempts, last_error, telegram_message_id,
+                created_at, published_at, sent_at
+         from outbox where org_id = $1 and ($2::text is null or status = $2)
+         order by id desc limit $3 offset $4",
     )
     .bind(org)
     .bind(query.status.as_deref())
