@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use loyalty::orgs::Integration;
-use loyalty::queue::{Broker, Topology};
+use loyalty::queue::Broker;
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
@@ -28,22 +28,8 @@ use tower_http::trace::TraceLayer;
     about = "POS protocol, operator API and health probes of the loyalty program"
 )]
 pub struct Config {
-    /// PostgreSQL connection URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/loyalty"
-    )]
-    pub database_url: String,
-    /// RabbitMQ connection URL.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub backends: loyalty::config::Backends,
     /// Bearer token of the operator API (`/admin/v1`). Required.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
@@ -57,9 +43,6 @@ pub struct Config {
         default_value = "https://api.telegram.org"
     )]
     pub telegram_api_url: String,
-    /// Prefix of every queue name (several deployments, or test runs, on one broker).
-    #[arg(long, env = "QUEUE_PREFIX", default_value = "")]
-    pub queue_prefix: String,
     /// Largest legacy export `POST /admin/v1/import` accepts, in bytes.
     #[arg(long, env = "IMPORT_BODY_LIMIT", default_value_t = 64 * 1024 * 1024)]
     pub import_body_limit: usize,
@@ -77,10 +60,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(db: PgPool, config: Config) -> Self {
-        let broker = Broker::new(
-            config.amqp_url.clone(),
-            Topology::new(config.queue_prefix.clone()),
-        );
+        let broker = config.backends.broker();
         let pos_tokens = moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(Duration::from_secs(60))
@@ -108,8 +88,7 @@ pub fn app(state: AppState) -> Router {
 
 /// Connects, migrates and serves until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let db = loyalty::db::connect(&config.database_url, 16).await?;
-    loyalty::db::migrate(&db).await?;
+    let db = config.backends.database(16).await?;
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     tracing::info!(addr = %config.addr, "ingest listening");
     let state = AppState::new(db, config);

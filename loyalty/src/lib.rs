@@ -2,6 +2,7 @@
 //! rules (pure), the PostgreSQL ledger (storage), the legacy export format and the queue contract.
 
 pub mod bills;
+pub mod config;
 pub mod customers;
 pub mod db;
 pub mod error;

@@ -20,7 +20,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, message::Delivery};
 use loyalty::notifications::{default_template, format_amount, render};
-use loyalty::queue::{self, Broker, MAX_ATTEMPTS, PublishError, Stream, Topology, headers};
+use loyalty::queue::{self, Broker, MAX_ATTEMPTS, PublishError, Stream, headers};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -32,25 +32,8 @@ use crate::telegram::Answer;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "notifier", about = "Sends Telegram messages about accruals")]
 pub struct Config {
-    /// PostgreSQL connection URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/loyalty"
-    )]
-    pub database_url: String,
-    /// RabbitMQ connection URL.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Prefix of every queue name.
-    #[arg(long, env = "QUEUE_PREFIX", default_value = "")]
-    pub queue_prefix: String,
+    #[command(flatten)]
+    pub backends: loyalty::config::Backends,
     /// Telegram Bot API base URL.
     #[arg(
         long,
@@ -573,12 +556,8 @@ fn text_of(row: &Pending) -> String {
 
 /// Connects, migrates, declares the topology, relays and sends until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let db = loyalty::db::connect(&config.database_url, 8).await?;
-    loyalty::db::migrate(&db).await?;
-    let broker = Arc::new(Broker::new(
-        config.amqp_url.clone(),
-        Topology::new(config.queue_prefix.clone()),
-    ));
+    let db = config.backends.database(8).await?;
+    let broker = Arc::new(config.backends.broker());
     Notifier::new(
         db,
         broker,

@@ -151,13 +151,15 @@ impl TestApp {
     pub async fn spawn() -> Self {
         let db = TestDb::new().await;
         let config = ingest::Config {
-            database_url: db.url.clone(),
-            amqp_url: amqp_url().await.to_owned(),
+            backends: loyalty::config::Backends {
+                database_url: db.url.clone(),
+                amqp_url: amqp_url().await.to_owned(),
+                queue_prefix: format!("test.{}.", uuid_like()),
+            },
             admin_token: ADMIN_TOKEN.to_owned(),
             addr: "127.0.0.1:0".parse().expect("addr"),
             telegram_api_url: "http://127.0.0.1:9".into(),
             import_body_limit: 64 * 1024 * 1024,
-            queue_prefix: format!("test.{}.", uuid_like()),
         };
         let state = ingest::AppState::new(db.pool.clone(), config);
         let served = state.clone();
@@ -379,7 +381,7 @@ pub fn receipt_event(event_id: &str, receipt_id: &str, bill: Option<i64>, total:
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Each test's queues go with it.
-        let url = self.state.config.amqp_url.clone();
+        let url = self.state.config.backends.amqp_url.clone();
         let queues = self.state.broker.topology().queues();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -102,8 +102,8 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
     }
     let mut worker = Command::new(binary("workers"))
         .env("DATABASE_URL", &app.db.url)
-        .env("AMQP_URL", &app.state.config.amqp_url)
-        .env("QUEUE_PREFIX", &app.state.config.queue_prefix)
+        .env("AMQP_URL", &app.state.config.backends.amqp_url)
+        .env("QUEUE_PREFIX", &app.state.config.backends.queue_prefix)
         .env("WORKER_CONCURRENCY", "8")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -141,7 +141,7 @@ async fn cut_broker_connections_lose_and_double_nothing() {
     let n = 200;
     let (org, token, customer, bills) = shop_with_bills(&app, n).await;
     let _worker = app.start_worker();
-    let prefix = app.state.config.queue_prefix.clone();
+    let prefix = app.state.config.backends.queue_prefix.clone();
     for (i, bill) in bills.iter().enumerate() {
         if i == n / 2 {
             let cut = cut_broker_connections(&prefix);

@@ -10,7 +10,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, message::Delivery};
-use loyalty::queue::{self, Broker, MAX_ATTEMPTS, PublishError, Stream, Topology};
+use loyalty::queue::{self, Broker, MAX_ATTEMPTS, PublishError, Stream};
 use loyalty::receipts::{self, Outcome, ReceiptMessage};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
@@ -22,25 +22,8 @@ use tokio::sync::Semaphore;
     about = "Applies receipts from RabbitMQ to the loyalty ledger"
 )]
 pub struct Config {
-    /// PostgreSQL connection URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/loyalty"
-    )]
-    pub database_url: String,
-    /// RabbitMQ connection URL.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Prefix of every queue name.
-    #[arg(long, env = "QUEUE_PREFIX", default_value = "")]
-    pub queue_prefix: String,
+    #[command(flatten)]
+    pub backends: loyalty::config::Backends,
     /// Batches applied at once, each in its own transaction.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
@@ -336,13 +319,11 @@ fn event_id(message: &ReceiptMessage) -> &str {
 
 /// Connects, migrates, declares the topology and consumes until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let db =
-        loyalty::db::connect(&config.database_url, u32::from(config.concurrency) * 2 + 2).await?;
-    loyalty::db::migrate(&db).await?;
-    let broker = Arc::new(Broker::new(
-        config.amqp_url.clone(),
-        Topology::new(config.queue_prefix.clone()),
-    ));
+    let db = config
+        .backends
+        .database(u32::from(config.concurrency) * 2 + 2)
+        .await?;
+    let broker = Arc::new(config.backends.broker());
     Worker::new(db, broker)
         .run(
             config.concurrency,

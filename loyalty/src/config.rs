@@ -1,0 +1,43 @@
+//! The settings every service shares: where PostgreSQL and RabbitMQ are, and the queue names' prefix.
+
+use crate::queue::{Broker, Topology};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Backends {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/loyalty"
+    )]
+    pub database_url: String,
+    /// RabbitMQ connection URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Prefix of every queue name (several deployments, or test runs, on one broker).
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "")]
+    pub queue_prefix: String,
+}
+
+impl Backends {
+    /// Connects to PostgreSQL (retrying while it starts) and applies pending migrations.
+    pub async fn database(&self, max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
+        let db = crate::db::connect(&self.database_url, max_connections).await?;
+        crate::db::migrate(&db).await?;
+        Ok(db)
+    }
+
+    /// A broker handle on this deployment's queues (it connects on first use).
+    pub fn broker(&self) -> Broker {
+        Broker::new(
+            self.amqp_url.clone(),
+            Topology::new(self.queue_prefix.clone()),
+        )
+    }
+}
