@@ -1,11 +1,16 @@
 //! The cash registers' side: receipts in the POS's shape, posted as fast as K keep-alive clients
 //! go (throughput) or at a fixed rate (latency). Every answer must be a 200.
+//!
+//! The bulk POSTs go through `wrk` (see `crate::wrk`) when it is installed, since a client in this
+//! process competes with ingest for the CPU; the reqwest clients here are the fallback, and post
+//! the paced phase, whose load is light.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -22,6 +27,39 @@ impl Throughput {
     pub fn per_second(&self) -> f64 {
         self.count as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
+}
+
+/// What posted the bulk receipts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpClient {
+    /// `wrk`, a separate process (its CPU is `child_process_cores`).
+    Wrk,
+    /// reqwest clients on this process's runtime, next to ingest.
+    Reqwest,
+}
+
+impl HttpClient {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Wrk => "wrk",
+            Self::Reqwest => "reqwest",
+        }
+    }
+}
+
+/// The bulk POSTs as their client saw them.
+#[derive(Debug, Clone, Copy)]
+pub struct Bulk {
+    /// Receipts answered 200, in the client's time from the first POST to the last answer.
+    pub throughput: Throughput,
+    pub client: HttpClient,
+    /// `wrk`'s threads; the reqwest clients are tasks on this process's runtime.
+    pub threads: Option<usize>,
+    pub connections: usize,
+    /// The POST's answer time.
+    pub answer_p50_ms: f64,
+    pub answer_p99_ms: f64,
 }
 
 /// The paced phase as the registers saw it.
@@ -137,33 +175,34 @@ impl Client {
 
     /// Posts every body with `concurrency` clients, each taking the next one as soon as it is
     /// answered; fails at the end if any answer was not a 200.
-    pub async fn post_all(
-        &self,
-        bodies: Vec<Vec<u8>>,
-        concurrency: usize,
-    ) -> anyhow::Result<Throughput> {
+    pub async fn post_all(&self, bodies: Vec<Vec<u8>>, concurrency: usize) -> anyhow::Result<Bulk> {
         let count = bodies.len();
+        let connections = concurrency.min(count);
         let bodies = Arc::new(bodies);
         let next = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let mut clients = JoinSet::new();
-        for _ in 0..concurrency.min(count) {
+        for _ in 0..connections {
             let (client, bodies, next) = (self.clone(), bodies.clone(), next.clone());
             clients.spawn(async move {
-                let mut failures = Vec::new();
+                let (mut answered, mut failures) = (Vec::new(), Vec::new());
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(body) = bodies.get(i) else { break };
-                    if let Err(err) = client.post(body.clone()).await {
-                        failures.push(format!("{err:#}"));
+                    let at = Instant::now();
+                    match client.post(body.clone()).await {
+                        Ok(()) => answered.push(at.elapsed().as_secs_f64() * 1000.0),
+                        Err(err) => failures.push(format!("{err:#}")),
                     }
                 }
-                failures
+                (answered, failures)
             });
         }
-        let mut failures = Vec::new();
+        let (mut answered, mut failures) = (Vec::with_capacity(count), Vec::new());
         while let Some(done) = clients.join_next().await {
-            failures.extend(done?);
+            let (a, f) = done?;
+            answered.extend(a);
+            failures.extend(f);
         }
         let elapsed = started.elapsed();
         if let Some(first) = failures.first() {
@@ -172,7 +211,15 @@ impl Client {
                 failures.len()
             );
         }
-        Ok(Throughput { count, elapsed })
+        answered.sort_by(f64::total_cmp);
+        Ok(Bulk {
+            throughput: Throughput { count, elapsed },
+            client: HttpClient::Reqwest,
+            threads: None,
+            connections,
+            answer_p50_ms: percentile(&answered, 0.50),
+            answer_p99_ms: percentile(&answered, 0.99),
+        })
     }
 
     /// Posts every body at `rate` a second, each on its own task so a slow answer does not slow

@@ -2,7 +2,9 @@
 //! run on one machine, so a throughput figure comes with the baseline that makes it meaningful.
 //!
 //! - The broker ceiling (confirmed publishes of receipt-sized messages to a quorum queue, without
-//!   HTTP) is what ingest could reach at best; ingest should get within 70 % of it.
+//!   HTTP) is what ingest could reach at best; ingest should get within 70 % of it. Its receipts
+//!   are posted by `wrk` when it is on PATH, so the load's client does not take ingest's CPU
+//!   (reqwest clients in this process otherwise).
 //! - `pgbench`'s TPC-B-like tps is what this PostgreSQL does for a small write transaction; one
 //!   receipt is one transaction, so the workers should apply at least 1.5× that many receipts a
 //!   second (TPC-B is write-heavy, a receipt's transaction touches few rows).
@@ -19,13 +21,14 @@ mod pgbench;
 mod report;
 mod setup;
 mod worker;
+mod wrk;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use loyalty::queue::{Broker, Stream, Topology};
 
 use crate::report::{Measured, Report, Settings};
@@ -55,6 +58,10 @@ pub struct Args {
     /// Receipts a second of the paced latency phase.
     #[arg(long, default_value_t = 200.0)]
     pub paced_rate: f64,
+    /// HTTP client of the ingest phase: `wrk` (a separate process, cheap on the CPU) when it is on
+    /// PATH, else reqwest in this process; or the one named.
+    #[arg(long, value_enum, default_value_t = ClientChoice::Auto)]
+    pub http_client: ClientChoice,
     /// Duration of the pgbench run, in seconds.
     #[arg(long, default_value_t = 15)]
     pub pgbench_seconds: u32,
@@ -75,6 +82,13 @@ pub struct Args {
     /// Where the JSON report goes (default: the workspace's `target/loadgen-report.json`).
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientChoice {
+    Auto,
+    Wrk,
+    Reqwest,
 }
 
 impl Args {
@@ -110,6 +124,9 @@ async fn main() -> anyhow::Result<()> {
         bail!("--paced-rate must be positive");
     }
     args.worker_concurrency()?;
+    if args.http_client == ClientChoice::Wrk && wrk::find().is_none() {
+        bail!("--http-client wrk: wrk is not on PATH");
+    }
 
     let scratch = Scratch::new(&args)?;
     let outcome = tokio::select! {
@@ -161,12 +178,23 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
     .await?;
     eprintln!("      {:.0} msgs/s", ceiling.per_second());
 
-    eprintln!("[3/6] ingest: {n} receipts, {k} HTTP clients, no worker");
-    let bodies = http::bodies("bulk", bulk_bills)?;
-    let cpu = cpu::Sample::now();
-    let ingest = http.post_all(bodies, k).await?;
-    let ingest_cpu = cpu.and_then(|c| c.usage(cpus));
-    eprintln!("      {:.0} receipts/s", ingest.per_second());
+    let wrk = match args.http_client {
+        ClientChoice::Auto | ClientChoice::Wrk => wrk::find(),
+        ClientChoice::Reqwest => None,
+    };
+    let client = if wrk.is_some() { "wrk" } else { "reqwest" };
+    eprintln!("[3/6] ingest: {n} receipts, {k} connections from {client}, no worker");
+    let ingest = if let Some(wrk) = &wrk {
+        let cpu = cpu::Sample::now();
+        let bulk = wrk::post_all(wrk, &env.base, &shop.token, "bulk", bulk_bills, k).await?;
+        (bulk, cpu.and_then(|c| c.usage(cpus)))
+    } else {
+        let bodies = http::bodies("bulk", bulk_bills)?;
+        let cpu = cpu::Sample::now();
+        let bulk = http.post_all(bodies, k).await?;
+        (bulk, cpu.and_then(|c| c.usage(cpus)))
+    };
+    eprintln!("      {:.0} receipts/s", ingest.0.throughput.per_second());
     let depth = broker::depth(&args.amqp_url, &scratch.topology.main(Stream::Receipts)).await?;
     if usize::try_from(depth)? != n {
         bail!("the receipts queue holds {depth} messages after ingest accepted {n}");
@@ -231,7 +259,7 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
         },
         &Measured {
             ceiling: (ceiling, ceiling_cpu),
-            ingest: (ingest, ingest_cpu),
+            ingest,
             pgbench: (pgbench, pgbench_cpu),
             worker: (bulk, worker_cpu),
             worker_steady_per_second,

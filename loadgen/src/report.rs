@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::cpu::Usage;
-use crate::http::{Paced, Throughput};
+use crate::http::{Bulk, HttpClient, Paced, Throughput};
 use crate::pgbench::Pgbench;
 use crate::worker::Latency;
 
@@ -49,7 +49,7 @@ impl Phase {
 /// Everything a run measured.
 pub struct Measured {
     pub ceiling: (Throughput, Option<Usage>),
-    pub ingest: (Throughput, Option<Usage>),
+    pub ingest: (Bulk, Option<Usage>),
     pub pgbench: (Pgbench, Option<Usage>),
     pub worker: (Throughput, Option<Usage>),
     /// Between the first and the last commit (see `worker::steady_rate`).
@@ -75,6 +75,17 @@ impl Ratio {
     }
 }
 
+/// The ingest phase's HTTP client and what it saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestHttp {
+    /// `wrk`'s threads; none for reqwest (tasks on loadgen's runtime, next to ingest).
+    pub threads: Option<usize>,
+    pub connections: usize,
+    /// The receipts POSTs' answer time as the client saw it.
+    pub answer_p50_ms: f64,
+    pub answer_p99_ms: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyReport {
     pub receipts: usize,
@@ -97,6 +108,10 @@ pub struct Report {
     pub settings: Settings,
     pub broker_ceiling: Phase,
     pub ingest: Phase,
+    /// What posted the ingest phase's receipts: `wrk` (a separate process; its CPU is the phase's
+    /// `child_process_cores`) or `reqwest` (in loadgen's process, with ingest).
+    pub http_client: HttpClient,
+    pub ingest_http: IngestHttp,
     pub pgbench_tps: f64,
     pub pgbench_cpu: Option<Usage>,
     pub worker: Phase,
@@ -111,7 +126,8 @@ pub struct Report {
 impl Report {
     pub fn new(settings: Settings, measured: &Measured) -> Self {
         let ceiling = Phase::new(&measured.ceiling.0, measured.ceiling.1);
-        let ingest = Phase::new(&measured.ingest.0, measured.ingest.1);
+        let (bulk, ingest_cpu) = &measured.ingest;
+        let ingest = Phase::new(&bulk.throughput, *ingest_cpu);
         let worker = Phase::new(&measured.worker.0, measured.worker.1);
         let (pgbench, pgbench_cpu) = measured.pgbench;
         let (paced, latency) = (&measured.paced, &measured.latency);
@@ -125,6 +141,13 @@ impl Report {
             settings,
             broker_ceiling: ceiling,
             ingest,
+            http_client: bulk.client,
+            ingest_http: IngestHttp {
+                threads: bulk.threads,
+                connections: bulk.connections,
+                answer_p50_ms: bulk.answer_p50_ms,
+                answer_p99_ms: bulk.answer_p99_ms,
+            },
             pgbench_tps: pgbench.tps,
             pgbench_cpu,
             worker,
@@ -155,27 +178,40 @@ impl Report {
             self.broker_ceiling.per_second,
             self.broker_ceiling.count,
             self.broker_ceiling.seconds,
-            cpu_note(self.broker_ceiling.cpu)
+            cpu_note(self.broker_ceiling.cpu, None)
         );
         println!(
             "  ingest           {:>10.0} receipts/s  ({} POSTs answered 200 in {:.2} s{})",
             self.ingest.per_second,
             self.ingest.count,
             self.ingest.seconds,
-            cpu_note(self.ingest.cpu)
+            cpu_note(
+                self.ingest.cpu,
+                (self.http_client == HttpClient::Wrk).then_some("wrk")
+            )
+        );
+        let h = &self.ingest_http;
+        println!(
+            "    http_client: {}{}, {} connections; answer p50 {:.1} ms, p99 {:.1} ms",
+            self.http_client.name(),
+            h.threads
+                .map_or_else(String::new, |t| format!(" ({t} threads)")),
+            h.connections,
+            h.answer_p50_ms,
+            h.answer_p99_ms
         );
         println!(
             "  pgbench          {:>10.0} tps         (tpcb-like, scale 10, 16 clients, {} s{})",
             self.pgbench_tps,
             s.pgbench_seconds,
-            cpu_note(self.pgbench_cpu)
+            cpu_note(self.pgbench_cpu, Some("pgbench"))
         );
         println!(
             "  worker           {:>10.0} receipts/s  ({} processed in {:.2} s{})",
             self.worker.per_second,
             self.worker.count,
             self.worker.seconds,
-            cpu_note(self.worker.cpu)
+            cpu_note(self.worker.cpu, None)
         );
         if let Some(steady) = self.worker_steady_per_second {
             println!("    steady, first to last commit: {steady:.0} receipts/s");
@@ -217,11 +253,15 @@ impl Report {
     }
 }
 
-/// ", machine 93 % busy, loadgen 1.2 cores", or nothing without figures.
-fn cpu_note(cpu: Option<Usage>) -> String {
+/// ", machine 93 % busy, loadgen 1.2 cores" (and ", wrk 0.3 cores" for the child process
+/// `child` of the phase), or nothing without figures.
+fn cpu_note(cpu: Option<Usage>, child: Option<&str>) -> String {
     cpu.map_or_else(String::new, |u| {
+        let child = child.map_or_else(String::new, |name| {
+            format!(", {name} {:.1} cores", u.child_process_cores)
+        });
         format!(
-            "; machine {:.0} % busy, loadgen {:.1} cores",
+            "; machine {:.0} % busy, loadgen {:.1} cores{child}",
             u.machine_busy_pct, u.loadgen_process_cores
         )
     })
