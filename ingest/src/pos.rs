@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use loyalty::bills::{self, PosBill};
 use loyalty::orgs::{self, Integration};
 use loyalty::queue::{self, Stream, headers};
-use loyalty::receipts::{EventHead, RECEIPT_CREATED, ReceiptCreated, ReceiptMessage};
+use loyalty::receipts::{IncomingEvent, RECEIPT_CREATED, Receipt, ReceiptMessage};
 use loyalty::time::{OrgTimeZone, Stamp};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -160,9 +160,22 @@ async fn receipt(
     Pos(pos): Pos,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let head: EventHead = parse_json(&body)?;
+    let head: IncomingEvent = parse_json(&body)?;
     if head.event_type == RECEIPT_CREATED {
-        parse_json::<ReceiptCreated>(&body)?;
+        let data = head
+            .data
+            .ok_or_else(|| ApiError::invalid("data", "missing field `data`"))?;
+        parse_json::<Receipt>(data.get().as_bytes()).map_err(|err| match err {
+            ApiError::Invalid { field, message } => {
+                let field = if field == "body" {
+                    "data".to_owned()
+                } else {
+                    format!("data.{field}")
+                };
+                ApiError::Invalid { field, message }
+            }
+            other => other,
+        })?;
     }
     let payload = ReceiptMessage::encode_raw(pos.org_id, pos.id, chrono::Utc::now(), &body);
     let properties = lapin::BasicProperties::default()

@@ -34,6 +34,18 @@ pub struct EventHead {
     pub event_type: String,
 }
 
+/// An event as it arrives, read in one pass: the envelope, with `data` left as raw JSON until the
+/// event's type says what it is.
+#[derive(Debug, Deserialize)]
+pub struct IncomingEvent<'a> {
+    #[serde(deserialize_with = "non_empty")]
+    pub id: String,
+    #[serde(rename = "type", deserialize_with = "non_empty")]
+    pub event_type: String,
+    #[serde(borrow, default)]
+    pub data: Option<&'a serde_json::value::RawValue>,
+}
+
 /// A `ReceiptCreated` event; unknown fields are kept in the raw payload, not here.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReceiptCreated {
