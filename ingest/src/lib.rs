@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod miniapp;
 pub mod openapi;
 pub mod pos;
 
@@ -43,6 +44,9 @@ pub struct Config {
         default_value = "https://api.telegram.org"
     )]
     pub telegram_api_url: String,
+    /// How long Mini App init data stays valid after its auth_date, in seconds.
+    #[arg(long, env = "MINIAPP_MAX_AGE", default_value_t = 86_400)]
+    pub miniapp_max_age: u64,
     /// Largest legacy export `POST /admin/v1/import` accepts, in bytes.
     #[arg(long, env = "IMPORT_BODY_LIMIT", default_value_t = 64 * 1024 * 1024)]
     pub import_body_limit: usize,
@@ -55,6 +59,8 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// POS token digests → integrations, for a minute.
     pub pos_tokens: moka::future::Cache<Vec<u8>, Integration>,
+    /// Mini App requests per Telegram user: 5 a second, bursts of 20.
+    pub miniapp_limits: Arc<governor::DefaultKeyedRateLimiter<(i64, i64)>>,
     pub config: Arc<Config>,
 }
 
@@ -65,10 +71,15 @@ impl AppState {
             .max_capacity(10_000)
             .time_to_live(Duration::from_secs(60))
             .build();
+        let quota = governor::Quota::per_second(
+            std::num::NonZeroU32::new(5).unwrap_or(std::num::NonZeroU32::MIN),
+        )
+        .allow_burst(std::num::NonZeroU32::new(20).unwrap_or(std::num::NonZeroU32::MIN));
         Self {
             db,
             broker: Arc::new(broker),
             pos_tokens,
+            miniapp_limits: Arc::new(governor::RateLimiter::keyed(quota)),
             config: Arc::new(config),
         }
     }
@@ -80,6 +91,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(openapi::router())
         .merge(pos::router())
+        .merge(miniapp::router())
         .nest("/admin/v1", admin::router(state.clone()))
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(TraceLayer::new_for_http())

@@ -406,6 +406,76 @@ pub async fn operator_move(
     lock(conn, org.id, id).await
 }
 
+/// A Mini App visit: the customer of this Telegram user (created on the first visit), with the
+/// profile refreshed, `visited_at` set, and a reachable chat again. On the first visit the customer
+/// is welcomed with a notification carrying their promo code. Returns the id and whether this was
+/// the first visit.
+pub async fn visit(
+    conn: &mut PgConnection,
+    org: &Organization,
+    user: &crate::init_data::TelegramUser,
+) -> Result<(i64, bool)> {
+    let find = "select id, has_been_welcomed from customers where org_id = $1 and telegram_id = $2 for update";
+    let mut found: Option<(i64, bool)> = sqlx::query_as(find)
+        .bind(org.id)
+        .bind(user.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if found.is_none() {
+        let new = NewCustomer {
+            first_name: Some(user.first_name.clone()),
+            last_name: user.last_name.clone(),
+            phone_number: None,
+            telegram_id: Some(user.id),
+            username: user.username.clone(),
+            photo_url: user.photo_url.clone(),
+            is_premium: user.is_premium,
+        };
+        match create(conn, org.id, &new).await {
+            // A concurrent first visit created it: this request is a returning visit.
+            Ok(_)
+            | Err(Error::Conflict {
+                code: "telegram_id_taken",
+                ..
+            }) => {}
+            Err(other) => return Err(other),
+        }
+        found = sqlx::query_as(find)
+            .bind(org.id)
+            .bind(user.id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    }
+    let (id, welcomed) = found.ok_or(Error::NotFound("customer"))?;
+    sqlx::query(
+        "update customers set first_name = $3, last_name = $4, username = $5, photo_url = $6, is_premium = $7,
+                visited_at = now(), has_been_welcomed = true,
+                telegram_unreachable_at = null, telegram_unreachable_reason = null
+         where org_id = $1 and id = $2",
+    )
+    .bind(org.id)
+    .bind(id)
+    .bind(&user.first_name)
+    .bind(&user.last_name)
+    .bind(&user.username)
+    .bind(&user.photo_url)
+    .bind(user.is_premium)
+    .execute(&mut *conn)
+    .await?;
+    if !welcomed {
+        let code = format!("PROMO{id}");
+        let note = Note {
+            org_id: org.id,
+            customer_id: id,
+            kind: "welcome",
+            payload: serde_json::json!({ "promo_code": code }),
+            trace_id: &code,
+        };
+        notifications::queue(conn, std::slice::from_ref(&note)).await?;
+    }
+    Ok((id, !welcomed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

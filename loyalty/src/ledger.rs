@@ -285,3 +285,45 @@ pub fn combined(rows: &[&EntryRow]) -> Vec<HistoryEntry> {
     sorted.sort_by(|a, b| b.occurred_at.cmp(&a.occurred_at).then(a.seq.cmp(&b.seq)));
     sorted.into_iter().map(|r| r.to_history()).collect()
 }
+
+/// Where a page of history ends: the last entry's instant and sequence number, as text
+/// (`<microseconds since the epoch>_<seq>`) for a `before=` parameter.
+pub fn history_cursor(row: &EntryRow) -> String {
+    format!("{}_{}", row.occurred_at.timestamp_micros(), row.seq)
+}
+
+/// Parses a cursor made by `history_cursor`.
+pub fn parse_history_cursor(text: &str) -> Option<(chrono::DateTime<chrono::Utc>, i64)> {
+    let (micros, seq) = text.split_once('_')?;
+    Some((
+        chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        seq.parse().ok()?,
+    ))
+}
+
+/// One page of a customer's combined history, in the order of `combined` (newest first by the
+/// real instant), starting after `before`.
+pub async fn history_page(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customer_id: i64,
+    before: Option<(chrono::DateTime<chrono::Utc>, i64)>,
+    limit: i64,
+) -> Result<Vec<EntryRow>> {
+    Ok(sqlx::query_as(
+        "select seq, customer_id, wallet, kind, amount, description, transaction_type, occurred_at,
+                utc_offset_seconds
+         from ledger_entries
+         where org_id = $1 and customer_id = $2
+           and ($3::timestamptz is null or occurred_at < $3 or (occurred_at = $3 and seq > $4))
+         order by occurred_at desc, seq
+         limit $5",
+    )
+    .bind(org_id)
+    .bind(customer_id)
+    .bind(before.map(|b| b.0))
+    .bind(before.map_or(0, |b| b.1))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}

@@ -6,6 +6,7 @@ pub mod config;
 pub mod customers;
 pub mod db;
 pub mod error;
+pub mod init_data;
 pub mod ledger;
 pub mod legacy;
 pub mod money;

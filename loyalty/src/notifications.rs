@@ -10,17 +10,18 @@ use crate::error::Result;
 use crate::money::round_money;
 
 /// What a notification is about; each has a template.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "purchase_accrual",
     "referral_reward",
     "promo_bonus",
     "operator_accrual",
     "bonus_payment",
     "refund",
+    "welcome",
 ];
 
 /// The default template of a kind. Placeholders: `{amount}`, `{balance}`, `{referral_balance}`,
-/// `{invoice}`, `{shop}`, `{currency}`, and for refunds `{returned}`, `{taken}`.
+/// `{invoice}`, `{shop}`, `{currency}`, `{promo_code}`, and for refunds `{returned}`, `{taken}`.
 pub fn default_template(kind: &str) -> &'static str {
     match kind {
         "purchase_accrual" => {
@@ -37,6 +38,9 @@ pub fn default_template(kind: &str) -> &'static str {
         }
         "bonus_payment" => {
             "💳 Списано {amount} {currency} бонусов в оплату накладной #{invoice} в «{shop}».\nБаланс: {balance} {currency}."
+        }
+        "welcome" => {
+            "👋 Добро пожаловать в бонусную программу «{shop}»!\nВаш промокод для друзей: {promo_code}. Друг получит бонус, а вы — процент с его первой покупки."
         }
         "refund" => {
             "↩️ Возврат по накладной #{invoice} в «{shop}»: возвращено {returned} {currency}, списано {taken} {currency}.\nБаланс: {balance} {currency}."

@@ -322,3 +322,13 @@ pub async fn integration_by_token(
             .await?,
     )
 }
+
+/// The organization's bot token, to validate Mini App init data and to send messages.
+pub async fn bot_token(conn: &mut PgConnection, org_id: i64) -> Result<Option<String>> {
+    let token: Option<Option<String>> =
+        sqlx::query_scalar("select telegram_bot_token from organizations where id = $1")
+            .bind(org_id)
+            .fetch_optional(conn)
+            .await?;
+    token.ok_or(Error::NotFound("organization"))
+}

@@ -549,6 +549,14 @@ fn text_of(row: &Pending) -> String {
                 .to_owned(),
         ),
         ("shop", row.shop.clone()),
+        (
+            "promo_code",
+            row.payload
+                .get("promo_code")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        ),
         ("currency", row.currency_symbol.clone()),
     ]);
     render(template, &values)

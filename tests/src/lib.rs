@@ -160,6 +160,7 @@ impl TestApp {
             addr: "127.0.0.1:0".parse().expect("addr"),
             telegram_api_url: "http://127.0.0.1:9".into(),
             import_body_limit: 64 * 1024 * 1024,
+            miniapp_max_age: 86_400,
         };
         let state = ingest::AppState::new(db.pool.clone(), config);
         let served = state.clone();

@@ -1,0 +1,160 @@
+//! The customers' Telegram Mini App API (`/app/v1`), as the old system served it: a customer
+//! opens the shop's bot, sees their balances and history, and enters a friend's promo code. The
+//! caller is the Telegram user the init data was signed for, and can only ever read themselves.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use loyalty::customers::{self, Balances};
+use loyalty::init_data::{self, TelegramUser};
+use loyalty::ledger::{self, HistoryEntry};
+use loyalty::legacy;
+use loyalty::orgs::{self, Organization};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Body, Query};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/app/v1/orgs/{org}/me", get(me))
+        .route("/app/v1/orgs/{org}/me/promo", post(promo))
+        .route("/app/v1/orgs/{org}/me/history", get(history))
+}
+
+/// The organization and the Telegram user of a Mini App request. Anything wrong with the
+/// `Authorization: tma <initData>` header is the same 401, with no hint which part failed.
+pub struct MiniAppUser {
+    pub org: Organization,
+    pub user: TelegramUser,
+}
+
+impl FromRequestParts<AppState> for MiniAppUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let init = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("tma"))
+            .map(|(_, data)| data.trim().to_owned())
+            .ok_or(ApiError::Unauthorized)?;
+        let axum::extract::Path(params) =
+            axum::extract::Path::<HashMap<String, String>>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::NotFound("organization"))?;
+        let org_id: i64 = params
+            .get("org")
+            .and_then(|o| o.parse().ok())
+            .ok_or(ApiError::NotFound("organization"))?;
+        let mut conn = state.db.acquire().await?;
+        let org = orgs::get(&mut conn, org_id).await?;
+        let token = orgs::bot_token(&mut conn, org_id)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        let max_age = Duration::from_secs(state.config.miniapp_max_age);
+        let user = init_data::validate(&init, &token, chrono::Utc::now(), max_age)
+            .map_err(|_| ApiError::Unauthorized)?;
+        if state.miniapp_limits.check_key(&(org_id, user.id)).is_err() {
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs: 1,
+            });
+        }
+        Ok(MiniAppUser { org, user })
+    }
+}
+
+/// The caller as a customer in the legacy shape, created on the first visit, with the shop's
+/// contacts and bonus settings for a "how it works" screen.
+async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<Value>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let (id, first_visit) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
+    let customer = legacy::customer(&mut tx, caller.org.id, caller.org.time_zone, id).await?;
+    tx.commit().await?;
+    if first_visit {
+        tracing::info!(org = caller.org.id, customer = id, "first Mini App visit");
+    }
+    let mut body = serde_json::to_value(&customer).map_err(anyhow::Error::from)?;
+    body["organization"] = json!({
+        "name": caller.org.details.name,
+        "phone_numbers": caller.org.details.phone_numbers,
+        "address": caller.org.details.address,
+        "whatsapp_link": caller.org.details.whatsapp_link,
+        "telegram_link": caller.org.details.telegram_link,
+    });
+    body["bonus_program_settings"] =
+        serde_json::to_value(caller.org.bonus_program_settings).map_err(anyhow::Error::from)?;
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoRequest {
+    code: String,
+}
+
+/// A friend's promo code, with the same rules as the operator endpoint.
+async fn promo(
+    State(state): State<AppState>,
+    caller: MiniAppUser,
+    body: Body<PromoRequest>,
+) -> Result<Json<Balances>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let (id, _) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
+    let balances = customers::apply_promo(&mut tx, &caller.org, id, &body.value.code).await?;
+    tx.commit().await?;
+    Ok(Json(balances))
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    /// The `next_before` of the previous page.
+    before: Option<String>,
+    /// 1 to 100, default 20.
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryPage {
+    items: Vec<HistoryEntry>,
+    /// Pass as `before` for the next page; null at the end.
+    next_before: Option<String>,
+}
+
+/// The combined history, newest first, a page at a time.
+async fn history(
+    State(state): State<AppState>,
+    caller: MiniAppUser,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 100"));
+    }
+    let before = match query.before.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(ledger::parse_history_cursor(text).ok_or_else(|| {
+            ApiError::invalid("before", "must be a next_before of an earlier page")
+        })?),
+    };
+    let mut tx = state.db.begin().await?;
+    let (id, _) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
+    let rows = ledger::history_page(&mut tx, caller.org.id, id, before, limit).await?;
+    tx.commit().await?;
+    let next_before = (i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit)
+        .then(|| rows.last().map(ledger::history_cursor))
+        .flatten();
+    Ok(Json(HistoryPage {
+        items: rows.iter().map(|r| r.to_history()).collect(),
+        next_before,
+    }))
+}

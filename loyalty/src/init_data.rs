@@ -1,0 +1,167 @@
+//! Telegram Mini App init data (`Authorization: tma <initData>`), validated as Telegram specifies:
+//! the data-check string (every field but `hash`, sorted, `key=value` joined by newlines) signed
+//! with HMAC-SHA256 under the key HMAC-SHA256("WebAppData", bot token).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+/// The Telegram user the init data speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TelegramUser {
+    pub id: i64,
+    pub first_name: String,
+    pub last_name: Option<String>,
+    pub username: Option<String>,
+    pub photo_url: Option<String>,
+    #[serde(default)]
+    pub is_premium: bool,
+    pub language_code: Option<String>,
+    pub allows_write_to_pm: Option<bool>,
+}
+
+/// Why init data is refused. Callers answer all of them with the same 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("no hash")]
+    NoHash,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("auth_date missing or outside the accepted window")]
+    Stale,
+    #[error("no usable user")]
+    NoUser,
+}
+
+/// Validates `init_data` for the bot whose token is `bot_token`, at `now`, accepting it for
+/// `max_age` after its `auth_date` (and up to a minute before, for clock skew).
+pub fn validate(
+    init_data: &str,
+    bot_token: &str,
+    now: DateTime<Utc>,
+    max_age: Duration,
+) -> Result<TelegramUser, Invalid> {
+    let mut hash = None;
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(init_data.trim().as_bytes()) {
+        if key == "hash" {
+            hash = Some(value.into_owned());
+        } else {
+            fields.push((key.into_owned(), value.into_owned()));
+        }
+    }
+    let hash = hex::decode(hash.ok_or(Invalid::NoHash)?).map_err(|_| Invalid::BadSignature)?;
+    fields.sort();
+    let check: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+
+    let mut secret =
+        Hmac::<Sha256>::new_from_slice(b"WebAppData").map_err(|_| Invalid::BadSignature)?;
+    secret.update(bot_token.as_bytes());
+    let secret = secret.finalize().into_bytes();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&secret).map_err(|_| Invalid::BadSignature)?;
+    mac.update(check.join("\n").as_bytes());
+    // Constant-time comparison.
+    mac.verify_slice(&hash).map_err(|_| Invalid::BadSignature)?;
+
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let auth_date = field("auth_date")
+        .and_then(|d| d.parse::<i64>().ok())
+        .and_then(|d| DateTime::from_timestamp(d, 0))
+        .ok_or(Invalid::Stale)?;
+    let age = now.signed_duration_since(auth_date);
+    let max_age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+    if age > max_age || age < -chrono::Duration::seconds(60) {
+        return Err(Invalid::Stale);
+    }
+    let user: TelegramUser =
+        serde_json::from_str(field("user").ok_or(Invalid::NoUser)?).map_err(|_| Invalid::NoUser)?;
+    if user.id <= 0 {
+        return Err(Invalid::NoUser);
+    }
+    Ok(user)
+}
+
+/// Signs init data for a user (what Telegram does; tests and tools use it).
+pub fn sign(fields: &[(&str, &str)], bot_token: &str) -> String {
+    let mut sorted: Vec<(&str, &str)> = fields.to_vec();
+    sorted.sort();
+    let check: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut secret = Hmac::<Sha256>::new_from_slice(b"WebAppData").expect("any key length");
+    secret.update(bot_token.as_bytes());
+    let secret = secret.finalize().into_bytes();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&secret).expect("any key length");
+    mac.update(check.join("\n").as_bytes());
+    let hash = hex::encode(mac.finalize().into_bytes());
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        out.append_pair(k, v);
+    }
+    out.append_pair("hash", &hash);
+    out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
+    const VECTOR: &str = "auth_date=1735689600&query_id=AAE-test-query&user=%7B%22id%22%3A424242%2C%22first_name%22%3A%22Alice%22%2C%22username%22%3A%22alice%22%2C%22language_code%22%3A%22ru%22%7D&hash=cf5dcab8624815dfe3bd18a89f530cdcec88d66e38d7fb1829164f6c3afaeb97";
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).expect("time")
+    }
+
+    #[test]
+    fn the_published_test_vector_is_valid() {
+        let user = validate(VECTOR, TOKEN, at(1_735_689_600 + 60), DAY).expect("valid");
+        assert_eq!(
+            (user.id, user.first_name.as_str(), user.username.as_deref()),
+            (424242, "Alice", Some("alice"))
+        );
+    }
+
+    #[test]
+    fn tampered_expired_and_foreign_init_data_are_refused() {
+        let tampered = VECTOR.replace("424242", "424243");
+        assert_eq!(
+            validate(&tampered, TOKEN, at(1_735_689_660), DAY),
+            Err(Invalid::BadSignature)
+        );
+        assert_eq!(
+            validate(VECTOR, TOKEN, at(1_735_689_600 + 86_401), DAY),
+            Err(Invalid::Stale)
+        );
+        assert_eq!(
+            validate(
+                VECTOR,
+                "987654321:another-bots-token",
+                at(1_735_689_660),
+                DAY
+            ),
+            Err(Invalid::BadSignature)
+        );
+        assert_eq!(
+            validate("user=%7B%7D", TOKEN, at(0), DAY),
+            Err(Invalid::NoHash)
+        );
+    }
+
+    #[test]
+    fn signing_and_validating_agree() {
+        let user = r#"{"id":7,"first_name":"Ермек"}"#;
+        let data = sign(&[("auth_date", "1735689600"), ("user", user)], TOKEN);
+        assert_eq!(
+            validate(&data, TOKEN, at(1_735_689_600), DAY).map(|u| u.id),
+            Ok(7)
+        );
+    }
+}
