@@ -47,7 +47,7 @@ impl Modify for AdminAuth {
     paths(
         orgs::create_org, orgs::get_org, orgs::update_org, orgs::create_integration,
         customers::create_customer, customers::search_customers, customers::get_customer,
-        customers::enter_promo, customers::move_bonuses, customers::move_debt,
+        customers::enter_promo, customers::move_bonuses, customers::move_debt, customers::merge_customer,
         bills::create_bill, bills::list_bills, bills::get_bill, bills::cancel_bill,
         legacy::import, legacy::export,
         receipts::list_receipts, receipts::attach_receipt, receipts::list_notifications,

@@ -476,6 +476,143 @@ pub async fn visit(
     Ok((id, !welcomed))
 }
 
+/// What a merge moved.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Merged {
+    /// The customer that remains.
+    pub id: String,
+    /// The customer merged into it (kept, empty, with `merged_into`).
+    pub from: String,
+    pub entries_moved: i64,
+    pub invoices_moved: i64,
+    pub referrals_moved: i64,
+    pub balances: Balances,
+}
+
+/// Merges customer `from` (say, known by phone only) into `into` (say, the Mini App customer):
+/// every ledger entry, the wallets, holds, invoices, bills, referrals and notifications move, once.
+/// The entries keep their amounts, texts and times; only their owner changes.
+pub async fn merge(conn: &mut PgConnection, org_id: i64, into: i64, from: i64) -> Result<Merged> {
+    if into == from {
+        return Err(Error::invalid(
+            "from",
+            "a customer cannot be merged into itself",
+        ));
+    }
+    // Both rows locked, in id order.
+    let (first, second) = (into.min(from), into.max(from));
+    lock(conn, org_id, first)
+        .await
+        .map_err(|e| missing_as_invalid(e, first == from))?;
+    lock(conn, org_id, second)
+        .await
+        .map_err(|e| missing_as_invalid(e, second == from))?;
+    let merged_into: Option<i64> =
+        sqlx::query_scalar("select merged_into from customers where org_id = $1 and id = $2")
+            .bind(org_id)
+            .bind(from)
+            .fetch_one(&mut *conn)
+            .await?;
+    if merged_into.is_some() {
+        return Err(Error::conflict(
+            "already_merged",
+            "this customer was already merged into another",
+        ));
+    }
+    let target_merged: Option<i64> =
+        sqlx::query_scalar("select merged_into from customers where org_id = $1 and id = $2")
+            .bind(org_id)
+            .bind(into)
+            .fetch_one(&mut *conn)
+            .await?;
+    if target_merged.is_some() {
+        return Err(Error::conflict(
+            "already_merged",
+            "the surviving customer was itself merged into another",
+        ));
+    }
+    sqlx::query("set local loyalty.merge = 'on'")
+        .execute(&mut *conn)
+        .await?;
+    let moved = |table: &'static str| {
+        format!("update {table} set customer_id = $2 where org_id = $1 and customer_id = $3")
+    };
+    let mut counts = Vec::new();
+    for table in [
+        "ledger_entries",
+        "invoices",
+        "bills",
+        "outbox",
+        "receipts",
+        "refunds",
+    ] {
+        let done = sqlx::query(&moved(table))
+            .bind(org_id)
+            .bind(into)
+            .bind(from)
+            .execute(&mut *conn)
+            .await?;
+        counts.push(i64::try_from(done.rows_affected()).unwrap_or(i64::MAX));
+    }
+    sqlx::query("set local loyalty.merge = 'off'")
+        .execute(&mut *conn)
+        .await?;
+    let referrals = sqlx::query(
+        "update customers set referred_by = $2 where org_id = $1 and referred_by = $3 and id <> $2",
+    )
+    .bind(org_id)
+    .bind(into)
+    .bind(from)
+    .execute(&mut *conn)
+    .await?;
+    // Wallets and holds follow their entries and bills; the rest of the profile fills gaps only.
+    sqlx::query(
+        "update customers t set
+             bonuses = t.bonuses + f.bonuses, referral_bonuses = t.referral_bonuses + f.referral_bonuses,
+             debts = t.debts + f.debts, bonuses_held = t.bonuses_held + f.bonuses_held,
+             referral_bonuses_held = t.referral_bonuses_held + f.referral_bonuses_held,
+             phone_number = coalesce(t.phone_number, f.phone_number),
+             first_name = coalesce(t.first_name, f.first_name), last_name = coalesce(t.last_name, f.last_name),
+             has_made_first_purchase = t.has_made_first_purchase or f.has_made_first_purchase,
+             referred_by = coalesce(nullif(t.referred_by, f.id), nullif(f.referred_by, t.id)),
+             referral_order = case when t.referred_by is null then f.referral_order else t.referral_order end
+         from customers f
+         where t.org_id = $1 and t.id = $2 and f.org_id = $1 and f.id = $3",
+    )
+    .bind(org_id)
+    .bind(into)
+    .bind(from)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "update customers set bonuses_held = 0, referral_bonuses_held = 0, bonuses = 0, referral_bonuses = 0, debts = 0,
+                              referred_by = null, merged_into = $2
+         where org_id = $1 and id = $3",
+    )
+    .bind(org_id)
+    .bind(into)
+    .bind(from)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Merged {
+        id: into.to_string(),
+        from: from.to_string(),
+        entries_moved: counts[0],
+        invoices_moved: counts[1],
+        referrals_moved: i64::try_from(referrals.rows_affected()).unwrap_or(i64::MAX),
+        balances: lock(conn, org_id, into).await?,
+    })
+}
+
+fn missing_as_invalid(err: Error, is_from: bool) -> Error {
+    match err {
+        Error::NotFound(_) if is_from => {
+            Error::invalid("from", "no customer of this organization has this id")
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

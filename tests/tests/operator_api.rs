@@ -500,3 +500,108 @@ async fn one_organization_never_sees_anothers_customers_or_bills() {
     let (_, listed) = app.get(&format!("/admin/v1/orgs/{ours}/bills")).await;
     assert_eq!(listed["items"], Value::Array(vec![]));
 }
+
+#[tokio::test]
+async fn a_phone_only_customer_merges_into_the_mini_app_one_once_keeping_every_entry() {
+    let app = TestApp::spawn().await;
+    let org = app.org().await;
+    let (_, phone) = app
+        .post(
+            &format!("/admin/v1/orgs/{org}/customers"),
+            &json!({"first_name": "Ермек", "phone_number": "+77472479197"}),
+        )
+        .await;
+    let phone = phone["id"].as_str().expect("id").to_owned();
+    let (_, tg) = app
+        .post(
+            &format!("/admin/v1/orgs/{org}/customers"),
+            &json!({"first_name": "Ermek", "telegram_id": 777}),
+        )
+        .await;
+    let tg = tg["id"].as_str().expect("id").to_owned();
+    let friend = app.customer(org, "Friend").await;
+    app.post(
+        &format!("/admin/v1/orgs/{org}/customers/{phone}/bonuses"),
+        &json!({"op": "accrue", "amount": 100}),
+    )
+    .await;
+    app.post(
+        &format!("/admin/v1/orgs/{org}/customers/{phone}/debts"),
+        &json!({"op": "add", "amount": 20}),
+    )
+    .await;
+    app.post(
+        &format!("/admin/v1/orgs/{org}/customers/{tg}/bonuses"),
+        &json!({"op": "accrue", "amount": 10}),
+    )
+    .await;
+    let (status, _) = app
+        .post(
+            &format!("/admin/v1/orgs/{org}/customers/{friend}/promo"),
+            &json!({"code": format!("PROMO{phone}")}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, before) = app
+        .get(&format!("/admin/v1/orgs/{org}/customers/{phone}"))
+        .await;
+
+    let path = format!("/admin/v1/orgs/{org}/customers/{tg}/merge");
+    let (status, merged) = app.post(&path, &json!({"from": phone})).await;
+    assert_eq!(status, 200, "{merged}");
+    assert_eq!(
+        (
+            merged["entries_moved"].clone(),
+            merged["referrals_moved"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+    let (_, survivor) = app
+        .get(&format!("/admin/v1/orgs/{org}/customers/{tg}"))
+        .await;
+    assert_eq!(
+        (survivor["bonuses"].clone(), survivor["debts"].clone()),
+        (json!(110.0), json!(20.0))
+    );
+    assert_eq!(survivor["phone_number"], "+77472479197");
+    assert_eq!(survivor["referrals"], json!([friend]));
+    for entry in before["combined_history"].as_array().expect("history") {
+        assert!(
+            survivor["combined_history"]
+                .as_array()
+                .expect("history")
+                .contains(entry),
+            "kept as it was: {entry}"
+        );
+    }
+    let (_, emptied) = app
+        .get(&format!("/admin/v1/orgs/{org}/customers/{phone}"))
+        .await;
+    assert_eq!(
+        (
+            emptied["bonuses"].clone(),
+            emptied["combined_history"].clone()
+        ),
+        (json!(0.0), json!([]))
+    );
+    let (_, referred) = app
+        .get(&format!("/admin/v1/orgs/{org}/customers/{friend}"))
+        .await;
+    assert_eq!(referred["referred_by"], tg.as_str());
+
+    let (status, body) = app.post(&path, &json!({"from": phone})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("already_merged"))
+    );
+    let (status, body) = app.post(&path, &json!({"from": tg})).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("from"))
+    );
+    // Outside a merge the ledger stays append-only.
+    let rewrite = sqlx::query("update ledger_entries set customer_id = customer_id")
+        .execute(&app.db.pool)
+        .await;
+    assert!(rewrite.is_err());
+}

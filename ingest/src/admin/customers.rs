@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/orgs/{org}/customers/{id}/promo", post(enter_promo))
         .route("/orgs/{org}/customers/{id}/bonuses", post(move_bonuses))
         .route("/orgs/{org}/customers/{id}/debts", post(move_debt))
+        .route("/orgs/{org}/customers/{id}/merge", post(merge_customer))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -255,6 +256,50 @@ pub async fn move_debt(
         async |conn| {
             let organization = orgs::get(conn, org).await?;
             Ok(customers::operator_move(conn, &organization, id, &movement).await?)
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MergeRequest {
+    /// The customer to merge into this one (say, the phone-only twin of a Mini App customer).
+    #[serde(deserialize_with = "loyalty::bills::deserialize_id")]
+    #[schema(value_type = String)]
+    pub from: i64,
+}
+
+/// Merges another customer into this one, once: history, wallets, holds, invoices, bills and
+/// referrals move; every ledger entry is kept as it was.
+#[utoipa::path(post, path = "/admin/v1/orgs/{org}/customers/{id}/merge", tag = "customers",
+    request_body = MergeRequest,
+    responses((status = 200, body = customers::Merged), (status = 404, body = crate::openapi::ErrorBody),
+              (status = 409, description = "already merged", body = crate::openapi::ErrorBody),
+              (status = 422, body = crate::openapi::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn merge_customer(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((org, id)): Path<(i64, i64)>,
+    body: Body<MergeRequest>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    transact(
+        &state.db,
+        key.as_ref(),
+        &body.digest,
+        StatusCode::OK,
+        async |conn| {
+            let merged = customers::merge(conn, org, id, body.value.from).await?;
+            tracing::info!(
+                org,
+                into = id,
+                from = body.value.from,
+                entries = merged.entries_moved,
+                "customers merged"
+            );
+            Ok(merged)
         },
     )
     .await
