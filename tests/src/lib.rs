@@ -500,11 +500,12 @@ mod containers {
 }
 
 /// The path of one of the workspace's binaries, built if needed (the real program, for tests that
-/// kill it).
+/// kill it). The whole workspace's binaries are built at once, with the same features as `.ci/run`
+/// builds them, so this is a no-op there.
 pub fn binary(name: &str) -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", name, "--bin", name])
+        .args(["build", "--quiet", "--workspace", "--bins"])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .status()
         .expect("cargo runs");
