@@ -153,7 +153,7 @@ pub struct Latency {
     pub p99_ms: f64,
     pub max_ms: f64,
     /// Where the end time comes from: the commit itself when the server tracks commit timestamps,
-    /// else `processed_at`, which is `now()`, the start of the worker's transaction.
+    /// else `processed_at`, the clock at the worker's last statement before its commit.
     pub end: &'static str,
 }
 
@@ -164,7 +164,7 @@ pub async fn commit_latency(db: &PgPool, org: i64, like: &str) -> anyhow::Result
     let (end, column) = if tracked == "on" {
         ("commit timestamp", "pg_xact_commit_timestamp(xmin)")
     } else {
-        ("processed_at (transaction start)", "processed_at")
+        ("processed_at (just before commit)", "processed_at")
     };
     let (p50, p99, max): (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(&format!(
         "with l as (
