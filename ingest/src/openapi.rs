@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::AppState;
-use crate::admin::{bills, customers, legacy, orgs, receipts};
+use crate::admin::{bills, customers, legacy, ops, orgs, receipts};
 
 /// `{"error": {"code", "message", "field"?}}`
 #[derive(Serialize, utoipa::ToSchema)]
@@ -51,6 +51,7 @@ impl Modify for AdminAuth {
         bills::create_bill, bills::list_bills, bills::get_bill, bills::cancel_bill,
         legacy::import, legacy::export,
         receipts::list_receipts, receipts::attach_receipt, receipts::list_notifications,
+        ops::queues, ops::dead_letters, ops::replay,
     ),
     modifiers(&AdminAuth)
 )]

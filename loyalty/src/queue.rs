@@ -337,6 +337,157 @@ fn live(link: Option<&(Connection, Channel)>) -> Option<Channel> {
     (conn.status().connected() && channel.status().connected()).then(|| channel.clone())
 }
 
+/// A queue's depth as the broker reports it (no management plugin needed).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct QueueDepth {
+    pub name: String,
+    /// main, retry or dead.
+    pub role: &'static str,
+    pub messages_ready: u32,
+    pub consumers: u32,
+}
+
+/// A message waiting in a dead-letter queue.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    /// The message id (the POS event id, or `outbox-<id>`).
+    pub id: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+}
+
+impl Stream {
+    pub fn parse(name: &str) -> Option<Self> {
+        Stream::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl Broker {
+    /// Every queue of the topology with its depth and consumers.
+    pub async fn depths(&self) -> lapin::Result<Vec<QueueDepth>> {
+        let conn = self.connect().await?;
+        let channel = conn.create_channel().await?;
+        let mut out = Vec::new();
+        for stream in Stream::ALL {
+            let mut names = vec![(self.topology.main(stream), "main")];
+            names.extend((2..=MAX_ATTEMPTS).map(|a| (self.topology.retry(stream, a), "retry")));
+            names.push((self.topology.dead(stream), "dead"));
+            for (name, role) in names {
+                let q = channel
+                    .queue_declare(
+                        ShortString::from(name.as_str()),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                out.push(QueueDepth {
+                    name,
+                    role,
+                    messages_ready: q.message_count(),
+                    consumers: q.consumer_count(),
+                });
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(out)
+    }
+
+    /// Reads up to `limit` dead letters without removing them (they are taken unacknowledged and
+    /// returned to the queue when the channel closes).
+    pub async fn dead_letters(
+        &self,
+        stream: Stream,
+        limit: usize,
+    ) -> lapin::Result<Vec<DeadLetter>> {
+        let conn = self.connect().await?;
+        let channel = conn.create_channel().await?;
+        let queue = self.topology.dead(stream);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(message) = channel
+                .basic_get(
+                    ShortString::from(queue.as_str()),
+                    lapin::options::BasicGetOptions { no_ack: false },
+                )
+                .await?
+            else {
+                break;
+            };
+            let properties = &message.delivery.properties;
+            out.push(DeadLetter {
+                id: properties.message_id().as_ref().map(|id| id.to_string()),
+                attempts: attempt_of(properties),
+                last_error: header(properties, headers::LAST_ERROR),
+                body: serde_json::from_slice(&message.delivery.data).unwrap_or_else(|_| {
+                    serde_json::Value::String(
+                        String::from_utf8_lossy(&message.delivery.data).into_owned(),
+                    )
+                }),
+            });
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(out)
+    }
+
+    /// Moves dead letters back to their stream's main queue for a fresh set of attempts: all of
+    /// them, or those whose message id is in `ids`. Each is published (confirmed) before its dead
+    /// copy is acknowledged, so a failure part-way loses nothing. Returns the ids replayed.
+    pub async fn replay(
+        &self,
+        stream: Stream,
+        ids: Option<&[String]>,
+    ) -> Result<Vec<String>, PublishError> {
+        let conn = self.connect().await?;
+        let channel = conn.create_channel().await?;
+        let queue = self.topology.dead(stream);
+        let mut replayed = Vec::new();
+        // Messages not chosen stay unacknowledged until the channel closes, then return in order.
+        loop {
+            let Some(message) = channel
+                .basic_get(
+                    ShortString::from(queue.as_str()),
+                    lapin::options::BasicGetOptions { no_ack: false },
+                )
+                .await?
+            else {
+                break;
+            };
+            let delivery = message.delivery;
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            if ids.is_some_and(|ids| !ids.contains(&id)) {
+                continue;
+            }
+            let mut table = delivery.properties.headers().clone().unwrap_or_default();
+            table.insert(
+                ShortString::from(headers::ATTEMPT),
+                AMQPValue::LongString("1".into()),
+            );
+            let mut properties = BasicProperties::default().with_headers(table);
+            if let Some(message_id) = delivery.properties.message_id() {
+                properties = properties.with_message_id(message_id.clone());
+            }
+            self.publish(&self.topology.main(stream), &delivery.data, properties)
+                .await?;
+            delivery
+                .ack(lapin::options::BasicAckOptions::default())
+                .await?;
+            replayed.push(id);
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(replayed)
+    }
+}
+
 /// Message headers as a table.
 pub fn header_table(pairs: &[(&str, String)]) -> FieldTable {
     let mut table = FieldTable::default();

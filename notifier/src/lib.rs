@@ -318,7 +318,8 @@ impl Notifier {
         };
         let settle = |status: &'static str, reason: String| (status, reason);
         let verdict = match row.status.as_str() {
-            "pending" | "retrying" => None,
+            // A dead one comes back only when an operator replays it.
+            "pending" | "retrying" | "dead" => None,
             "sending" => Some(settle(
                 "uncertain",
                 "redelivered while being sent: it may have been delivered".into(),

@@ -3,6 +3,7 @@
 pub mod bills;
 pub mod customers;
 pub mod legacy;
+pub mod ops;
 pub mod orgs;
 pub mod receipts;
 
@@ -23,6 +24,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(customers::router())
         .merge(bills::router())
         .merge(receipts::router())
+        .merge(ops::router())
         .merge(legacy::router(state.config.import_body_limit))
         .layer(middleware::from_fn_with_state(state, require_admin))
 }

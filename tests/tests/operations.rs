@@ -1,0 +1,112 @@
+//! Operators see the queues and the dead letters, and replay them; a replayed receipt is still
+//! applied at most once.
+
+use e2e::{TestApp, receipt_event};
+use loyalty::queue::{Stream, header_table, headers};
+use loyalty::receipts::ReceiptMessage;
+use serde_json::json;
+
+#[tokio::test]
+async fn the_queues_are_listed_with_their_depths() {
+    let app = TestApp::spawn().await;
+    let (status, queues) = app.get("/admin/v1/ops/queues").await;
+    assert_eq!(status, 200, "{queues}");
+    let items = queues["items"].as_array().expect("items");
+    assert_eq!(items.len(), app.state.broker.topology().queues().len());
+    let dead: Vec<&serde_json::Value> = items.iter().filter(|q| q["role"] == "dead").collect();
+    assert_eq!(dead.len(), 2);
+    assert!(items.iter().all(|q| q["messages_ready"] == 0));
+}
+
+#[tokio::test]
+async fn a_dead_receipt_is_listed_with_its_error_and_replayed_at_most_once() {
+    let app = TestApp::spawn().await;
+    let org = app.org().await;
+    let customer = app.customer(org, "Alex").await;
+    let (_, bill) = app
+        .post(&format!("/admin/v1/orgs/{org}/bills"), &json!({"customer_id": customer, "items": [{"name": "x", "quantity": 1, "unit_price": 1000}]}))
+        .await;
+    // A receipt that exhausted its attempts while the database was down lies in the dead letters.
+    let message = ReceiptMessage {
+        org_id: org,
+        integration_id: 1,
+        received_at: chrono::Utc::now(),
+        event: receipt_event("ev-dead", "rc-dead", bill["id"].as_i64(), "1000"),
+    };
+    let body = serde_json::to_vec(&message).expect("json");
+    let dead_queue = app.state.broker.topology().dead(Stream::Receipts);
+    let properties = || {
+        lapin::BasicProperties::default()
+            .with_message_id("ev-dead".into())
+            .with_headers(header_table(&[
+                (headers::ATTEMPT, "6".into()),
+                (headers::LAST_ERROR, "database: connection refused".into()),
+            ]))
+    };
+    app.state
+        .broker
+        .publish(&dead_queue, &body, properties())
+        .await
+        .expect("published");
+
+    let (status, dead) = app.get("/admin/v1/ops/dead-letters?queue=receipts").await;
+    assert_eq!(status, 200, "{dead}");
+    assert_eq!(dead["items"][0]["id"], "ev-dead");
+    assert_eq!(dead["items"][0]["attempts"], 6);
+    assert_eq!(
+        dead["items"][0]["last_error"],
+        "database: connection refused"
+    );
+    assert_eq!(
+        app.queue_depth(&dead_queue).await,
+        1,
+        "listing takes nothing away"
+    );
+
+    let _worker = app.start_worker();
+    let (status, replayed) = app
+        .post(
+            "/admin/v1/ops/dead-letters/replay",
+            &json!({"queue": "receipts", "ids": ["other"]}),
+        )
+        .await;
+    assert_eq!((status, replayed["replayed"].clone()), (200, json!([])));
+    let (status, replayed) = app
+        .post(
+            "/admin/v1/ops/dead-letters/replay",
+            &json!({"queue": "receipts"}),
+        )
+        .await;
+    assert_eq!(
+        (status, replayed["replayed"].clone()),
+        (200, json!(["ev-dead"]))
+    );
+    app.wait_receipt(org, "ev-dead", "processed").await;
+
+    // The same message dead and replayed again changes nothing.
+    app.state
+        .broker
+        .publish(&dead_queue, &body, properties())
+        .await
+        .expect("published");
+    let (_, replayed) = app
+        .post(
+            "/admin/v1/ops/dead-letters/replay",
+            &json!({"queue": "receipts", "ids": ["ev-dead"]}),
+        )
+        .await;
+    assert_eq!(replayed["replayed"], json!(["ev-dead"]));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, read) = app
+        .get(&format!("/admin/v1/orgs/{org}/customers/{customer}"))
+        .await;
+    assert_eq!(read["bonuses"], json!(20.0), "applied once");
+    assert_eq!(app.queue_depth(&dead_queue).await, 0);
+    let (status, _) = app
+        .post(
+            "/admin/v1/ops/dead-letters/replay",
+            &json!({"queue": "elsewhere"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+}
