@@ -507,28 +507,24 @@ pub async fn merge(conn: &mut PgConnection, org_id: i64, into: i64, from: i64) -
     lock(conn, org_id, second)
         .await
         .map_err(|e| missing_as_invalid(e, second == from))?;
-    let merged_into: Option<i64> =
-        sqlx::query_scalar("select merged_into from customers where org_id = $1 and id = $2")
-            .bind(org_id)
-            .bind(from)
-            .fetch_one(&mut *conn)
-            .await?;
-    if merged_into.is_some() {
+    let (from_merged, into_merged): (bool, bool) = sqlx::query_as(
+        "select bool_or(id = $3 and merged_into is not null), bool_or(id = $2 and merged_into is not null)
+         from customers where org_id = $1 and id in ($2, $3)",
+    )
+    .bind(org_id)
+    .bind(into)
+    .bind(from)
+    .fetch_one(&mut *conn)
+    .await?;
+    if from_merged || into_merged {
+        let whom = if from_merged {
+            "this customer was already merged"
+        } else {
+            "the surviving customer was itself merged"
+        };
         return Err(Error::conflict(
             "already_merged",
-            "this customer was already merged into another",
-        ));
-    }
-    let target_merged: Option<i64> =
-        sqlx::query_scalar("select merged_into from customers where org_id = $1 and id = $2")
-            .bind(org_id)
-            .bind(into)
-            .fetch_one(&mut *conn)
-            .await?;
-    if target_merged.is_some() {
-        return Err(Error::conflict(
-            "already_merged",
-            "the surviving customer was itself merged into another",
+            format!("{whom} into another"),
         ));
     }
     sqlx::query("set local loyalty.merge = 'on'")
