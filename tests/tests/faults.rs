@@ -1,5 +1,6 @@
 //! Faults injected for real: a worker process killed with SIGKILL mid-stream, and the broker
-//! closing every connection of the service. Every receipt that got a 200 is applied exactly once.
+//! closing every connection of the service, and two workers competing for one queue. Every receipt
+//! that got a 200 is applied exactly once.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -150,6 +151,31 @@ async fn cut_broker_connections_lose_and_double_nothing() {
                 "the publisher's and the worker's connections were cut ({cut})"
             );
         }
+        post_until_accepted(
+            &app,
+            &token,
+            &receipt_event(&format!("ev-{i}"), &format!("rc-{i}"), Some(*bill), "100"),
+        )
+        .await;
+    }
+    assert_applied_exactly_once(&app, org, &customer, n).await;
+}
+
+#[tokio::test]
+async fn two_workers_on_one_queue_apply_each_receipt_once() {
+    let app = TestApp::spawn().await;
+    let n = 300;
+    let (org, token, customer, bills) = shop_with_bills(&app, n).await;
+    let _first = app.start_worker();
+    let _second = app.start_worker();
+    let posts = bills.iter().enumerate().map(|(i, bill)| {
+        let event = receipt_event(&format!("ev-{i}"), &format!("rc-{i}"), Some(*bill), "100");
+        let (app, token) = (&app, &token);
+        async move { post_until_accepted(app, token, &event).await }
+    });
+    futures::future::join_all(posts).await;
+    // The POS resends a third of them: the competing consumers see those too.
+    for (i, bill) in bills.iter().enumerate().step_by(3) {
         post_until_accepted(
             &app,
             &token,
