@@ -82,6 +82,18 @@ async fn a_dead_receipt_is_listed_with_its_error_and_replayed_at_most_once() {
         (200, json!(["ev-dead"]))
     );
     app.wait_receipt(org, "ev-dead", "processed").await;
+    let (status, all) = app.get("/admin/v1/ops/receipts?status=processed").await;
+    assert_eq!(
+        (status, all["items"][0]["event_id"].clone()),
+        (200, json!("ev-dead")),
+        "{all}"
+    );
+    let (_, other) = app
+        .get(&format!("/admin/v1/ops/receipts?org={}", org + 1))
+        .await;
+    assert_eq!(other["items"], json!([]));
+    let (status, _) = app.get("/admin/v1/ops/notifications?status=pending").await;
+    assert_eq!(status, 200);
 
     // The same message dead and replayed again changes nothing.
     app.state

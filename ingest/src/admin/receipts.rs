@@ -19,6 +19,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orgs/{org}/receipts", get(list_receipts))
         .route("/orgs/{org}/notifications", get(list_notifications))
+        .route("/ops/receipts", get(ops_receipts))
+        .route("/ops/notifications", get(ops_notifications))
         .route(
             "/orgs/{org}/receipts/{receipt}/attach",
             post(attach_receipt),
@@ -91,6 +93,61 @@ pub async fn list_receipts(
     Path(org): Path<i64>,
     Query(query): Query<ReceiptQuery>,
 ) -> Result<Json<Listing<ReceiptRecord>>, ApiError> {
+    receipts_of(&state, Some(org), query).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct OpsQuery {
+    /// Only this organization's; all when absent.
+    pub org: Option<i64>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// Receipts of every organization (or one), latest first: what operators watch.
+#[utoipa::path(get, path = "/admin/v1/ops/receipts", tag = "operations", params(OpsQuery),
+    responses((status = 200, body = Listing<ReceiptRecord>)), security(("admin" = [])))]
+pub async fn ops_receipts(
+    State(state): State<AppState>,
+    Query(q): Query<OpsQuery>,
+) -> Result<Json<Listing<ReceiptRecord>>, ApiError> {
+    receipts_of(
+        &state,
+        q.org,
+        ReceiptQuery {
+            status: q.status,
+            limit: q.limit,
+            offset: q.offset,
+        },
+    )
+    .await
+}
+
+/// Notifications of every organization (or one), latest first.
+#[utoipa::path(get, path = "/admin/v1/ops/notifications", tag = "operations", params(OpsQuery),
+    responses((status = 200, body = Listing<NotificationRecord>)), security(("admin" = [])))]
+pub async fn ops_notifications(
+    State(state): State<AppState>,
+    Query(q): Query<OpsQuery>,
+) -> Result<Json<Listing<NotificationRecord>>, ApiError> {
+    notifications_of(
+        &state,
+        q.org,
+        NotificationQuery {
+            status: q.status,
+            limit: q.limit,
+            offset: q.offset,
+        },
+    )
+    .await
+}
+
+async fn receipts_of(
+    state: &AppState,
+    org: Option<i64>,
+    query: ReceiptQuery,
+) -> Result<Json<Listing<ReceiptRecord>>, ApiError> {
     let (limit, offset) = Page {
         limit: query.limit,
         offset: query.offset,
@@ -99,7 +156,7 @@ pub async fn list_receipts(
     let rows: Vec<ReceiptRecord> = sqlx::query_as(
         "select event_id, receipt_id, event_type, receipt_type, status, reason, bill_id, customer_id, invoice_id,
                 total_amount, attempts, last_error, received_at, processed_at
-         from receipts where org_id = $1 and ($2::text is null or status = $2)
+         from receipts where ($1::bigint is null or org_id = $1) and ($2::text is null or status = $2)
          order by updated_at desc, event_id limit $3 offset $4",
     )
     .bind(org)
@@ -145,6 +202,14 @@ pub async fn list_notifications(
     Path(org): Path<i64>,
     Query(query): Query<NotificationQuery>,
 ) -> Result<Json<Listing<NotificationRecord>>, ApiError> {
+    notifications_of(&state, Some(org), query).await
+}
+
+async fn notifications_of(
+    state: &AppState,
+    org: Option<i64>,
+    query: NotificationQuery,
+) -> Result<Json<Listing<NotificationRecord>>, ApiError> {
     let (limit, offset) = Page {
         limit: query.limit,
         offset: query.offset,
@@ -171,7 +236,7 @@ pub async fn list_notifications(
     let rows: Vec<NotificationRecord> = sqlx::query_as(
         "select id, customer_id, kind, payload, trace_id, status, attempts, last_error, telegram_message_id,
                 created_at, published_at, sent_at
-         from outbox where org_id = $1 and ($2::text is null or status = $2)
+         from outbox where ($1::bigint is null or org_id = $1) and ($2::text is null or status = $2)
          order by id desc limit $3 offset $4",
     )
     .bind(org)
