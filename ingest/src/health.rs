@@ -13,6 +13,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 async fn healthz() -> Json<Value> {
@@ -37,4 +38,20 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             json!({ "status": if ready { "ready" } else { "unavailable" }, "postgres": postgres, "rabbitmq": rabbitmq }),
         ),
     )
+}
+
+/// Prometheus text format: this process's counters and histograms, and the queues' depths read
+/// from RabbitMQ at scrape time.
+async fn metrics(State(state): State<AppState>) -> String {
+    if let Ok(Ok(depths)) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), state.broker.depths()).await
+    {
+        for q in depths {
+            metrics::gauge!("loyalty_queue_messages", "queue" => q.name.clone(), "role" => q.role)
+                .set(f64::from(q.messages_ready));
+            metrics::gauge!("loyalty_queue_consumers", "queue" => q.name, "role" => q.role)
+                .set(f64::from(q.consumers));
+        }
+    }
+    loyalty::telemetry::metrics().render()
 }

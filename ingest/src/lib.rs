@@ -66,6 +66,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(db: PgPool, config: Config) -> Self {
+        loyalty::telemetry::metrics();
         let broker = config.backends.broker();
         let pos_tokens = moka::future::Cache::builder()
             .max_capacity(10_000)

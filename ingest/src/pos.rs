@@ -160,7 +160,24 @@ async fn receipt(
     Pos(pos): Pos,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let head: IncomingEvent = parse_json(&body)?;
+    let started = std::time::Instant::now();
+    metrics::counter!("loyalty_receipts_received_total").increment(1);
+    let answer = accept_receipt(&state, &pos, &body).await;
+    match &answer {
+        Ok(_) => metrics::counter!("loyalty_receipts_acknowledged_total").increment(1),
+        Err(err) => metrics::counter!("loyalty_receipts_rejected_total", "status" => err.status().as_str().to_owned()).increment(1),
+    }
+    metrics::histogram!("loyalty_ingest_seconds").record(started.elapsed().as_secs_f64());
+    answer
+}
+
+/// Checks the event and publishes it; the 200 comes only after the broker's confirm.
+async fn accept_receipt(
+    state: &AppState,
+    pos: &Integration,
+    body: &[u8],
+) -> Result<StatusCode, ApiError> {
+    let head: IncomingEvent = parse_json(body)?;
     if head.event_type == RECEIPT_CREATED {
         let data = head
             .data
@@ -177,7 +194,7 @@ async fn receipt(
             other => other,
         })?;
     }
-    let payload = ReceiptMessage::encode_raw(pos.org_id, pos.id, chrono::Utc::now(), &body);
+    let payload = ReceiptMessage::encode_raw(pos.org_id, pos.id, chrono::Utc::now(), body);
     let properties = lapin::BasicProperties::default()
         .with_message_id(lapin::types::ShortString::from(head.id.as_str()))
         .with_headers(queue::header_table(&[

@@ -14,3 +14,33 @@ pub fn init(default_filter: &str) {
         builder.try_init()
     };
 }
+
+/// The process's Prometheus recorder, installed once; `render()` gives the text format.
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ])
+            .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new())
+            .build_recorder();
+        let handle = recorder.handle();
+        // Tests start several services in one process: the first recorder serves them all.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Serves `GET /metrics` on `addr`, for a service that has no HTTP server of its own.
+pub async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics on /metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async { metrics().render() }),
+    );
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -41,6 +41,9 @@ pub struct Config {
         default_value = "https://api.telegram.org"
     )]
     pub telegram_api_url: String,
+    /// Where `GET /metrics` is served.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9101")]
+    pub metrics_addr: std::net::SocketAddr,
     /// Messages a second per bot.
     #[arg(long, env = "TELEGRAM_BOT_RATE", default_value_t = 30)]
     pub bot_rate: u32,
@@ -79,6 +82,21 @@ struct Claimed {
     chat_id: i64,
     text: String,
     trace: String,
+}
+
+impl Delivered {
+    /// The outcome's name, for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Delivered::Sent { .. } => "sent",
+            Delivered::Duplicate => "duplicate",
+            Delivered::Skipped(_) => "skipped",
+            Delivered::Unreachable(_) => "unreachable",
+            Delivered::Retrying(_) => "retrying",
+            Delivered::Dead(_) => "dead",
+            Delivered::Uncertain(_) => "uncertain",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -193,7 +211,11 @@ impl Notifier {
         let id = message.outbox_id;
         let prepared = match self.claim(id).await {
             Ok(Ok(prepared)) => prepared,
-            Ok(Err(done)) => return Ok(done),
+            Ok(Err(done)) => {
+                metrics::counter!("loyalty_notifications_total", "outcome" => done.label())
+                    .increment(1);
+                return Ok(done);
+            }
             Err(err) => {
                 let error = format!("database: {err}");
                 return self
@@ -214,13 +236,10 @@ impl Notifier {
             let started = std::time::Instant::now();
             let answer =
                 telegram::send_message(&self.http, &self.api_url, &token, chat_id, &text).await;
-            tracing::debug!(
-                outbox = id,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "sendMessage answered"
-            );
+            metrics::histogram!("loyalty_telegram_seconds").record(started.elapsed().as_secs_f64());
             match answer {
                 Answer::RetryAfter(wait) => {
+                    metrics::counter!("loyalty_notifications_throttled_total").increment(1);
                     tracing::warn!(outbox = id, trace = %trace, ?wait, "Telegram asked the bot to wait");
                     self.paused
                         .lock()
@@ -291,6 +310,7 @@ impl Notifier {
             Answer::RetryAfter(_) => unreachable!("handled in the loop"),
         };
         tracing::info!(outbox = id, trace = %trace, outcome = ?outcome, "notification handled");
+        metrics::counter!("loyalty_notifications_total", "outcome" => outcome.label()).increment(1);
         Ok(outcome)
     }
 
@@ -432,11 +452,14 @@ impl Notifier {
         )
         .await;
         tracing::warn!(outbox = id, attempt, dead, error = %error, "notification not delivered");
-        Ok(if dead {
+        let delivered = if dead {
             Delivered::Dead(error)
         } else {
             Delivered::Retrying(error)
-        })
+        };
+        metrics::counter!("loyalty_notifications_total", "outcome" => delivered.label())
+            .increment(1);
+        Ok(delivered)
     }
 
     /// Relays and sends until `shutdown` resolves.
@@ -567,6 +590,7 @@ fn text_of(row: &Pending) -> String {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let db = config.backends.database(8).await?;
     let broker = Arc::new(config.backends.broker());
+    tokio::spawn(loyalty::telemetry::serve_metrics(config.metrics_addr));
     Notifier::new(
         db,
         broker,

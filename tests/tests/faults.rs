@@ -106,6 +106,7 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
         .env("AMQP_URL", &app.state.config.backends.amqp_url)
         .env("QUEUE_PREFIX", &app.state.config.backends.queue_prefix)
         .env("WORKER_CONCURRENCY", "8")
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -230,6 +230,26 @@ async fn a_first_sale_accrues_and_rewards_the_referrer_exactly_once() {
         .get(&format!("/admin/v1/orgs/{}/bills/{id}", shop.org))
         .await;
     assert_eq!(paid["status"], "paid");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "loyalty_receipts_acknowledged_total",
+        "loyalty_receipts_total{status=\"processed\"}",
+        "loyalty_receipt_end_to_end_seconds_bucket",
+        "loyalty_queue_messages{",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "{line} missing from /metrics:\n{metrics}"
+        );
+    }
     let outbox: i64 = sqlx::query_scalar(
         "select count(*) from outbox where kind in ('purchase_accrual', 'referral_reward')",
     )

@@ -27,6 +27,9 @@ pub struct Config {
     /// Batches applied at once, each in its own transaction.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
+    /// Where `GET /metrics` is served.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9100")]
+    pub metrics_addr: std::net::SocketAddr,
     /// Most receipts applied in one transaction (the consumer's prefetch is concurrency × batch).
     #[arg(long, env = "WORKER_BATCH", default_value_t = 100)]
     pub batch: u16,
@@ -107,6 +110,11 @@ impl Worker {
             Ok(outcomes) => {
                 for ((message, outcome), i) in decoded.iter().zip(outcomes).zip(&positions) {
                     tracing::info!(org = message.org_id, event = %event_id(message), status = outcome.status(), "receipt applied");
+                    metrics::counter!("loyalty_receipts_total", "status" => outcome.status())
+                        .increment(1);
+                    let waited = chrono::Utc::now().signed_duration_since(message.received_at);
+                    metrics::histogram!("loyalty_receipt_end_to_end_seconds")
+                        .record(waited.as_seconds_f64());
                     results[*i] = Some(Ok(Handled::Applied(outcome)));
                 }
             }
@@ -147,6 +155,13 @@ impl Worker {
         tracing::warn!(org = message.org_id, event = %event_id(message), attempt, dead, error = %error, "receipt failed");
         self.pass_on(body, properties, attempt, &error, dead)
             .await?;
+        metrics::counter!("loyalty_receipts_failed_total").increment(1);
+        metrics::counter!(if dead {
+            "loyalty_receipts_dead_total"
+        } else {
+            "loyalty_receipt_retries_total"
+        })
+        .increment(1);
         // Operators see the attempt; if the database is what failed, the queues still hold the truth.
         if let Ok(mut conn) = self.db.acquire().await {
             let _ = receipts::record_failure(&mut conn, message, attempt, &error, dead).await;
@@ -324,6 +339,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .database(u32::from(config.concurrency) * 2 + 2)
         .await?;
     let broker = Arc::new(config.backends.broker());
+    tokio::spawn(loyalty::telemetry::serve_metrics(config.metrics_addr));
     Worker::new(db, broker)
         .run(
             config.concurrency,
