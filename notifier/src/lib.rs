@@ -249,65 +249,41 @@ impl Notifier {
                 other => break other,
             }
         };
-        let outcome = match answer {
+        let failure = match answer {
             Answer::Sent { message_id } => {
                 self.finish(id, "sent", None, Some(message_id)).await;
-                Delivered::Sent { message_id }
+                Ok(Delivered::Sent { message_id })
             }
             Answer::Unreachable(reason) => {
                 self.finish(id, "unreachable", Some(&reason), None).await;
-                let marked = sqlx::query(
-                    "update customers set telegram_unreachable_at = now(), telegram_unreachable_reason = $3
-                     where org_id = $1 and id = $2",
-                )
-                .bind(org_id)
-                .bind(customer_id)
-                .bind(&reason)
-                .execute(&self.db)
-                .await;
-                if let Err(err) = marked {
-                    tracing::error!(outbox = id, error = %err, "could not mark the customer unreachable");
-                }
-                Delivered::Unreachable(reason)
+                self.mark_unreachable(org_id, customer_id, &reason).await;
+                Ok(Delivered::Unreachable(reason))
             }
             Answer::Uncertain(reason) => {
                 self.finish(id, "uncertain", Some(&reason), None).await;
-                Delivered::Uncertain(reason)
+                Ok(Delivered::Uncertain(reason))
             }
             Answer::Rejected(reason) => {
-                return self
-                    .retry_or_dead(
-                        id,
-                        body,
-                        properties,
-                        attempt,
-                        format!("Telegram refused the message: {reason}"),
-                        true,
-                    )
-                    .await;
+                Err((format!("Telegram refused the message: {reason}"), true))
             }
             Answer::BadToken(reason) => {
                 tracing::error!(
                     outbox = id,
                     "the organization's bot token was refused by Telegram"
                 );
+                Err((format!("bot token refused: {reason}"), false))
+            }
+            Answer::Transient(reason) => Err((reason, false)),
+            // The loop above waits out every 429; should one come through, it is retried later.
+            Answer::RetryAfter(wait) => Err((format!("throttled for {wait:?}"), false)),
+        };
+        let outcome = match failure {
+            Ok(outcome) => outcome,
+            Err((error, permanent)) => {
                 return self
-                    .retry_or_dead(
-                        id,
-                        body,
-                        properties,
-                        attempt,
-                        format!("bot token refused: {reason}"),
-                        false,
-                    )
+                    .retry_or_dead(id, body, properties, attempt, error, permanent)
                     .await;
             }
-            Answer::Transient(reason) => {
-                return self
-                    .retry_or_dead(id, body, properties, attempt, reason, false)
-                    .await;
-            }
-            Answer::RetryAfter(_) => unreachable!("handled in the loop"),
         };
         tracing::info!(outbox = id, trace = %trace, outcome = ?outcome, "notification handled");
         metrics::counter!("loyalty_notifications_total", "outcome" => outcome.label()).increment(1);
@@ -404,6 +380,23 @@ impl Notifier {
         self.per_chat
             .until_key_ready(&(token.to_owned(), chat_id))
             .await;
+    }
+
+    /// Telegram refused the chat for good: the customer is not written to again until they come
+    /// back through the Mini App.
+    async fn mark_unreachable(&self, org_id: i64, customer_id: i64, reason: &str) {
+        let marked = sqlx::query(
+            "update customers set telegram_unreachable_at = now(), telegram_unreachable_reason = $3
+             where org_id = $1 and id = $2",
+        )
+        .bind(org_id)
+        .bind(customer_id)
+        .bind(reason)
+        .execute(&self.db)
+        .await;
+        if let Err(err) = marked {
+            tracing::error!(customer = customer_id, error = %err, "could not mark the customer unreachable");
+        }
     }
 
     async fn finish(&self, id: i64, status: &str, error: Option<&str>, message_id: Option<i64>) {
