@@ -704,6 +704,13 @@ async fn an_unmatched_receipt_is_kept_and_can_be_attached_to_a_customer_once() {
         ))
         .await;
     assert_eq!(listed["items"][0]["receipt_id"], "rc-u");
+    let (status, body) = app
+        .get(&format!("/admin/v1/orgs/{}/receipts?status=lost", shop.org))
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("status"))
+    );
 
     let path = format!("/admin/v1/orgs/{}/receipts/rc-u/attach", shop.org);
     let (status, attached) = app.post(&path, &json!({"customer_id": shop.alex})).await;

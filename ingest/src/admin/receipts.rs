@@ -153,6 +153,17 @@ async fn receipts_of(
         offset: query.offset,
     }
     .bounds()?;
+    check_status(
+        query.status.as_deref(),
+        &[
+            "processed",
+            "duplicate",
+            "unmatched",
+            "ignored",
+            "retrying",
+            "dead",
+        ],
+    )?;
     let rows: Vec<ReceiptRecord> = sqlx::query_as(
         "select event_id, receipt_id, event_type, receipt_type, status, reason, bill_id, customer_id, invoice_id,
                 total_amount, attempts, last_error, received_at, processed_at
@@ -215,7 +226,7 @@ async fn notifications_of(
         offset: query.offset,
     }
     .bounds()?;
-    const STATUSES: [&str; 8] = [
+    const NOTIFICATION_STATUSES: [&str; 8] = [
         "pending",
         "sending",
         "sent",
@@ -225,14 +236,7 @@ async fn notifications_of(
         "dead",
         "uncertain",
     ];
-    if let Some(status) = query.status.as_deref() {
-        if !STATUSES.contains(&status) {
-            return Err(ApiError::invalid(
-                "status",
-                format!("must be one of {}", STATUSES.join(", ")),
-            ));
-        }
-    }
+    check_status(query.status.as_deref(), &NOTIFICATION_STATUSES)?;
     let rows: Vec<NotificationRecord> = sqlx::query_as(
         "select id, customer_id, kind, payload, trace_id, status, attempts, last_error, telegram_message_id,
                 created_at, published_at, sent_at
@@ -246,4 +250,15 @@ async fn notifications_of(
     .fetch_all(&state.db)
     .await?;
     Ok(Json(Listing::new(rows, limit, offset)))
+}
+
+/// A `?status=` filter must name one of the statuses the list has.
+fn check_status(status: Option<&str>, allowed: &[&str]) -> Result<(), ApiError> {
+    match status {
+        Some(status) if !allowed.contains(&status) => Err(ApiError::invalid(
+            "status",
+            format!("must be one of {}", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    }
 }
