@@ -2,10 +2,12 @@
 //! and the health probes. Everything is built by [`app`], so tests run the real service in-process.
 
 pub mod admin;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod management;
 pub mod miniapp;
 pub mod openapi;
 pub mod pos;
@@ -47,6 +49,10 @@ pub struct Config {
     /// How long Mini App init data stays valid after its auth_date, in seconds.
     #[arg(long, env = "MINIAPP_MAX_AGE", default_value_t = 86_400)]
     pub miniapp_max_age: u64,
+    /// RabbitMQ management API (e.g. `http://guest:guest@rabbitmq:15672`), read for the queues'
+    /// unacknowledged counts and rates when given; AMQP alone reports depths and consumers.
+    #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
+    pub rabbitmq_management_url: Option<String>,
     /// Largest legacy export `POST /admin/v1/import` accepts, in bytes.
     #[arg(long, env = "IMPORT_BODY_LIMIT", default_value_t = 64 * 1024 * 1024)]
     pub import_body_limit: usize,
@@ -61,6 +67,8 @@ pub struct AppState {
     pub pos_tokens: moka::future::Cache<Vec<u8>, Integration>,
     /// Mini App requests per Telegram user: 5 a second, bursts of 20.
     pub miniapp_limits: Arc<governor::DefaultKeyedRateLimiter<(i64, i64)>>,
+    /// RabbitMQ's management API, when configured.
+    pub management: Option<management::Management>,
     pub config: Arc<Config>,
 }
 
@@ -76,8 +84,14 @@ impl AppState {
             std::num::NonZeroU32::new(5).unwrap_or(std::num::NonZeroU32::MIN),
         )
         .allow_burst(std::num::NonZeroU32::new(20).unwrap_or(std::num::NonZeroU32::MIN));
+        let management = config
+            .rabbitmq_management_url
+            .as_deref()
+            .filter(|url| !url.is_empty())
+            .map(|url| management::Management::new(url, broker.vhost()));
         Self {
             db,
+            management,
             broker: Arc::new(broker),
             pos_tokens,
             miniapp_limits: Arc::new(governor::RateLimiter::keyed(quota)),
@@ -93,6 +107,7 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(pos::router())
         .merge(miniapp::router())
+        .merge(dashboard::router())
         .nest("/admin/v1", admin::router(state.clone()))
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(TraceLayer::new_for_http())

@@ -51,7 +51,7 @@ impl Modify for AdminAuth {
         bills::create_bill, bills::list_bills, bills::get_bill, bills::cancel_bill,
         legacy::import, legacy::export,
         receipts::list_receipts, receipts::attach_receipt, receipts::list_notifications,
-        ops::queues, ops::dead_letters, ops::replay, receipts::ops_receipts, receipts::ops_notifications,
+        ops::summary, ops::queues, ops::dead_letters, ops::replay, receipts::ops_receipts, receipts::ops_notifications,
     ),
     modifiers(&AdminAuth)
 )]

@@ -49,7 +49,7 @@ pub enum Stream {
 impl Stream {
     pub const ALL: [Stream; 2] = [Stream::Receipts, Stream::Notifications];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Stream::Receipts => "receipts",
             Stream::Notifications => "notifications",
@@ -189,6 +189,9 @@ pub struct Broker {
     url: String,
     topology: Topology,
     link: RwLock<Option<(Connection, Channel)>>,
+    /// Listing and replaying dead letters take them off their queue for a moment; one at a time,
+    /// so that two operators' views (or a view and a replay) never hide letters from each other.
+    dead_letters: tokio::sync::Mutex<()>,
 }
 
 impl Broker {
@@ -198,11 +201,20 @@ impl Broker {
             url: url.into(),
             topology,
             link: RwLock::new(None),
+            dead_letters: tokio::sync::Mutex::new(()),
         }
     }
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The virtual host the AMQP URL names ("/" when it names none).
+    pub fn vhost(&self) -> String {
+        self.url
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|uri| uri.vhost)
+            .unwrap_or_else(|_| "/".to_owned())
     }
 
     /// Names connections after the deployment's queue prefix, so operators (and tests) can tell them apart.
@@ -337,14 +349,23 @@ fn live(link: Option<&(Connection, Channel)>) -> Option<Channel> {
     (conn.status().connected() && channel.status().connected()).then(|| channel.clone())
 }
 
-/// A queue's depth as the broker reports it (no management plugin needed).
+/// A queue's depth as the broker reports it over AMQP (no management plugin needed); the
+/// unacknowledged count and the rates come from the management plugin when it is configured.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct QueueDepth {
     pub name: String,
+    /// receipts or notifications.
+    pub stream: &'static str,
     /// main, retry or dead.
     pub role: &'static str,
     pub messages_ready: u32,
     pub consumers: u32,
+    /// Delivered to a consumer and not yet acknowledged (management plugin only).
+    pub messages_unacknowledged: Option<u64>,
+    /// Messages published into the queue per second, recent average (management plugin only).
+    pub publish_rate: Option<f64>,
+    /// Messages acknowledged (done) per second, recent average (management plugin only).
+    pub ack_rate: Option<f64>,
 }
 
 /// A message waiting in a dead-letter queue.
@@ -387,9 +408,13 @@ impl Broker {
                     .await?;
                 out.push(QueueDepth {
                     name,
+                    stream: stream.name(),
                     role,
                     messages_ready: q.message_count(),
                     consumers: q.consumer_count(),
+                    messages_unacknowledged: None,
+                    publish_rate: None,
+                    ack_rate: None,
                 });
             }
         }
@@ -404,10 +429,12 @@ impl Broker {
         stream: Stream,
         limit: usize,
     ) -> lapin::Result<Vec<DeadLetter>> {
+        let _one_at_a_time = self.dead_letters.lock().await;
         let conn = self.connect().await?;
         let channel = conn.create_channel().await?;
         let queue = self.topology.dead(stream);
         let mut out = Vec::new();
+        let mut last_tag = None;
         while out.len() < limit {
             let Some(message) = channel
                 .basic_get(
@@ -418,6 +445,7 @@ impl Broker {
             else {
                 break;
             };
+            last_tag = Some(message.delivery.delivery_tag);
             let properties = &message.delivery.properties;
             out.push(DeadLetter {
                 id: properties.message_id().as_ref().map(|id| id.to_string()),
@@ -430,6 +458,7 @@ impl Broker {
                 }),
             });
         }
+        give_back(&channel, last_tag).await?;
         let _ = conn.close(200, "done".into()).await;
         Ok(out)
     }
@@ -442,11 +471,13 @@ impl Broker {
         stream: Stream,
         ids: Option<&[String]>,
     ) -> Result<Vec<String>, PublishError> {
+        let _one_at_a_time = self.dead_letters.lock().await;
         let conn = self.connect().await?;
         let channel = conn.create_channel().await?;
         let queue = self.topology.dead(stream);
         let mut replayed = Vec::new();
-        // Messages not chosen stay unacknowledged until the channel closes, then return in order.
+        // Messages not chosen stay unacknowledged until they are given back, in order, at the end.
+        let mut last_kept = None;
         loop {
             let Some(message) = channel
                 .basic_get(
@@ -465,6 +496,7 @@ impl Broker {
                 .map(|id| id.to_string())
                 .unwrap_or_default();
             if ids.is_some_and(|ids| !ids.contains(&id)) {
+                last_kept = Some(delivery.delivery_tag);
                 continue;
             }
             let mut table = delivery.properties.headers().clone().unwrap_or_default();
@@ -483,8 +515,28 @@ impl Broker {
                 .await?;
             replayed.push(id);
         }
+        give_back(&channel, last_kept).await?;
         let _ = conn.close(200, "done".into()).await;
         Ok(replayed)
+    }
+}
+
+/// Returns every message this channel still holds, up to `last_tag`, to the head of its queue
+/// before the channel closes (closing would too, but later: a view right after might miss them).
+async fn give_back(channel: &Channel, last_tag: Option<u64>) -> lapin::Result<()> {
+    match last_tag {
+        Some(tag) => {
+            channel
+                .basic_nack(
+                    tag,
+                    lapin::options::BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
+                    },
+                )
+                .await
+        }
+        None => Ok(()),
     }
 }
 

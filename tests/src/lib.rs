@@ -57,6 +57,28 @@ pub async fn amqp_url() -> &'static str {
         .await
 }
 
+/// RabbitMQ's management API for the broker the tests use: `RABBITMQ_MANAGEMENT_URL`, or the
+/// local one beside the local broker (`.ci/run` enables the plugin). None for a broker in Docker.
+pub async fn management_url() -> Option<String> {
+    if let Ok(url) = std::env::var("RABBITMQ_MANAGEMENT_URL") {
+        return Some(url);
+    }
+    amqp_url()
+        .await
+        .contains("@127.0.0.1:5672/")
+        .then(|| "http://guest:guest@127.0.0.1:15672".to_owned())
+}
+
+/// Whether the management API answers (the tests check what the services show either way).
+pub async fn management_answers() -> bool {
+    let Some(url) = management_url().await else {
+        return false;
+    };
+    reqwest::get(format!("{url}/api/overview"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
 fn with_database(url: &str, name: &str) -> String {
     let mut parsed = url::Url::parse(url).expect("DATABASE_URL is a URL");
     parsed.set_path(&format!("/{name}"));
@@ -160,6 +182,7 @@ impl TestApp {
             addr: "127.0.0.1:0".parse().expect("addr"),
             telegram_api_url: "http://127.0.0.1:9".into(),
             import_body_limit: 64 * 1024 * 1024,
+            rabbitmq_management_url: management_url().await,
             miniapp_max_age: 86_400,
         };
         let state = ingest::AppState::new(db.pool.clone(), config);
@@ -326,6 +349,66 @@ impl TestApp {
             assert!(
                 std::time::Instant::now() < deadline,
                 "receipt {event_id} never reached {status}: {row:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An open bill of one item for `customer`, paid with no bonuses; returns its id.
+    pub async fn open_bill(&self, org: i64, customer: &str, price: u32) -> i64 {
+        let (status, created) = self
+            .post(
+                &format!("/admin/v1/orgs/{org}/bills"),
+                &serde_json::json!({"customer_id": customer, "items": [{"name": "x", "quantity": 1, "unit_price": price}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_i64().expect("bill id")
+    }
+
+    /// Puts a receipt where a worker leaves one that failed every attempt: in the dead-letter
+    /// queue (6 attempts, `error` as its last error) and recorded as dead. Returns what was published.
+    pub async fn bury_receipt(&self, org: i64, event: Value, error: &str) -> Vec<u8> {
+        use loyalty::queue::{Stream, header_table, headers};
+        let event_id = event["id"].as_str().expect("event id").to_owned();
+        let message = loyalty::receipts::ReceiptMessage {
+            org_id: org,
+            integration_id: 1,
+            received_at: chrono::Utc::now(),
+            event,
+        };
+        let mut conn = self.db.pool.acquire().await.expect("connection");
+        loyalty::receipts::record_failure(&mut conn, &message, 6, error, true)
+            .await
+            .expect("recorded");
+        let body = serde_json::to_vec(&message).expect("json");
+        let properties = lapin::BasicProperties::default()
+            .with_message_id(event_id.into())
+            .with_headers(header_table(&[
+                (headers::ATTEMPT, "6".into()),
+                (headers::LAST_ERROR, error.into()),
+            ]));
+        let dead = self.state.broker.topology().dead(Stream::Receipts);
+        self.state
+            .broker
+            .publish(&dead, &body, properties)
+            .await
+            .expect("published");
+        body
+    }
+
+    /// Waits (up to 10 s) until one of this test's queues holds `expected` messages (a quorum
+    /// queue applies returns and acknowledgements through its log, a moment later).
+    pub async fn wait_queue_depth(&self, queue: &str, expected: u32) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let depth = self.queue_depth(queue).await;
+            if depth == expected {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{queue} holds {depth} messages, not {expected}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -2,8 +2,7 @@
 //! applied at most once.
 
 use e2e::{TestApp, receipt_event};
-use loyalty::queue::{Stream, header_table, headers};
-use loyalty::receipts::ReceiptMessage;
+use loyalty::queue::Stream;
 use serde_json::json;
 
 #[tokio::test]
@@ -23,31 +22,13 @@ async fn a_dead_receipt_is_listed_with_its_error_and_replayed_at_most_once() {
     let app = TestApp::spawn().await;
     let org = app.org().await;
     let customer = app.customer(org, "Alex").await;
-    let (_, bill) = app
-        .post(&format!("/admin/v1/orgs/{org}/bills"), &json!({"customer_id": customer, "items": [{"name": "x", "quantity": 1, "unit_price": 1000}]}))
-        .await;
+    let bill = app.open_bill(org, &customer, 1000).await;
     // A receipt that exhausted its attempts while the database was down lies in the dead letters.
-    let message = ReceiptMessage {
-        org_id: org,
-        integration_id: 1,
-        received_at: chrono::Utc::now(),
-        event: receipt_event("ev-dead", "rc-dead", bill["id"].as_i64(), "1000"),
-    };
-    let body = serde_json::to_vec(&message).expect("json");
+    let event = receipt_event("ev-dead", "rc-dead", Some(bill), "1000");
+    let error = "database: connection refused";
+    app.bury_receipt(org, event.clone(), error).await;
     let dead_queue = app.state.broker.topology().dead(Stream::Receipts);
-    let properties = || {
-        lapin::BasicProperties::default()
-            .with_message_id("ev-dead".into())
-            .with_headers(header_table(&[
-                (headers::ATTEMPT, "6".into()),
-                (headers::LAST_ERROR, "database: connection refused".into()),
-            ]))
-    };
-    app.state
-        .broker
-        .publish(&dead_queue, &body, properties())
-        .await
-        .expect("published");
+    app.wait_receipt(org, "ev-dead", "dead").await;
 
     let (status, dead) = app.get("/admin/v1/ops/dead-letters?queue=receipts").await;
     assert_eq!(status, 200, "{dead}");
@@ -57,11 +38,8 @@ async fn a_dead_receipt_is_listed_with_its_error_and_replayed_at_most_once() {
         dead["items"][0]["last_error"],
         "database: connection refused"
     );
-    assert_eq!(
-        app.queue_depth(&dead_queue).await,
-        1,
-        "listing takes nothing away"
-    );
+    // Listing takes nothing away.
+    app.wait_queue_depth(&dead_queue, 1).await;
 
     let _worker = app.start_worker();
     let (status, replayed) = app
@@ -96,11 +74,7 @@ async fn a_dead_receipt_is_listed_with_its_error_and_replayed_at_most_once() {
     assert_eq!(status, 200);
 
     // The same message dead and replayed again changes nothing.
-    app.state
-        .broker
-        .publish(&dead_queue, &body, properties())
-        .await
-        .expect("published");
+    app.bury_receipt(org, event, error).await;
     let (_, replayed) = app
         .post(
             "/admin/v1/ops/dead-letters/replay",
@@ -113,7 +87,7 @@ async fn a_dead_receipt_is_listed_with_its_error_and_replayed_at_most_once() {
         .get(&format!("/admin/v1/orgs/{org}/customers/{customer}"))
         .await;
     assert_eq!(read["bonuses"], json!(20.0), "applied once");
-    assert_eq!(app.queue_depth(&dead_queue).await, 0);
+    app.wait_queue_depth(&dead_queue, 0).await;
     let (status, _) = app
         .post(
             "/admin/v1/ops/dead-letters/replay",

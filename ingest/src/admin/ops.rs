@@ -3,15 +3,22 @@
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use std::time::Duration;
+
 use loyalty::queue::{DeadLetter, QueueDepth, Stream};
 use serde::{Deserialize, Serialize};
 
+use super::receipts::{
+    NOTIFICATION_STATUSES, NotificationRecord, RECEIPT_STATUSES, ReceiptRecord, notification_rows,
+    receipt_rows,
+};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Body, Query};
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/ops/summary", get(summary))
         .route("/ops/queues", get(queues))
         .route("/ops/dead-letters", get(dead_letters))
         .route("/ops/dead-letters/replay", post(replay))
@@ -39,9 +46,139 @@ pub struct Queues {
 #[utoipa::path(get, path = "/admin/v1/ops/queues", tag = "operations",
     responses((status = 200, body = Queues), (status = 503, body = crate::openapi::ErrorBody)), security(("admin" = [])))]
 pub async fn queues(State(state): State<AppState>) -> Result<Json<Queues>, ApiError> {
-    Ok(Json(Queues {
-        items: state.broker.depths().await.map_err(broker_down)?,
+    let (items, _) = queue_depths(&state).await.map_err(broker_down)?;
+    Ok(Json(Queues { items }))
+}
+
+/// The queues' depths from AMQP, with the management plugin's figures when it answers (the flag).
+async fn queue_depths(state: &AppState) -> lapin::Result<(Vec<QueueDepth>, bool)> {
+    let mut depths = state.broker.depths().await?;
+    let management = match &state.management {
+        Some(management) => management.enrich(&mut depths).await,
+        None => false,
+    };
+    Ok((depths, management))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct SummaryQuery {
+    /// Only this organization's receipts and notifications; all when absent.
+    pub org: Option<i64>,
+}
+
+/// How many receipts (or notifications) reached a status in the last minute, hour and day.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct StatusCount {
+    pub status: String,
+    pub last_minute: i64,
+    pub last_hour: i64,
+    pub last_day: i64,
+}
+
+/// The latest failures, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Failures {
+    /// Receipts retrying or dead.
+    pub receipts: Vec<ReceiptRecord>,
+    /// Notifications retrying, dead or uncertain (never resent by themselves).
+    pub notifications: Vec<NotificationRecord>,
+}
+
+/// Everything the dashboard shows, in one request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Summary {
+    pub generated_at: chrono::DateTime<chrono::Utc>,
+    /// Every queue of the topology; null while RabbitMQ is unreachable.
+    pub queues: Option<Vec<QueueDepth>>,
+    /// Why `queues` is null.
+    pub queues_error: Option<String>,
+    /// Whether the unacknowledged counts and rates came from the management plugin.
+    pub management: bool,
+    pub receipts: Vec<StatusCount>,
+    pub notifications: Vec<StatusCount>,
+    pub failures: Failures,
+}
+
+/// How many of the latest failures the summary lists.
+const FAILURES_SHOWN: i64 = 10;
+
+/// The queues, the receipts and notifications by status, and the latest failures: the dashboard's
+/// one request. The database parts are answered while RabbitMQ is down (its part says so).
+#[utoipa::path(get, path = "/admin/v1/ops/summary", tag = "operations", params(SummaryQuery),
+    responses((status = 200, body = Summary)), security(("admin" = [])))]
+pub async fn summary(
+    State(state): State<AppState>,
+    Query(query): Query<SummaryQuery>,
+) -> Result<Json<Summary>, ApiError> {
+    let org = query.org;
+    let (queues, receipts, notifications, failed_receipts, failed_notifications) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(3), queue_depths(&state)),
+        status_counts(&state.db, "receipts", org, &RECEIPT_STATUSES),
+        status_counts(&state.db, "outbox", org, &NOTIFICATION_STATUSES),
+        receipt_rows(
+            &state.db,
+            org,
+            Some(&["retrying", "dead"]),
+            FAILURES_SHOWN,
+            0
+        ),
+        notification_rows(
+            &state.db,
+            org,
+            Some(&["retrying", "dead", "uncertain"]),
+            FAILURES_SHOWN,
+            0
+        ),
+    );
+    let (queues, management, queues_error) = match queues {
+        Ok(Ok((depths, management))) => (Some(depths), management, None),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "RabbitMQ not reachable for the operations summary");
+            (None, false, Some("RabbitMQ is not reachable".to_owned()))
+        }
+        Err(_) => (
+            None,
+            false,
+            Some("RabbitMQ did not answer in 3 s".to_owned()),
+        ),
+    };
+    Ok(Json(Summary {
+        generated_at: chrono::Utc::now(),
+        queues,
+        queues_error,
+        management,
+        receipts: receipts?,
+        notifications: notifications?,
+        failures: Failures {
+            receipts: failed_receipts?,
+            notifications: failed_notifications?,
+        },
     }))
+}
+
+/// Counts per status over the last minute, hour and day, by the time of the last change; each
+/// status is one range of the (status, updated_at) index, so this stays cheap on big tables.
+async fn status_counts(
+    db: &sqlx::PgPool,
+    table: &'static str,
+    org: Option<i64>,
+    statuses: &[&str],
+) -> sqlx::Result<Vec<StatusCount>> {
+    let sql = format!(
+        "select s.status,
+                count(t.*) filter (where t.updated_at > now() - interval '1 minute') as last_minute,
+                count(t.*) filter (where t.updated_at > now() - interval '1 hour') as last_hour,
+                count(t.*) as last_day
+         from unnest($1::text[]) with ordinality as s(status, position)
+         left join {table} t on t.status = s.status and t.updated_at > now() - interval '1 day'
+              and ($2::bigint is null or t.org_id = $2)
+         group by s.status, s.position order by s.position"
+    );
+    sqlx::query_as(&sql)
+        .bind(statuses)
+        .bind(org)
+        .fetch_all(db)
+        .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -68,6 +68,7 @@ pub struct ReceiptQuery {
 /// A receipt as recorded.
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ReceiptRecord {
+    pub org_id: i64,
     pub event_id: String,
     pub receipt_id: Option<String>,
     pub event_type: String,
@@ -83,6 +84,8 @@ pub struct ReceiptRecord {
     pub last_error: Option<String>,
     pub received_at: chrono::DateTime<chrono::Utc>,
     pub processed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The last change: the last attempt of a retrying or dead receipt.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The organization's receipts, latest first.
@@ -153,29 +156,9 @@ async fn receipts_of(
         offset: query.offset,
     }
     .bounds()?;
-    check_status(
-        query.status.as_deref(),
-        &[
-            "processed",
-            "duplicate",
-            "unmatched",
-            "ignored",
-            "retrying",
-            "dead",
-        ],
-    )?;
-    let rows: Vec<ReceiptRecord> = sqlx::query_as(
-        "select event_id, receipt_id, event_type, receipt_type, status, reason, bill_id, customer_id, invoice_id,
-                total_amount, attempts, last_error, received_at, processed_at
-         from receipts where ($1::bigint is null or org_id = $1) and ($2::text is null or status = $2)
-         order by updated_at desc, event_id limit $3 offset $4",
-    )
-    .bind(org)
-    .bind(query.status.as_deref())
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(&state.db)
-    .await?;
+    check_status(query.status.as_deref(), &RECEIPT_STATUSES)?;
+    let statuses: Option<Vec<&str>> = query.status.as_deref().map(|s| vec![s]);
+    let rows = receipt_rows(&state.db, org, statuses.as_deref(), limit, offset).await?;
     Ok(Json(Listing::new(rows, limit, offset)))
 }
 
@@ -191,6 +174,7 @@ pub struct NotificationQuery {
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct NotificationRecord {
     pub id: i64,
+    pub org_id: i64,
     pub customer_id: i64,
     pub kind: String,
     pub payload: serde_json::Value,
@@ -203,6 +187,7 @@ pub struct NotificationRecord {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub published_at: Option<chrono::DateTime<chrono::Utc>>,
     pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The organization's notifications, latest first.
@@ -226,30 +211,88 @@ async fn notifications_of(
         offset: query.offset,
     }
     .bounds()?;
-    const NOTIFICATION_STATUSES: [&str; 8] = [
-        "pending",
-        "sending",
-        "sent",
-        "skipped",
-        "unreachable",
-        "retrying",
-        "dead",
-        "uncertain",
-    ];
     check_status(query.status.as_deref(), &NOTIFICATION_STATUSES)?;
-    let rows: Vec<NotificationRecord> = sqlx::query_as(
-        "select id, customer_id, kind, payload, trace_id, status, attempts, last_error, telegram_message_id,
-                created_at, published_at, sent_at
-         from outbox where ($1::bigint is null or org_id = $1) and ($2::text is null or status = $2)
-         order by id desc limit $3 offset $4",
-    )
-    .bind(org)
-    .bind(query.status.as_deref())
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(&state.db)
-    .await?;
+    let statuses: Option<Vec<&str>> = query.status.as_deref().map(|s| vec![s]);
+    let rows = notification_rows(&state.db, org, statuses.as_deref(), limit, offset).await?;
     Ok(Json(Listing::new(rows, limit, offset)))
+}
+
+/// Every status a receipt's record can have, in the order the dashboard shows them.
+pub const RECEIPT_STATUSES: [&str; 6] = [
+    "processed",
+    "duplicate",
+    "unmatched",
+    "ignored",
+    "retrying",
+    "dead",
+];
+
+/// Every status a notification can have, in the order the dashboard shows them.
+pub const NOTIFICATION_STATUSES: [&str; 8] = [
+    "pending",
+    "sending",
+    "sent",
+    "skipped",
+    "unreachable",
+    "retrying",
+    "dead",
+    "uncertain",
+];
+
+/// Receipts of one organization (or all), with one of `statuses` (or any), latest change first.
+pub async fn receipt_rows(
+    db: &sqlx::PgPool,
+    org: Option<i64>,
+    statuses: Option<&[&str]>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<ReceiptRecord>> {
+    filtered(
+        db,
+        "select org_id, event_id, receipt_id, event_type, receipt_type, status, reason, bill_id, customer_id,
+                invoice_id, total_amount, attempts, last_error, received_at, processed_at, updated_at
+         from receipts where ($1::bigint is null or org_id = $1) and ($2::text[] is null or status = any($2))
+         order by updated_at desc, event_id limit $3 offset $4",
+        (org, statuses, limit, offset),
+    )
+    .await
+}
+
+/// Notifications of one organization (or all), with one of `statuses` (or any), latest first.
+pub async fn notification_rows(
+    db: &sqlx::PgPool,
+    org: Option<i64>,
+    statuses: Option<&[&str]>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<NotificationRecord>> {
+    filtered(
+        db,
+        "select id, org_id, customer_id, kind, payload, trace_id, status, attempts, last_error,
+                telegram_message_id, created_at, published_at, sent_at, updated_at
+         from outbox where ($1::bigint is null or org_id = $1) and ($2::text[] is null or status = any($2))
+         order by id desc limit $3 offset $4",
+        (org, statuses, limit, offset),
+    )
+    .await
+}
+
+/// Runs a list query whose parameters are the organization, the statuses, the limit and the offset.
+async fn filtered<T>(
+    db: &sqlx::PgPool,
+    sql: &'static str,
+    (org, statuses, limit, offset): (Option<i64>, Option<&[&str]>, i64, i64),
+) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(sql)
+        .bind(org)
+        .bind(statuses)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(db)
+        .await
 }
 
 /// A `?status=` filter must name one of the statuses the list has.

@@ -191,9 +191,17 @@ pub async fn record_failure(
     let head: Option<EventHead> = serde_json::from_value(message.event.clone()).ok();
     let event_id = head.as_ref().map_or("", |h| h.id.as_str());
     let event_type = head.as_ref().map_or("", |h| h.event_type.as_str());
+    // The receipt's own id, so operators can tell which sale failed (a failed row takes no effect,
+    // so it never collides with the receipt's applied row).
+    let receipt_id = message.event.pointer("/data/id").and_then(|id| match id {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
     sqlx::query(
-        "insert into receipts (org_id, event_id, integration_id, event_type, status, attempts, last_error, payload, received_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        "insert into receipts (org_id, event_id, integration_id, event_type, status, attempts, last_error, payload,
+                               received_at, receipt_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          on conflict (org_id, event_id) do update set
              status = excluded.status, attempts = excluded.attempts, last_error = excluded.last_error, updated_at = now()
          where receipts.status in ('retrying', 'dead')",
@@ -207,6 +215,7 @@ pub async fn record_failure(
     .bind(error)
     .bind(&message.event)
     .bind(message.received_at)
+    .bind(receipt_id)
     .execute(conn)
     .await?;
     Ok(())
