@@ -388,6 +388,8 @@ impl Stream {
 impl Broker {
     /// Every queue of the topology with its depth and consumers.
     pub async fn depths(&self) -> lapin::Result<Vec<QueueDepth>> {
+        // Not while a listing holds the dead letters: they would read as gone.
+        let _not_while_listing = self.dead_letters.lock().await;
         let conn = self.connect().await?;
         let channel = conn.create_channel().await?;
         let mut out = Vec::new();

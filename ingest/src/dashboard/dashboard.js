@@ -137,7 +137,19 @@
   // "receipts" → "receipt" for one.
   const noun = (plural, count) => (count === 1 ? plural.replace(/s$/, "") : plural);
 
-  function health(summary) {
+  // Dead letters per stream: the dead queue's depth, or as many as the listing found if that is more
+  // (a listing elsewhere may hold some for a moment, and the depth misses those).
+  function deadCounts(summary, listed) {
+    const counts = {};
+    for (const stream of ["receipts", "notifications"]) {
+      const depth = summary.queues ? sum(byRole(summary.queues, stream, "dead"), "messages_ready") : null;
+      const found = listed[stream].error ? 0 : listed[stream].items.length;
+      counts[stream] = depth === null && found === 0 ? null : Math.max(depth || 0, found);
+    }
+    return counts;
+  }
+
+  function health(summary, dead) {
     const problems = [];
     const warnings = [];
     if (!summary.queues) {
@@ -145,11 +157,11 @@
     } else {
       for (const stream of ["receipts", "notifications"]) {
         const main = byRole(summary.queues, stream, "main");
-        const dead = sum(byRole(summary.queues, stream, "dead"), "messages_ready");
+        const deadOnes = dead[stream] || 0;
         const retrying = sum(byRole(summary.queues, stream, "retry"), "messages_ready");
         const service = stream === "receipts" ? "worker" : "notifier";
         if (sum(main, "consumers") === 0) problems.push(`No ${service} is consuming ${stream}`);
-        if (dead > 0) problems.push(`${number.format(dead)} dead ${noun(stream, dead)} waiting for a replay`);
+        if (deadOnes > 0) problems.push(`${number.format(deadOnes)} dead ${noun(stream, deadOnes)} waiting for a replay`);
         if (retrying > 0) warnings.push(`${number.format(retrying)} ${noun(stream, retrying)} waiting to be retried`);
       }
     }
@@ -166,18 +178,18 @@
     }
   }
 
-  function tiles(summary) {
+  function tiles(summary, dead) {
     const queues = summary.queues;
     const receiptsMain = byRole(queues, "receipts", "main")[0];
     const items = [
       ["Receipts applied, last minute", countOf(summary.receipts, "processed", "last_minute")],
       ["Receipts waiting", receiptsMain ? receiptsMain.messages_ready : null],
       ["Receipts retrying", queues ? sum(byRole(queues, "receipts", "retry"), "messages_ready") : null],
-      ["Dead receipts", queues ? sum(byRole(queues, "receipts", "dead"), "messages_ready") : null],
+      ["Dead receipts", dead.receipts],
       ["Unmatched receipts, 24 h", countOf(summary.receipts, "unmatched", "last_day")],
       ["Messages sent, last minute", countOf(summary.notifications, "sent", "last_minute")],
       ["Notifications pending, 24 h", countOf(summary.notifications, "pending", "last_day")],
-      ["Dead notifications", queues ? sum(byRole(queues, "notifications", "dead"), "messages_ready") : null],
+      ["Dead notifications", dead.notifications],
     ];
     if (receiptsMain && receiptsMain.publish_rate !== null && receiptsMain.publish_rate !== undefined) {
       items.splice(1, 0, ["Receipts in, per second", receiptsMain.publish_rate, true]);
@@ -347,8 +359,9 @@
         deadLettersOf("notifications"),
       ]);
       showBoard();
-      health(summary);
-      tiles(summary);
+      const dead = deadCounts(summary, { receipts: deadReceipts, notifications: deadNotifications });
+      health(summary, dead);
+      tiles(summary, dead);
       queueTable(summary);
       statusTable($("receipt-statuses"), summary.receipts);
       statusTable($("notification-statuses"), summary.notifications);
