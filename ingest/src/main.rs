@@ -1,5 +1,9 @@
 use clap::Parser;
 
+/// mimalloc: fewer cycles per allocation than glibc's malloc on the request path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ingest::Config::parse();

@@ -149,6 +149,17 @@ async fn publish(
     }
 }
 
+/// Empties `queue` (which must exist); returns how many messages it held.
+pub async fn purge(url: &str, queue: &str) -> anyhow::Result<u32> {
+    let conn = connect(url).await?;
+    let channel = conn.create_channel().await?;
+    let purged = channel
+        .queue_purge(queue.into(), lapin::options::QueuePurgeOptions::default())
+        .await?;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(purged)
+}
+
 /// Messages ready in `queue` (which must exist).
 pub async fn depth(url: &str, queue: &str) -> anyhow::Result<u32> {
     let conn = connect(url).await?;

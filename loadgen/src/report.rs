@@ -46,10 +46,24 @@ impl Phase {
     }
 }
 
+/// One round of the alternating broker-ceiling and ingest phases.
+pub type Round = ((Throughput, Option<Usage>), (Bulk, Option<Usage>));
+
+/// The round whose ingest/ceiling ratio is the median (the lower middle one of an even count).
+pub fn median_round(mut rounds: Vec<Round>) -> Round {
+    let ratio = |r: &Round| r.1.0.throughput.per_second() / r.0.0.per_second();
+    rounds.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    let middle = (rounds.len().saturating_sub(1)) / 2;
+    rounds.swap_remove(middle)
+}
+
 /// Everything a run measured.
 pub struct Measured {
+    /// The median round's.
     pub ceiling: (Throughput, Option<Usage>),
     pub ingest: (Bulk, Option<Usage>),
+    /// Every round's (ceiling msgs/s, ingest receipts/s), in order.
+    pub rounds: Vec<(f64, f64)>,
     pub pgbench: (Pgbench, Option<Usage>),
     pub worker: (Throughput, Option<Usage>),
     /// Between the first and the last commit (see `worker::steady_rate`).
@@ -103,6 +117,13 @@ pub struct LatencyReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct RoundReport {
+    pub broker_ceiling_per_second: f64,
+    pub ingest_per_second: f64,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub generated_at: String,
     pub settings: Settings,
@@ -118,7 +139,10 @@ pub struct Report {
     /// Receipts a second from the first to the last `processed_at`, leaving out the worker's
     /// start-up and the 100 ms polling.
     pub worker_steady_per_second: Option<f64>,
+    /// The median round's.
     pub ingest_vs_broker_ceiling: Ratio,
+    /// Every round of the alternating ceiling and ingest phases.
+    pub rounds: Vec<RoundReport>,
     pub worker_vs_pgbench_tps: Ratio,
     pub latency: LatencyReport,
 }
@@ -137,6 +161,15 @@ impl Report {
                 ingest.per_second / ceiling.per_second,
                 INGEST_TARGET,
             ),
+            rounds: measured
+                .rounds
+                .iter()
+                .map(|&(ceiling, ingest)| RoundReport {
+                    broker_ceiling_per_second: ceiling,
+                    ingest_per_second: ingest,
+                    ratio: ingest / ceiling,
+                })
+                .collect(),
             worker_vs_pgbench_tps: Ratio::new(worker.per_second / pgbench.tps, WORKER_TARGET),
             settings,
             broker_ceiling: ceiling,
@@ -217,10 +250,16 @@ impl Report {
             println!("    steady, first to last commit: {steady:.0} receipts/s");
         }
         println!(
-            "  ingest / broker ceiling  {:>6.2}  (target ≥ {:.2}: {})",
+            "  ingest / broker ceiling  {:>6.2}  (target ≥ {:.2}: {}; median of {} rounds: {})",
             self.ingest_vs_broker_ceiling.value,
             self.ingest_vs_broker_ceiling.target,
-            verdict(&self.ingest_vs_broker_ceiling)
+            verdict(&self.ingest_vs_broker_ceiling),
+            self.rounds.len(),
+            self.rounds
+                .iter()
+                .map(|r| format!("{:.2}", r.ratio))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         println!(
             "  worker / pgbench tps     {:>6.2}  (target ≥ {:.2}: {})",
