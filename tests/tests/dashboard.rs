@@ -23,15 +23,18 @@ async fn the_summary_counts_by_status_and_lists_the_latest_failures() {
     let customer = app.customer(org, "Alex").await;
     let bill = app.open_bill(org, &customer, 1000).await;
     let worker = app.start_worker();
-    // One applied, the same receipt again under a new event id, one with no bill.
-    for event in [
+    // One applied, then the same receipt again under a new event id (sent after the first was
+    // applied: sent together, either could be the one applied), and one with no bill.
+    let (sale, again, lost) = (
         receipt_event("ev-sale", "rc-sale", Some(bill), "1000"),
         receipt_event("ev-again", "rc-sale", Some(bill), "1000"),
         receipt_event("ev-lost", "rc-lost", None, "300"),
-    ] {
+    );
+    assert_eq!(app.post_receipt(&token, &sale).await.0, 200);
+    app.wait_receipt(org, "ev-sale", "processed").await;
+    for event in [again, lost] {
         assert_eq!(app.post_receipt(&token, &event).await.0, 200);
     }
-    app.wait_receipt(org, "ev-sale", "processed").await;
     app.wait_receipt(org, "ev-again", "duplicate").await;
     app.wait_receipt(org, "ev-lost", "unmatched").await;
     worker.stop().await;
