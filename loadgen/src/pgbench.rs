@@ -81,7 +81,7 @@ pub async fn run(
 ) -> anyhow::Result<(Pgbench, Option<Usage>)> {
     let binary = find()?;
     let mut admin = PgConnection::connect(server_url).await?;
-    sqlx::query(&format!("create database {database}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {database}")))
         .execute(&mut admin)
         .await?;
     let url = with_database(server_url, database)?;
@@ -108,9 +108,11 @@ pub async fn run(
         anyhow::Ok((Pgbench { tps }, cpu.and_then(|c| c.usage(cpus))))
     }
     .await;
-    let dropped = sqlx::query(&format!("drop database if exists {database} with (force)"))
-        .execute(&mut admin)
-        .await;
+    let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database if exists {database} with (force)"
+    )))
+    .execute(&mut admin)
+    .await;
     let measured = measured?;
     dropped?;
     Ok(measured)

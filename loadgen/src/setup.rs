@@ -51,9 +51,11 @@ impl Scratch {
         let dropped = async {
             let mut admin = PgConnection::connect(&self.server_url).await?;
             for db in [&self.db_name, &self.pgbench_db] {
-                sqlx::query(&format!("drop database if exists {db} with (force)"))
-                    .execute(&mut admin)
-                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "drop database if exists {db} with (force)"
+                )))
+                .execute(&mut admin)
+                .await?;
             }
             anyhow::Ok(())
         }
@@ -120,9 +122,12 @@ impl Environment {
         let mut admin = PgConnection::connect(&scratch.server_url)
             .await
             .context("connect to PostgreSQL")?;
-        sqlx::query(&format!("create database {}", scratch.db_name))
-            .execute(&mut admin)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "create database {}",
+            scratch.db_name
+        )))
+        .execute(&mut admin)
+        .await?;
         admin.close().await?;
         let db_url = with_database(&scratch.server_url, &scratch.db_name)?;
         let db = loyalty::db::connect(&db_url, 4).await?;

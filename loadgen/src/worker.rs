@@ -166,19 +166,20 @@ pub async fn commit_latency(db: &PgPool, org: i64, like: &str) -> anyhow::Result
     } else {
         ("processed_at (just before commit)", "processed_at")
     };
-    let (p50, p99, max): (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(&format!(
-        "with l as (
+    let (p50, p99, max): (Option<f64>, Option<f64>, Option<f64>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "with l as (
              select extract(epoch from {column} - received_at)::float8 * 1000 as ms
              from receipts where org_id = $1 and event_id like $2 and status = 'processed')
          select percentile_cont(0.5) within group (order by ms),
                 percentile_cont(0.99) within group (order by ms),
                 max(ms)
          from l"
-    ))
-    .bind(org)
-    .bind(like)
-    .fetch_one(db)
-    .await?;
+        )))
+        .bind(org)
+        .bind(like)
+        .fetch_one(db)
+        .await?;
     match (p50, p99, max) {
         (Some(p50_ms), Some(p99_ms), Some(max_ms)) => Ok(Latency {
             p50_ms,

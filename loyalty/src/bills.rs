@@ -234,11 +234,11 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
     let id: i64 = sqlx::query_scalar("select nextval(pg_get_serial_sequence('bills', 'id'))")
         .fetch_one(&mut *conn)
         .await?;
-    let row: BillRow = sqlx::query_as(&format!(
+    let row: BillRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "insert into bills (id, org_id, customer_id, number, items, total, bonus_payment, bonus_wallet)
          values ($1, $2, $3, coalesce($4, $1::text), $5, $6, $7, $8)
          returning {BILL_COLUMNS}"
-    ))
+    )))
     .bind(id)
     .bind(org_id)
     .bind(new.customer_id)
@@ -265,9 +265,9 @@ async fn hold(
     amount: Decimal,
 ) -> Result<()> {
     let column = held_column(wallet)?;
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "update customers set {column} = {column} + $3 where org_id = $1 and id = $2"
-    ))
+    )))
     .bind(org_id)
     .bind(customer_id)
     .bind(amount)
@@ -292,9 +292,9 @@ pub async fn release(
     amount: Decimal,
 ) -> Result<()> {
     let column = held_column(wallet)?;
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "update customers set {column} = {column} - $3 where org_id = $1 and id = $2"
-    ))
+    )))
     .bind(org_id)
     .bind(customer_id)
     .bind(amount)
@@ -327,10 +327,10 @@ pub async fn list(
         }
     }
     let zone = zone_of(conn, org_id).await?;
-    let rows: Vec<BillRow> = sqlx::query_as(&format!(
+    let rows: Vec<BillRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {BILL_COLUMNS} from bills where org_id = $1 and ($2::text is null or status = $2)
          order by created_at desc, id desc limit $3 offset $4"
-    ))
+    )))
     .bind(org_id)
     .bind(status)
     .bind(limit)
@@ -342,9 +342,9 @@ pub async fn list(
 
 pub async fn get(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bill> {
     let zone = zone_of(conn, org_id).await?;
-    let row: BillRow = sqlx::query_as(&format!(
+    let row: BillRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {BILL_COLUMNS} from bills where org_id = $1 and id = $2"
-    ))
+    )))
     .bind(org_id)
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -412,11 +412,11 @@ pub async fn open_for_pos(
             .and_then(|midnight| midnight.and_local_timezone(*now.offset()).single())
             .map(|m| m.to_utc())
     });
-    Ok(sqlx::query_as(&format!(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{POS_BILL} where b.org_id = $1 and b.status = 'open' and ($2::text is null or b.number = $2)
            and ($3::timestamptz is null or b.created_at >= $3)
          order by b.created_at desc, b.id desc limit 500"
-    ))
+    )))
     .bind(org_id)
     .bind(number)
     .bind(since.flatten())
@@ -426,9 +426,9 @@ pub async fn open_for_pos(
 
 /// One open bill for the register; paid, cancelled and other organizations' bills are not found.
 pub async fn open_bill_for_pos(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<PosBill> {
-    sqlx::query_as(&format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{POS_BILL} where b.org_id = $1 and b.id = $2 and b.status = 'open'"
-    ))
+    )))
     .bind(org_id)
     .bind(id)
     .fetch_optional(conn)

@@ -542,7 +542,7 @@ pub async fn merge(conn: &mut PgConnection, org_id: i64, into: i64, from: i64) -
         "receipts",
         "refunds",
     ] {
-        let done = sqlx::query(&moved(table))
+        let done = sqlx::query(sqlx::AssertSqlSafe(moved(table)))
             .bind(org_id)
             .bind(into)
             .bind(from)

@@ -214,10 +214,11 @@ pub async fn create(conn: &mut PgConnection, new: &OrgChanges) -> Result<i64> {
 }
 
 pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Organization> {
-    let row: Option<OrgRow> = sqlx::query_as(&format!("{SELECT_ORG} where id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+    let row: Option<OrgRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_ORG} where id = $1")))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
     row.ok_or(Error::NotFound("organization"))?.try_into()
 }
 

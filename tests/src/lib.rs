@@ -100,7 +100,7 @@ impl TestDb {
         let mut admin = PgConnection::connect(&server)
             .await
             .expect("connect to PostgreSQL");
-        sqlx::query(&format!("create database {name}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
             .execute(&mut admin)
             .await
             .expect("create test database");
@@ -132,9 +132,11 @@ impl Drop for TestDb {
                 .expect("runtime");
             rt.block_on(async move {
                 if let Ok(mut admin) = PgConnection::connect(&server).await {
-                    let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
-                        .execute(&mut admin)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "drop database if exists {name} with (force)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
                 }
             });
         })

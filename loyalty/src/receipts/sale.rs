@@ -198,12 +198,12 @@ async fn read_customers(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<Buyer> = sqlx::query_as(&format!(
+    let rows: Vec<Buyer> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select c.org_id, c.id, c.first_name, c.referred_by, c.has_made_first_purchase
          from customers c join unnest($1::bigint[], $2::bigint[]) as k(org_id, id) on c.org_id = k.org_id and c.id = k.id
          order by c.org_id, c.id {}",
         if lock { "for update of c" } else { "" }
-    ))
+    )))
     .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
     .fetch_all(conn)
@@ -308,13 +308,13 @@ async fn release_holds(
             continue;
         }
         let column = crate::bills::held_column(wallet)?;
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "update customers c set {column} = c.{column} - r.amount
              from (select org_id, id, sum(amount) as amount
                    from unnest($1::bigint[], $2::bigint[], $3::numeric[]) as u(org_id, id, amount)
                    group by org_id, id) as r
              where c.org_id = r.org_id and c.id = r.id"
-        ))
+        )))
         .bind(mine.iter().map(|r| r.0).collect::<Vec<_>>())
         .bind(mine.iter().map(|r| r.1).collect::<Vec<_>>())
         .bind(mine.iter().map(|r| r.3).collect::<Vec<_>>())
