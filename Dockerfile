@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 
 # ---- build ------------------------------------------------------------------
-# The workspace is edition 2024 (rust-version 1.85); build with the same toolchain as development.
+# The workspace is edition 2024 (rust-version 1.86, for sqlx 0.9); build with the same toolchain as development.
 FROM rust:1.95-bookworm AS builder
 WORKDIR /app
 
