@@ -31,7 +31,7 @@ pub struct Config {
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9100")]
     pub metrics_addr: std::net::SocketAddr,
     /// Most receipts applied in one transaction (the consumer's prefetch is concurrency × batch).
-    #[arg(long, env = "WORKER_BATCH", default_value_t = 100)]
+    #[arg(long, env = "WORKER_BATCH", default_value_t = 250)]
     pub batch: u16,
 }
 
