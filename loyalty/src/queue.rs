@@ -91,33 +91,66 @@ impl Topology {
     /// Declares every queue; safe to run from every service at every start.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         for stream in Stream::ALL {
-            declare_quorum(channel, &self.main(stream), None).await?;
+            // A message whose consumer dies on it again and again (a poison message) goes to the
+            // dead letters after REDELIVERY_LIMIT deliveries instead of looping forever.
+            declare_quorum(
+                channel,
+                &self.main(stream),
+                Some(&self.dead(stream)),
+                REDELIVERY_LIMIT,
+            )
+            .await?;
             for attempt in 2..=MAX_ATTEMPTS {
                 declare_quorum(
                     channel,
                     &self.retry(stream, attempt),
                     Some(&self.main(stream)),
+                    REDELIVERY_LIMIT,
                 )
                 .await?;
             }
-            declare_quorum(channel, &self.dead(stream), None).await?;
+            // Dead letters are listed (taken and given back) by operators: never a limit that
+            // could drop one.
+            declare_quorum(
+                channel,
+                &self.dead(stream),
+                None,
+                DEAD_LETTER_DELIVERY_LIMIT,
+            )
+            .await?;
         }
         Ok(())
     }
 }
 
+/// Deliveries of one message to consumers (first delivery and redeliveries after a consumer died
+/// or its channel closed) before a work queue dead-letters it. Declared explicitly: RabbitMQ 3.x
+/// has no limit by default, 4.x a default of 20 that *drops* the message where no dead-letter
+/// route is set.
+pub const REDELIVERY_LIMIT: i64 = 20;
+
+/// The dead-letter queues' limit: as good as none (every listing takes a message and gives it
+/// back, which 4.0–4.2 count as a delivery), and explicit so 4.x's default of 20 never applies.
+/// (-1, 4.x's "no limit", makes 3.x drop a message at its first return.)
+pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
 async fn declare_quorum(
     channel: &Channel,
     name: &str,
     dead_letter_to: Option<&str>,
+    delivery_limit: i64,
 ) -> lapin::Result<()> {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(delivery_limit),
+    );
     if let Some(target) = dead_letter_to {
-        // Expired messages go back through the default exchange to the main queue.
+        // Through the default exchange, straight to `target`.
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString("".into()),
@@ -388,8 +421,12 @@ impl Stream {
 impl Broker {
     /// Every queue of the topology with its depth and consumers.
     pub async fn depths(&self) -> lapin::Result<Vec<QueueDepth>> {
-        // Not while a listing holds the dead letters: they would read as gone.
-        let _not_while_listing = self.dead_letters.lock().await;
+        // Not while a listing holds the dead letters (they would read as gone); but a long
+        // replay of a whole queue does not hold the depths back for more than half a second.
+        let _not_while_listing =
+            tokio::time::timeout(Duration::from_millis(500), self.dead_letters.lock())
+                .await
+                .ok();
         let conn = self.connect().await?;
         let channel = conn.create_channel().await?;
         let mut out = Vec::new();

@@ -96,3 +96,67 @@ async fn a_dead_receipt_is_listed_with_its_error_and_replayed_at_most_once() {
         .await;
     assert_eq!(status, 422);
 }
+
+/// A message its consumers keep dying on (every delivery returned unacknowledged) leaves the work
+/// queue for the dead letters after REDELIVERY_LIMIT deliveries, instead of looping forever (3.x)
+/// or being dropped (4.x's default limit); dead letters themselves survive being listed over and
+/// over.
+#[tokio::test]
+async fn a_poison_message_ends_in_the_dead_letters_and_stays_there() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    use loyalty::queue::REDELIVERY_LIMIT;
+
+    let app = TestApp::spawn().await;
+    let topology = app.state.broker.topology();
+    let (main, dead) = (
+        topology.main(Stream::Receipts),
+        topology.dead(Stream::Receipts),
+    );
+    app.state
+        .broker
+        .publish(
+            &main,
+            br#"{"poison": true}"#,
+            lapin::BasicProperties::default().with_message_id("ev-poison".into()),
+        )
+        .await
+        .expect("published");
+    let channel = app.state.broker.channel().await.expect("channel");
+    let mut deliveries = 0;
+    loop {
+        let Some(message) = channel
+            .basic_get(main.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("get")
+        else {
+            // Returns are applied through the queue's log: wait a moment before calling it gone.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if app.queue_depth(&main).await == 0 && app.queue_depth(&dead).await == 1 {
+                break;
+            }
+            continue;
+        };
+        deliveries += 1;
+        assert!(
+            deliveries <= REDELIVERY_LIMIT + 1,
+            "delivered {deliveries} times"
+        );
+        message
+            .delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .expect("returned");
+    }
+    assert_eq!(deliveries, REDELIVERY_LIMIT + 1);
+
+    // Listed 30 times (more than 4.x's default limit), it is still there.
+    for _ in 0..30 {
+        let (status, listed) = app.get("/admin/v1/ops/dead-letters?queue=receipts").await;
+        assert_eq!(status, 200, "{listed}");
+        assert_eq!(listed["items"][0]["id"], "ev-poison");
+    }
+    app.wait_queue_depth(&dead, 1).await;
+}

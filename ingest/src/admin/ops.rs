@@ -156,8 +156,9 @@ pub async fn summary(
     }))
 }
 
-/// Counts per status over the last minute, hour and day, by the time of the last change; each
-/// status is one range of the (status, updated_at) index, so this stays cheap on big tables.
+/// Counts per status over the last minute, hour and day, by the time of the last change. Each
+/// status is one range of the (status, updated_at) index, so the cost follows the day's volume,
+/// not the table's size (at 10 receipts a second, some 900 000 index entries and rows a day).
 async fn status_counts(
     db: &sqlx::PgPool,
     table: &'static str,
@@ -166,9 +167,9 @@ async fn status_counts(
 ) -> sqlx::Result<Vec<StatusCount>> {
     let sql = format!(
         "select s.status,
-                count(t.*) filter (where t.updated_at > now() - interval '1 minute') as last_minute,
-                count(t.*) filter (where t.updated_at > now() - interval '1 hour') as last_hour,
-                count(t.*) as last_day
+                count(t.updated_at) filter (where t.updated_at > now() - interval '1 minute') as last_minute,
+                count(t.updated_at) filter (where t.updated_at > now() - interval '1 hour') as last_hour,
+                count(t.updated_at) as last_day
          from unnest($1::text[]) with ordinality as s(status, position)
          left join {table} t on t.status = s.status and t.updated_at > now() - interval '1 day'
               and ($2::bigint is null or t.org_id = $2)

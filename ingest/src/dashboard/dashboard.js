@@ -23,6 +23,7 @@
 
   function showLogin(message) {
     sessionStorage.removeItem(TOKEN_KEY);
+    for (const stream of Object.keys(listed)) delete listed[stream];
     stopTimer();
     $("board").hidden = true;
     $("controls").hidden = true;
@@ -264,7 +265,8 @@
       const data = body.event.data || {};
       return `org ${body.org_id} · ${data.type || body.event.type || "event"} ${data.id || ""}`.trim();
     }
-    if (body.kind) return `org ${body.org_id} · ${body.kind} for customer ${body.customer_id}`;
+    // A notification's message carries only its outbox row; "Latest failures" shows the rest.
+    if (body.outbox_id !== undefined) return `notification #${body.outbox_id}`;
     return "";
   }
 
@@ -334,29 +336,50 @@
       if (error instanceof Unauthorized) return showLogin("The token was refused.");
       flash(`Replay failed: ${error.message}`, "bad");
     }
-    await load();
+    await load(true);
   }
 
   // ---- the refresh loop -----------------------------------------------------------------------
 
-  async function deadLettersOf(stream) {
-    try {
-      return await api(`/admin/v1/ops/dead-letters?queue=${stream}&limit=${DEAD_LETTERS_SHOWN}`);
-    } catch (error) {
-      if (error instanceof Unauthorized) throw error;
-      return { error: error.message, items: [] };
+  // Listing dead letters takes each off its queue for a moment and gives it back, so the page lists
+  // them only when the dead queue's depth changed since the last listing, or when asked (Refresh,
+  // a replay), not at every refresh.
+  const listed = {};
+
+  async function deadLettersOf(stream, summary, fresh) {
+    const depth = summary.queues ? sum(byRole(summary.queues, stream, "dead"), "messages_ready") : null;
+    const last = listed[stream];
+    if (depth === 0) {
+      listed[stream] = { depth, result: { items: [] } };
+    } else if (fresh || !last || last.depth !== depth || last.result.error) {
+      let result;
+      try {
+        result = await api(`/admin/v1/ops/dead-letters?queue=${stream}&limit=${DEAD_LETTERS_SHOWN}`);
+      } catch (error) {
+        if (error instanceof Unauthorized) throw error;
+        result = { error: error.message, items: [] };
+      }
+      listed[stream] = { depth, result };
     }
+    return listed[stream].result;
   }
 
-  async function load() {
-    if (!token() || loading) return;
+  // A reload asked for while one runs (a replay's) happens right after it.
+  let reloadWanted = false;
+
+  async function load(fresh = false) {
+    if (!token()) return;
+    if (loading) {
+      reloadWanted = true;
+      return;
+    }
     loading = true;
     stopTimer();
     try {
-      const [summary, deadReceipts, deadNotifications] = await Promise.all([
-        api("/admin/v1/ops/summary"),
-        deadLettersOf("receipts"),
-        deadLettersOf("notifications"),
+      const summary = await api("/admin/v1/ops/summary");
+      const [deadReceipts, deadNotifications] = await Promise.all([
+        deadLettersOf("receipts", summary, fresh),
+        deadLettersOf("notifications", summary, fresh),
       ]);
       showBoard();
       const dead = deadCounts(summary, { receipts: deadReceipts, notifications: deadNotifications });
@@ -385,6 +408,10 @@
     } finally {
       loading = false;
     }
+    if (reloadWanted) {
+      reloadWanted = false;
+      return load(true);
+    }
     scheduleNext();
   }
 
@@ -410,7 +437,7 @@
       load();
     });
     $("signout").addEventListener("click", () => showLogin(""));
-    $("refresh").addEventListener("click", () => load());
+    $("refresh").addEventListener("click", () => load(true));
     $("pause").addEventListener("click", () => {
       paused = !paused;
       $("pause").textContent = paused ? "Resume" : "Pause";
