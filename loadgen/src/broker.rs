@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use loyalty::queue::{self, headers};
 use loyalty::receipts::ReceiptMessage;
@@ -44,14 +44,14 @@ pub async fn ceiling(
 ) -> anyhow::Result<(Throughput, Option<Usage>)> {
     let conn = connect(url).await?;
     let channel = conn.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
-        .await?;
+    // Declared as the receipts queue is: quorum, its delivery limit and dead-letter route.
+    queue::declare_quorum(
+        &channel,
+        queue,
+        Some(&format!("{queue}.dead")),
+        queue::REDELIVERY_LIMIT,
+    )
+    .await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

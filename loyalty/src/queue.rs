@@ -134,7 +134,9 @@ pub const REDELIVERY_LIMIT: i64 = 20;
 /// (-1, 4.x's "no limit", makes 3.x drop a message at its first return.)
 pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
 
-async fn declare_quorum(
+/// Declares a durable quorum queue with its delivery limit and, if given, where its expired or
+/// over-delivered messages go (through the default exchange).
+pub async fn declare_quorum(
     channel: &Channel,
     name: &str,
     dead_letter_to: Option<&str>,
