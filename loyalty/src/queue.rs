@@ -227,6 +227,9 @@ pub struct Broker {
     /// Listing and replaying dead letters take them off their queue for a moment; one at a time,
     /// so that two operators' views (or a view and a replay) never hide letters from each other.
     dead_letters: tokio::sync::Mutex<()>,
+    /// The connection operator views read the queues through (depths, dead letters), kept between
+    /// calls so a dashboard refreshing every few seconds does not open a connection each time.
+    inspection: RwLock<Option<Connection>>,
 }
 
 impl Broker {
@@ -237,6 +240,7 @@ impl Broker {
             topology,
             link: RwLock::new(None),
             dead_letters: tokio::sync::Mutex::new(()),
+            inspection: RwLock::new(None),
         }
     }
 
@@ -280,6 +284,26 @@ impl Broker {
             .await?;
         *link = Some((conn, channel.clone()));
         tracing::info!("connected to RabbitMQ");
+        Ok(channel)
+    }
+
+    /// A fresh channel on the inspection connection (reconnecting when it was lost). A channel of
+    /// its own per call: a passive declare of a missing queue closes the channel it ran on.
+    async fn inspection_channel(&self) -> lapin::Result<Channel> {
+        if let Some(conn) = self.inspection.read().await.as_ref() {
+            if conn.status().connected() {
+                return conn.create_channel().await;
+            }
+        }
+        let mut slot = self.inspection.write().await;
+        if let Some(conn) = slot.as_ref() {
+            if conn.status().connected() {
+                return conn.create_channel().await;
+            }
+        }
+        let conn = self.connect().await?;
+        let channel = conn.create_channel().await?;
+        *slot = Some(conn);
         Ok(channel)
     }
 
@@ -429,8 +453,13 @@ impl Broker {
             tokio::time::timeout(Duration::from_millis(500), self.dead_letters.lock())
                 .await
                 .ok();
-        let conn = self.connect().await?;
-        let channel = conn.create_channel().await?;
+        let channel = self.inspection_channel().await?;
+        let depths = self.depths_on(&channel).await;
+        let _ = channel.close(200, "done".into()).await;
+        depths
+    }
+
+    async fn depths_on(&self, channel: &Channel) -> lapin::Result<Vec<QueueDepth>> {
         let mut out = Vec::new();
         for stream in Stream::ALL {
             let mut names = vec![(self.topology.main(stream), "main")];
@@ -459,20 +488,30 @@ impl Broker {
                 });
             }
         }
-        let _ = conn.close(200, "done".into()).await;
         Ok(out)
     }
 
     /// Reads up to `limit` dead letters without removing them (they are taken unacknowledged and
-    /// returned to the queue when the channel closes).
+    /// given back before the call returns).
     pub async fn dead_letters(
         &self,
         stream: Stream,
         limit: usize,
     ) -> lapin::Result<Vec<DeadLetter>> {
         let _one_at_a_time = self.dead_letters.lock().await;
-        let conn = self.connect().await?;
-        let channel = conn.create_channel().await?;
+        let channel = self.inspection_channel().await?;
+        let listed = self.dead_letters_on(&channel, stream, limit).await;
+        // Closing the channel also returns whatever an error left unacknowledged.
+        let _ = channel.close(200, "done".into()).await;
+        listed
+    }
+
+    async fn dead_letters_on(
+        &self,
+        channel: &Channel,
+        stream: Stream,
+        limit: usize,
+    ) -> lapin::Result<Vec<DeadLetter>> {
         let queue = self.topology.dead(stream);
         let mut out = Vec::new();
         let mut last_tag = None;
@@ -499,8 +538,7 @@ impl Broker {
                 }),
             });
         }
-        give_back(&channel, last_tag).await?;
-        let _ = conn.close(200, "done".into()).await;
+        give_back(channel, last_tag).await?;
         Ok(out)
     }
 
@@ -513,8 +551,19 @@ impl Broker {
         ids: Option<&[String]>,
     ) -> Result<Vec<String>, PublishError> {
         let _one_at_a_time = self.dead_letters.lock().await;
-        let conn = self.connect().await?;
-        let channel = conn.create_channel().await?;
+        let channel = self.inspection_channel().await?;
+        let replayed = self.replay_on(&channel, stream, ids).await;
+        // Closing the channel also returns whatever an error left unacknowledged.
+        let _ = channel.close(200, "done".into()).await;
+        replayed
+    }
+
+    async fn replay_on(
+        &self,
+        channel: &Channel,
+        stream: Stream,
+        ids: Option<&[String]>,
+    ) -> Result<Vec<String>, PublishError> {
         let queue = self.topology.dead(stream);
         let mut replayed = Vec::new();
         // Messages not chosen stay unacknowledged until they are given back, in order, at the end.
@@ -556,8 +605,7 @@ impl Broker {
                 .await?;
             replayed.push(id);
         }
-        give_back(&channel, last_kept).await?;
-        let _ = conn.close(200, "done".into()).await;
+        give_back(channel, last_kept).await?;
         Ok(replayed)
     }
 }
