@@ -208,6 +208,28 @@ pub fn header(properties: &BasicProperties, key: &str) -> Option<String> {
     })
 }
 
+/// Why RabbitMQ itself dead-lettered a message (its `x-death` header: the latest reason and the
+/// queue it left), for a message no service gave an error to (parked by the delivery limit).
+pub fn broker_death(properties: &BasicProperties) -> Option<String> {
+    let deaths = properties.headers().as_ref()?.inner().get("x-death")?;
+    let AMQPValue::FieldArray(deaths) = deaths else {
+        return None;
+    };
+    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let text = |key: &str| match latest.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let reason = text("reason")?;
+    Some(match text("queue") {
+        Some(queue) => format!("dead-lettered by RabbitMQ from {queue}: {reason}"),
+        None => format!("dead-lettered by RabbitMQ: {reason}"),
+    })
+}
+
 /// Why a publish did not happen; the message must then be considered not sent.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -530,7 +552,8 @@ impl Broker {
             out.push(DeadLetter {
                 id: properties.message_id().as_ref().map(|id| id.to_string()),
                 attempts: attempt_of(properties),
-                last_error: header(properties, headers::LAST_ERROR),
+                last_error: header(properties, headers::LAST_ERROR)
+                    .or_else(|| broker_death(properties)),
                 body: serde_json::from_slice(&message.delivery.data).unwrap_or_else(|_| {
                     serde_json::Value::String(
                         String::from_utf8_lossy(&message.delivery.data).into_owned(),

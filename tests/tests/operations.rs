@@ -158,5 +158,10 @@ async fn a_poison_message_ends_in_the_dead_letters_and_stays_there() {
         assert_eq!(status, 200, "{listed}");
         assert_eq!(listed["items"][0]["id"], "ev-poison");
     }
+    let (_, listed) = app.get("/admin/v1/ops/dead-letters?queue=receipts").await;
+    assert_eq!(
+        listed["items"][0]["last_error"],
+        format!("dead-lettered by RabbitMQ from {main}: delivery_limit")
+    );
     app.wait_queue_depth(&dead, 1).await;
 }
