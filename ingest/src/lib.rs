@@ -76,7 +76,7 @@ pub struct Shared {
     /// POS token digests → integrations, for a minute.
     pub pos_tokens: moka::future::Cache<Vec<u8>, Integration>,
     /// Mini App requests per Telegram user: 5 a second, bursts of 20.
-    pub miniapp_limits: Arc<governor::DefaultKeyedRateLimiter<(i64, i64)>>,
+    pub miniapp_limits: governor::DefaultKeyedRateLimiter<(i64, i64)>,
     /// RabbitMQ's management API, when configured.
     pub management: Option<management::Management>,
     pub config: Arc<Config>,
@@ -104,7 +104,7 @@ impl AppState {
             management,
             broker: Arc::new(broker),
             pos_tokens,
-            miniapp_limits: Arc::new(governor::RateLimiter::keyed(quota)),
+            miniapp_limits: governor::RateLimiter::keyed(quota),
             config: Arc::new(config),
         }))
     }

@@ -309,6 +309,18 @@ impl Broker {
         Ok(channel)
     }
 
+    /// Runs `work` on a fresh inspection channel, then closes the channel whatever happened
+    /// (closing also returns whatever an error left unacknowledged).
+    async fn inspect<T, E: From<lapin::Error>>(
+        &self,
+        work: impl AsyncFnOnce(&Channel) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let channel = self.inspection_channel().await?;
+        let done = work(&channel).await;
+        let _ = channel.close(200, "done".into()).await;
+        done
+    }
+
     /// A fresh channel on the inspection connection (reconnecting when it was lost). A channel of
     /// its own per call: a passive declare of a missing queue closes the channel it ran on.
     async fn inspection_channel(&self) -> lapin::Result<Channel> {
@@ -475,10 +487,8 @@ impl Broker {
             tokio::time::timeout(Duration::from_millis(500), self.dead_letters.lock())
                 .await
                 .ok();
-        let channel = self.inspection_channel().await?;
-        let depths = self.depths_on(&channel).await;
-        let _ = channel.close(200, "done".into()).await;
-        depths
+        self.inspect(async |channel| self.depths_on(channel).await)
+            .await
     }
 
     async fn depths_on(&self, channel: &Channel) -> lapin::Result<Vec<QueueDepth>> {
@@ -521,11 +531,8 @@ impl Broker {
         limit: usize,
     ) -> lapin::Result<Vec<DeadLetter>> {
         let _one_at_a_time = self.dead_letters.lock().await;
-        let channel = self.inspection_channel().await?;
-        let listed = self.dead_letters_on(&channel, stream, limit).await;
-        // Closing the channel also returns whatever an error left unacknowledged.
-        let _ = channel.close(200, "done".into()).await;
-        listed
+        self.inspect(async |channel| self.dead_letters_on(channel, stream, limit).await)
+            .await
     }
 
     async fn dead_letters_on(
@@ -538,13 +545,7 @@ impl Broker {
         let mut out = Vec::new();
         let mut last_tag = None;
         while out.len() < limit {
-            let Some(message) = channel
-                .basic_get(
-                    ShortString::from(queue.as_str()),
-                    lapin::options::BasicGetOptions { no_ack: false },
-                )
-                .await?
-            else {
+            let Some(message) = take(channel, &queue).await? else {
                 break;
             };
             last_tag = Some(message.delivery.delivery_tag);
@@ -574,11 +575,8 @@ impl Broker {
         ids: Option<&[String]>,
     ) -> Result<Vec<String>, PublishError> {
         let _one_at_a_time = self.dead_letters.lock().await;
-        let channel = self.inspection_channel().await?;
-        let replayed = self.replay_on(&channel, stream, ids).await;
-        // Closing the channel also returns whatever an error left unacknowledged.
-        let _ = channel.close(200, "done".into()).await;
-        replayed
+        self.inspect(async |channel| self.replay_on(channel, stream, ids).await)
+            .await
     }
 
     async fn replay_on(
@@ -592,13 +590,7 @@ impl Broker {
         // Messages not chosen stay unacknowledged until they are given back, in order, at the end.
         let mut last_kept = None;
         loop {
-            let Some(message) = channel
-                .basic_get(
-                    ShortString::from(queue.as_str()),
-                    lapin::options::BasicGetOptions { no_ack: false },
-                )
-                .await?
-            else {
+            let Some(message) = take(channel, &queue).await? else {
                 break;
             };
             let delivery = message.delivery;
@@ -631,6 +623,20 @@ impl Broker {
         give_back(channel, last_kept).await?;
         Ok(replayed)
     }
+}
+
+/// The next message of `queue`, taken unacknowledged (the channel holds it until it is acked or
+/// given back).
+async fn take(
+    channel: &Channel,
+    queue: &str,
+) -> lapin::Result<Option<lapin::message::BasicGetMessage>> {
+    channel
+        .basic_get(
+            ShortString::from(queue),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await
 }
 
 /// Returns every message this channel still holds, up to `last_tag`, to the head of its queue
