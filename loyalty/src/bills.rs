@@ -8,7 +8,9 @@ use sqlx::PgConnection;
 
 use crate::error::{Error, Result, violated_constraint};
 use crate::ledger::{self, Wallet};
-use crate::money::{Amount, Money, Percent, Quantity, round_money, serialize_decimal};
+use crate::money::{
+    Amount, MAX_AMOUNT, Money, MoneyError, Percent, Quantity, round_money, serialize_decimal,
+};
 use crate::time::{OrgTimeZone, Stamp};
 
 /// A customer id as a JSON string (the legacy shape) or number.
@@ -190,17 +192,39 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
                 "must be 1 to 500 characters",
             ));
         }
+        // The cap on amounts applies to what they add up to as well.
+        let item_total = item
+            .quantity
+            .get()
+            .checked_mul(item.unit_price.get())
+            .map(round_money)
+            .filter(|t| *t <= MAX_AMOUNT)
+            .ok_or_else(|| {
+                Error::invalid(
+                    format!("items[{i}]"),
+                    format!("quantity × unit_price {}", MoneyError::TooLarge(MAX_AMOUNT)),
+                )
+            })?;
         items.push(BillItem {
             name: name.to_owned(),
             quantity: item.quantity.get(),
             unit_price: item.unit_price.get(),
-            item_total: round_money(item.quantity.get() * item.unit_price.get()),
+            item_total,
             unit: item.unit.clone(),
             tax_rate: item.tax_rate,
             product_id: item.product_id,
         });
     }
-    let total: Decimal = items.iter().map(|i| i.item_total).sum();
+    let total = items
+        .iter()
+        .try_fold(Decimal::ZERO, |sum, i| sum.checked_add(i.item_total))
+        .filter(|t| *t <= MAX_AMOUNT)
+        .ok_or_else(|| {
+            Error::invalid(
+                "items",
+                format!("the bill's total {}", MoneyError::TooLarge(MAX_AMOUNT)),
+            )
+        })?;
     if let Some(number) = &new.number {
         if number.trim().is_empty() || number.chars().count() > 64 {
             return Err(Error::invalid("number", "must be 1 to 64 characters"));

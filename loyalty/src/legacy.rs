@@ -12,7 +12,9 @@ use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, EntryRow, HistoryEntry, Wallet};
-use crate::money::{deserialize_decimal, parse_decimal, round_money, serialize_decimal};
+use crate::money::{
+    bounded, deserialize_decimal, parse_decimal, round_money, serialize_decimal,
+};
 use crate::orgs::{self, BonusProgramSettings, OrgChanges, OrgDetails};
 use crate::time::{OrgTimeZone, Stamp};
 
@@ -298,8 +300,10 @@ pub struct ImportOutcome {
 }
 
 /// Legacy amounts are floats; one was stored as `257.59999999999997`. Such a float artifact is
-/// read as the cent it stands for; anything finer than a cent is refused.
+/// read as the cent it stands for; anything finer than a cent is refused, and so is anything
+/// beyond the cap on amounts.
 fn legacy_amount(value: Decimal, field: &str) -> Result<Decimal> {
+    bounded(value).map_err(|e| Error::invalid(field, e.to_string()))?;
     let cents = round_money(value);
     if (cents - value).abs() > Decimal::new(1, 6) {
         return Err(Error::invalid(
@@ -401,7 +405,10 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
             .map(|secs| {
                 let exact = parse_decimal(&secs.to_string())
                     .map_err(|_| Error::invalid(format!("{id}.visited_at"), "not a number"))?;
-                let micros = (exact * Decimal::from(1_000_000)).trunc();
+                let micros = exact
+                    .checked_mul(Decimal::from(1_000_000))
+                    .ok_or_else(|| Error::invalid(format!("{id}.visited_at"), "out of range"))?
+                    .trunc();
                 let micros: i64 = micros
                     .try_into()
                     .map_err(|_| Error::invalid(format!("{id}.visited_at"), "out of range"))?;
@@ -654,7 +661,15 @@ async fn import_invoices(
         .bind(at.offset_seconds())
         .bind(legacy_amount(total, &format!("{path}.total_amount"))?)
         .bind(invoice.get("items").cloned().unwrap_or(serde_json::Value::Array(vec![])))
-        .bind(amount("bonuses_deducted")?.map(round_money))
+        .bind(
+            amount("bonuses_deducted")?
+                .map(|v| {
+                    bounded(v).map(round_money).map_err(|e| {
+                        Error::invalid(format!("{path}.bonuses_deducted"), e.to_string())
+                    })
+                })
+                .transpose()?,
+        )
         .bind(source)
         .bind(invoice)
         .bind(i32::try_from(position).unwrap_or(i32::MAX))

@@ -1,7 +1,8 @@
 //! Money and percentages as types that cannot hold invalid values.
 //!
 //! Every amount is a `Decimal` rounded to 0.01 half away from zero; raw JSON numbers and strings stop
-//! here. JSON numbers are read through their shortest decimal text, never used as floats.
+//! here. JSON numbers are read by their own text (serde_json's `arbitrary_precision`), never through
+//! a float, so `10.0000000000000001` is refused for its 16 decimals instead of read as 10.
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,6 +28,8 @@ pub enum MoneyError {
     TooPrecise(u32),
     #[error("must be at most {0}")]
     TooLarge(Decimal),
+    #[error("is too large to compute with")]
+    Overflow,
 }
 
 /// Parses the plain decimal notation (`-12.5`, `1000`), refusing exponents, separators and blanks.
@@ -42,8 +45,29 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, MoneyError> {
     Decimal::from_str(text).map_err(|_| MoneyError::NotANumber)
 }
 
-/// Largest amount accepted anywhere (a trillion): far above any real bill, far below overflow.
-const MAX_AMOUNT: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+/// Largest amount accepted anywhere (a trillion), also for totals and quantities: far above any
+/// real bill, far below `Decimal`'s range, so a percentage of it can never overflow.
+pub const MAX_AMOUNT: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+
+/// Refuses an amount, of either sign, beyond `MAX_AMOUNT`.
+pub fn bounded(value: Decimal) -> Result<Decimal, MoneyError> {
+    if value.abs() > MAX_AMOUNT {
+        return Err(MoneyError::TooLarge(MAX_AMOUNT));
+    }
+    Ok(value)
+}
+
+/// The text of a JSON number: plain decimal notation, or with an exponent (`1e3`), which JSON allows
+/// for numbers (not for strings).
+fn parse_number_text(text: &str) -> Result<Decimal, MoneyError> {
+    if text.contains(['e', 'E']) {
+        return Decimal::from_scientific(text).map_err(|_| MoneyError::NotANumber);
+    }
+    parse_decimal(text)
+}
+
+/// The key under which serde_json's `arbitrary_precision` hands a number over as a one-entry map.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 fn checked_amount(value: Decimal, allow_zero: bool) -> Result<Decimal, MoneyError> {
     if value.is_sign_negative() && !value.is_zero() {
@@ -64,7 +88,7 @@ fn checked_amount(value: Decimal, allow_zero: bool) -> Result<Decimal, MoneyErro
 /// Reads a decimal from a JSON string or number without passing through arithmetic on floats.
 struct DecimalVisitor;
 
-impl de::Visitor<'_> for DecimalVisitor {
+impl<'de> de::Visitor<'de> for DecimalVisitor {
     type Value = Decimal;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -79,12 +103,28 @@ impl de::Visitor<'_> for DecimalVisitor {
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Decimal, E> {
         Ok(Decimal::from(v))
     }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Decimal, E> {
+        Decimal::try_from_i128_with_scale(v, 0).map_err(|_| E::custom(MoneyError::Overflow))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Decimal, E> {
+        i128::try_from(v)
+            .map_err(|_| E::custom(MoneyError::Overflow))
+            .and_then(|v| self.visit_i128(v))
+    }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
-        // serde_json hands over the nearest double; its shortest text is what the sender wrote.
+        // serde_json hands a float over only when its shortest text is exactly what the sender wrote.
         if !v.is_finite() {
             return Err(E::custom(MoneyError::NotANumber));
         }
-        parse_decimal(&v.to_string()).map_err(E::custom)
+        parse_number_text(&v.to_string()).map_err(E::custom)
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Decimal, A::Error> {
+        // Any other number comes as its text, under serde_json's private key.
+        if map.next_key::<String>()?.as_deref() != Some(NUMBER_TOKEN) {
+            return Err(de::Error::invalid_type(de::Unexpected::Map, &self));
+        }
+        let text: String = map.next_value()?;
+        parse_number_text(&text).map_err(de::Error::custom)
     }
 }
 
@@ -201,9 +241,12 @@ impl Money {
 impl Percent {
     pub const ZERO: Self = Self(Decimal::ZERO);
 
-    /// `percent` % of `base`, rounded once by the ledger's rule.
-    pub fn of(self, base: Decimal) -> Decimal {
-        round_money(base * self.0 / Decimal::ONE_HUNDRED)
+    /// `percent` % of `base`, rounded once by the ledger's rule; `Overflow` beyond `Decimal`'s range.
+    pub fn of(self, base: Decimal) -> Result<Decimal, MoneyError> {
+        base.checked_mul(self.0)
+            .and_then(|v| v.checked_div(Decimal::ONE_HUNDRED))
+            .map(round_money)
+            .ok_or(MoneyError::Overflow)
     }
 }
 
@@ -259,9 +302,47 @@ mod tests {
     fn percent_of_base_matches_the_legacy_figures() {
         let two = Percent::from_str("2").expect("valid");
         let five = Percent::from_str("5").expect("valid");
-        assert_eq!(two.of(d("11118")), d("222.36"));
-        assert_eq!(five.of(d("1000")), d("50"));
-        assert_eq!(two.of(d("0.25")), d("0.01"));
+        assert_eq!(two.of(d("11118")), Ok(d("222.36")));
+        assert_eq!(five.of(d("1000")), Ok(d("50")));
+        assert_eq!(two.of(d("0.25")), Ok(d("0.01")));
         assert!(Percent::from_str("100.5").is_err());
+    }
+
+    #[test]
+    fn a_percentage_of_an_amount_beyond_range_is_an_error_not_a_panic() {
+        let two = Percent::from_str("2").expect("valid");
+        assert_eq!(two.of(d("70000000000000000000000000000")), Err(MoneyError::Overflow));
+    }
+
+    #[test]
+    fn json_numbers_are_read_by_their_own_text_not_through_a_float() {
+        // Both round to a whole number as floats; exactly, they have too many decimals.
+        for text in ["99.99999999999999999", "10.0000000000000001"] {
+            assert!(serde_json::from_str::<Amount>(text).is_err(), "{text} accepted");
+            let value: serde_json::Value = serde_json::from_str(text).expect("json");
+            assert!(serde_json::from_value::<Amount>(value).is_err(), "{text} accepted from a Value");
+        }
+        let exact: Decimal = deserialize_decimal(&mut serde_json::Deserializer::from_str(
+            "12345678901234567.89",
+        ))
+        .expect("number");
+        assert_eq!(exact, d("12345678901234567.89"));
+        let a: Money = serde_json::from_str("1e3").expect("exponent");
+        assert_eq!(a.get(), d("1000"));
+        let a: Amount = serde_json::from_str("0.1").expect("short float");
+        assert_eq!(a.get(), d("0.1"));
+    }
+
+    #[test]
+    fn amounts_beyond_the_cap_or_beyond_decimal_are_refused_not_a_panic() {
+        assert_eq!(
+            Amount::from_str("1000000000000.01"),
+            Err(MoneyError::TooLarge(MAX_AMOUNT))
+        );
+        for text in ["70000000000000000000000000000", "7e28", "1e400", "-1e400", "123456789012345678901234567890123"] {
+            assert!(serde_json::from_str::<Amount>(text).is_err(), "{text} accepted");
+        }
+        assert_eq!(bounded(d("-1000000000001")), Err(MoneyError::TooLarge(MAX_AMOUNT)));
+        assert_eq!(bounded(d("-5")), Ok(d("-5")));
     }
 }

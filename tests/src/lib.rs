@@ -625,3 +625,41 @@ pub fn cut_broker_connections(prefix: &str) -> usize {
     }
     cut
 }
+
+impl TestApp {
+    /// Starts `worker` on this test's queues, applying up to `batch` receipts per transaction.
+    pub fn run_worker(&self, worker: workers::Worker, batch: u16) -> RunningWorker {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            worker
+                .run(1, batch, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("worker runs");
+        });
+        RunningWorker {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Publishes `event` (raw JSON text) to the receipts queue as ingest would, bypassing ingest's
+    /// checks: what a faulty or older ingest, or a hand-made message, puts there.
+    pub async fn publish_raw_receipt(&self, org: i64, message_id: &str, event: &[u8]) {
+        use loyalty::queue::{Stream, header_table, headers};
+        let body = loyalty::receipts::ReceiptMessage::encode_raw(org, 1, chrono::Utc::now(), event);
+        let properties = lapin::BasicProperties::default()
+            .with_message_id(message_id.into())
+            .with_headers(header_table(&[
+                (headers::ORG, org.to_string()),
+                (headers::ATTEMPT, "1".into()),
+            ]));
+        let main = self.state.broker.topology().main(Stream::Receipts);
+        self.state
+            .broker
+            .publish(&main, &body, properties)
+            .await
+            .expect("published");
+    }
+}

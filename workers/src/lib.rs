@@ -1,7 +1,10 @@
 //! `workers`: consume receipts and apply them to the ledger, one PostgreSQL transaction per
 //! receipt, acknowledging only after commit. A failure is retried through the delay queues with
 //! exponential backoff; after `MAX_ATTEMPTS` the message goes to the dead-letter queue with its error.
+//! A batch is never hostage to one message: when it fails or panics, each of its receipts is
+//! applied on its own, and only the one at fault goes its retry or dead-letter path.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +13,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, message::Delivery};
-use loyalty::queue::{self, Broker, MAX_ATTEMPTS, PublishError, Stream};
+use loyalty::queue::{self, Broker, MAX_ATTEMPTS, PublishError, Stream, headers};
 use loyalty::receipts::{self, Outcome, ReceiptMessage};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
@@ -56,15 +59,34 @@ enum Failure {
     Permanent(String),
 }
 
+/// Picks the messages the apply step panics on (see `Worker::panicking_on`).
+type Poison = Arc<dyn Fn(&ReceiptMessage) -> bool + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Worker {
     db: PgPool,
     broker: Arc<Broker>,
+    panic_on: Option<Poison>,
 }
 
 impl Worker {
     pub fn new(db: PgPool, broker: Arc<Broker>) -> Self {
-        Self { db, broker }
+        Self {
+            db,
+            broker,
+            panic_on: None,
+        }
+    }
+
+    /// Fault injection, for tests: the apply step panics inside its transaction, as a bug in the
+    /// ledger code would, whenever it is given a message for which `poison` is true. The binary
+    /// never sets it.
+    pub fn panicking_on(
+        mut self,
+        poison: impl Fn(&ReceiptMessage) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.panic_on = Some(Arc::new(poison));
+        self
     }
 
     /// Handles one message: applies it, or passes it on to a retry or dead-letter queue.
@@ -97,12 +119,7 @@ impl Worker {
                 }
                 Err(err) => {
                     let error = format!("not a receipt message: {err}");
-                    let attempt = queue::attempt_of(properties);
-                    results.push(Some(
-                        self.pass_on(body, properties, attempt, &error, true)
-                            .await
-                            .map(|()| Handled::Dead { error }),
-                    ));
+                    results.push(Some(self.unreadable(body, properties, error).await));
                 }
             }
         }
@@ -139,6 +156,35 @@ impl Worker {
             .collect()
     }
 
+    /// A message that is not a receipt message at all can never apply: dead at once, with a row
+    /// built from its headers so operators see it beside the others.
+    async fn unreadable(
+        &self,
+        body: &[u8],
+        properties: &BasicProperties,
+        error: String,
+    ) -> Result<Handled, PublishError> {
+        let attempt = queue::attempt_of(properties);
+        let org = queue::header(properties, headers::ORG).and_then(|o| o.parse::<i64>().ok());
+        let message_id = properties.message_id().as_ref().map(|id| id.as_str());
+        tracing::error!(org, event = message_id.unwrap_or(""), attempt, error = %error, "unreadable receipt message is dead");
+        self.pass_on(body, properties, attempt, &error, true).await?;
+        metrics::counter!("loyalty_receipts_dead_total").increment(1);
+        let recorded = match (org, self.db.acquire().await) {
+            (Some(org), Ok(mut conn)) => {
+                receipts::record_unreadable(&mut conn, org, message_id, body, attempt, &error)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            (None, _) => Err("the message names no organization".into()),
+            (_, Err(e)) => Err(e.to_string()),
+        };
+        if let Err(why) = recorded {
+            tracing::error!(org, event = message_id.unwrap_or(""), error = %why, "dead receipt message not recorded");
+        }
+        Ok(Handled::Dead { error })
+    }
+
     /// Passes a failed receipt on to its next attempt, or to the dead letters.
     async fn fail(
         &self,
@@ -152,7 +198,11 @@ impl Worker {
             Failure::Permanent(e) => (e, true),
             Failure::Transient(e) => (e, attempt >= MAX_ATTEMPTS),
         };
-        tracing::warn!(org = message.org_id, event = %event_id(message), attempt, dead, error = %error, "receipt failed");
+        if dead {
+            tracing::error!(org = message.org_id, event = %event_id(message), attempt, error = %error, "receipt is dead");
+        } else {
+            tracing::warn!(org = message.org_id, event = %event_id(message), attempt, error = %error, "receipt failed; retrying");
+        }
         self.pass_on(body, properties, attempt, &error, dead)
             .await?;
         metrics::counter!("loyalty_receipts_failed_total").increment(1);
@@ -163,8 +213,14 @@ impl Worker {
         })
         .increment(1);
         // Operators see the attempt; if the database is what failed, the queues still hold the truth.
-        if let Ok(mut conn) = self.db.acquire().await {
-            let _ = receipts::record_failure(&mut conn, message, attempt, &error, dead).await;
+        let recorded = match self.db.acquire().await {
+            Ok(mut conn) => receipts::record_failure(&mut conn, message, attempt, &error, dead)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = recorded {
+            tracing::error!(org = message.org_id, event = %event_id(message), error = %why, "failed receipt not recorded");
         }
         Ok(if dead {
             Handled::Dead { error }
@@ -176,9 +232,28 @@ impl Worker {
         })
     }
 
+    /// Applies the messages; a panic is caught here and is a permanent failure of these messages
+    /// (their transaction rolls back as it unwinds), never of the worker.
+    async fn apply(&self, messages: &[ReceiptMessage]) -> Result<Vec<Outcome>, Failure> {
+        match AssertUnwindSafe(self.apply_once(messages))
+            .catch_unwind()
+            .await
+        {
+            Ok(applied) => applied,
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown".into());
+                Err(Failure::Permanent(format!("panic: {text}")))
+            }
+        }
+    }
+
     /// One transaction for the messages; a race with a concurrent delivery of the same receipt is
     /// settled by running again, when the other has committed and this one is a plain duplicate.
-    async fn apply(&self, messages: &[ReceiptMessage]) -> Result<Vec<Outcome>, Failure> {
+    async fn apply_once(&self, messages: &[ReceiptMessage]) -> Result<Vec<Outcome>, Failure> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -188,6 +263,11 @@ impl Worker {
                 .begin()
                 .await
                 .map_err(|e| Failure::Transient(format!("database: {e}")))?;
+            if let Some(poison) = &self.panic_on {
+                if let Some(m) = messages.iter().find(|m| poison(m)) {
+                    panic!("injected fault applying {}", event_id(m));
+                }
+            }
             match receipts::apply_batch(&mut tx, messages).await {
                 Ok(outcomes) => {
                     tx.commit()
@@ -199,6 +279,12 @@ impl Worker {
                     code: "receipt_race",
                     ..
                 }) => continue,
+                // PostgreSQL refused a value of the receipt itself (data exception): no retry helps.
+                Err(loyalty::Error::Db(sqlx::Error::Database(e)))
+                    if e.code().is_some_and(|c| c.starts_with("22")) =>
+                {
+                    return Err(Failure::Permanent(format!("database refused it: {e}")));
+                }
                 Err(loyalty::Error::Db(e)) => {
                     return Err(Failure::Transient(format!("database: {e}")));
                 }

@@ -13,7 +13,7 @@ use sqlx::PgConnection;
 use super::sale::{SaleInput, apply_sales};
 use super::{
     EventHead, OpenBill, Outcome, RECEIPT_CREATED, Receipt, ReceiptCreated, ReceiptMessage,
-    payback, race,
+    has_nul, payback, race,
 };
 use crate::error::{Error, Result, violated_constraint};
 use crate::ledger::Wallet;
@@ -98,6 +98,12 @@ fn parse(messages: &[ReceiptMessage]) -> Result<Vec<Parsed<'_>>> {
     messages
         .iter()
         .map(|message| {
+            if has_nul(&message.event) {
+                return Err(Error::invalid(
+                    "event",
+                    "a text holds a NUL character (\\u0000), which cannot be stored",
+                ));
+            }
             let head: EventHead = serde_json::from_value(message.event.clone()).map_err(invalid)?;
             let receipt = if head.event_type == RECEIPT_CREATED {
                 let event: ReceiptCreated =

@@ -16,7 +16,7 @@ use sale::{SaleInput, apply_sales};
 use crate::customers;
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
-use crate::money::{Amount, MoneyError, deserialize_decimal};
+use crate::money::{Amount, MoneyError, bounded, deserialize_decimal};
 use crate::notifications::{self, Note};
 use crate::orgs;
 use crate::rules;
@@ -75,7 +75,7 @@ pub struct Receipt {
 pub struct ReceiptItem {
     #[serde(default)]
     pub name: String,
-    #[serde(deserialize_with = "deserialize_decimal")]
+    #[serde(deserialize_with = "quantity")]
     pub quantity: Decimal,
     #[serde(deserialize_with = "signed_money")]
     pub price: Decimal,
@@ -100,13 +100,18 @@ fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(s)
 }
 
-/// An amount that may be negative (refunds), with at most 2 decimals.
+/// An amount that may be negative (refunds), with at most 2 decimals, within `MAX_AMOUNT` either way.
 fn signed_money<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-    let value = deserialize_decimal(d)?;
+    let value = quantity(d)?;
     if value.normalize().scale() > 2 {
         return Err(serde::de::Error::custom(MoneyError::TooPrecise(2)));
     }
     Ok(value.normalize())
+}
+
+/// A number within `MAX_AMOUNT` either way: nothing computed from it can overflow.
+fn quantity<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    bounded(deserialize_decimal(d)?).map_err(serde::de::Error::custom)
 }
 
 /// A bill id sent as a string or a number; blank means none.
@@ -180,7 +185,50 @@ fn race() -> Error {
     Error::conflict("receipt_race", "the same receipt was applied concurrently")
 }
 
-/// Records a failed attempt (in its own transaction: the attempt's own rolled back).
+/// Whether any text of `value`, key or string, holds a NUL, which PostgreSQL refuses in text and
+/// jsonb: such a receipt can never be stored, so it is refused instead of retried.
+pub(crate) fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// `text` as PostgreSQL takes it: each NUL becomes U+FFFD.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+fn storable_json(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(storable(s)),
+        Value::Array(items) => Value::Array(items.iter().map(storable_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (storable(k), storable_json(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// What is known of a failed receipt, for its row.
+struct FailedRow {
+    org_id: i64,
+    event_id: String,
+    integration_id: Option<i64>,
+    event_type: String,
+    receipt_id: Option<String>,
+    payload: serde_json::Value,
+    received_at: DateTime<Utc>,
+}
+
+/// Records a failed attempt (in its own transaction: the attempt's own rolled back). Whatever the
+/// message holds, the row is written: NULs are replaced, and a payload PostgreSQL refuses (a number
+/// beyond its range) is kept as text.
 pub async fn record_failure(
     conn: &mut PgConnection,
     message: &ReceiptMessage,
@@ -189,8 +237,6 @@ pub async fn record_failure(
     dead: bool,
 ) -> Result<()> {
     let head: Option<EventHead> = serde_json::from_value(message.event.clone()).ok();
-    let event_id = head.as_ref().map_or("", |h| h.id.as_str());
-    let event_type = head.as_ref().map_or("", |h| h.event_type.as_str());
     // The receipt's own id, so operators can tell which sale failed (a failed row takes no effect,
     // so it never collides with the receipt's applied row).
     let receipt_id = message.event.pointer("/data/id").and_then(|id| match id {
@@ -198,26 +244,79 @@ pub async fn record_failure(
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     });
-    sqlx::query(
-        "insert into receipts (org_id, event_id, integration_id, event_type, status, attempts, last_error, payload,
-                               received_at, receipt_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         on conflict (org_id, event_id) do update set
-             status = excluded.status, attempts = excluded.attempts, last_error = excluded.last_error, updated_at = now()
-         where receipts.status in ('retrying', 'dead')",
-    )
-    .bind(message.org_id)
-    .bind(event_id)
-    .bind(message.integration_id)
-    .bind(event_type)
-    .bind(if dead { "dead" } else { "retrying" })
-    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
-    .bind(error)
-    .bind(&message.event)
-    .bind(message.received_at)
-    .bind(receipt_id)
-    .execute(conn)
-    .await?;
+    let row = FailedRow {
+        org_id: message.org_id,
+        event_id: head.as_ref().map_or_else(String::new, |h| h.id.clone()),
+        integration_id: Some(message.integration_id),
+        event_type: head.map_or_else(String::new, |h| h.event_type),
+        receipt_id,
+        payload: message.event.clone(),
+        received_at: message.received_at,
+    };
+    insert_failure(conn, row, attempt, error, dead).await
+}
+
+/// Records a message that is not a readable receipt message at all (not JSON, nested too deep), as
+/// dead: its organization from the `org` header, its event id from the AMQP message id (or the
+/// body's digest), its body as a JSON string.
+pub async fn record_unreadable(
+    conn: &mut PgConnection,
+    org_id: i64,
+    message_id: Option<&str>,
+    body: &[u8],
+    attempt: u32,
+    error: &str,
+) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let event_id = match message_id.filter(|id| !id.trim().is_empty()) {
+        Some(id) => id.to_owned(),
+        None => format!("unreadable-{}", hex::encode(&Sha256::digest(body)[..8])),
+    };
+    let row = FailedRow {
+        org_id,
+        event_id,
+        integration_id: None,
+        event_type: String::new(),
+        receipt_id: None,
+        payload: serde_json::Value::String(String::from_utf8_lossy(body).into_owned()),
+        received_at: Utc::now(),
+    };
+    insert_failure(conn, row, attempt, error, true).await
+}
+
+async fn insert_failure(
+    conn: &mut PgConnection,
+    row: FailedRow,
+    attempt: u32,
+    error: &str,
+    dead: bool,
+) -> Result<()> {
+    let payload = storable_json(&row.payload);
+    let insert = |payload: serde_json::Value| {
+        sqlx::query(
+            "insert into receipts (org_id, event_id, integration_id, event_type, status, attempts, last_error, payload,
+                                   received_at, receipt_id)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             on conflict (org_id, event_id) do update set
+                 status = excluded.status, attempts = excluded.attempts, last_error = excluded.last_error, updated_at = now()
+             where receipts.status in ('retrying', 'dead')",
+        )
+        .bind(row.org_id)
+        .bind(storable(&row.event_id))
+        .bind(row.integration_id)
+        .bind(storable(&row.event_type))
+        .bind(if dead { "dead" } else { "retrying" })
+        .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+        .bind(storable(error))
+        .bind(payload)
+        .bind(row.received_at)
+        .bind(row.receipt_id.as_deref().map(storable))
+    };
+    if insert(payload.clone()).execute(&mut *conn).await.is_err() {
+        insert(serde_json::Value::String(payload.to_string()))
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -315,23 +414,27 @@ async fn payback(
     .bind(sale_receipt)
     .fetch_all(&mut *conn)
     .await?;
-    let accrued: Decimal = sale_entries
+    let overflow = || Error::invalid("data.totalAmount", MoneyError::Overflow.to_string());
+    let accrued = sale_entries
         .iter()
         .filter(|(w, k, _)| w == "main" && k == "accrual")
-        .map(|(_, _, a)| *a)
-        .sum();
+        .try_fold(Decimal::ZERO, |sum, (_, _, a)| sum.checked_add(*a))
+        .ok_or_else(overflow)?;
     let paid = sale_entries
         .iter()
         .find(|(_, k, _)| k == "deduction")
         .and_then(|(w, _, a)| Some((Wallet::parse(w)?, *a)));
 
-    let refunded_total = refunded_before + refunded_now;
+    let refunded_total = refunded_before
+        .checked_add(refunded_now)
+        .ok_or_else(overflow)?;
     let at = Stamp::now_in(org.time_zone);
     let reference = receipt.id.as_str();
     let mut payment_returned = Decimal::ZERO;
     if let Some((wallet, amount)) = paid {
         payment_returned =
-            rules::refund_share(amount, sale_total, refunded_total, payment_returned_before);
+            rules::refund_share(amount, sale_total, refunded_total, payment_returned_before)
+                .map_err(|_| overflow())?;
         if let Ok(back) = Amount::new(payment_returned) {
             let text = describe::refund_payment(&invoice_id);
             ledger::post(
@@ -352,7 +455,8 @@ async fn payback(
         }
     }
     let accrual_due =
-        rules::refund_share(accrued, sale_total, refunded_total, accrual_reversed_before);
+        rules::refund_share(accrued, sale_total, refunded_total, accrual_reversed_before)
+            .map_err(|_| overflow())?;
     let available = customers::lock(conn, org.id, customer_id)
         .await?
         .bonuses_available;

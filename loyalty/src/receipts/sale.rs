@@ -141,7 +141,8 @@ pub(super) async fn apply_sales(
                 paid_with_bonuses = held;
             }
         }
-        let accrual = rules::purchase_accrual(&settings, sale.total, paid_with_bonuses);
+        let accrual = rules::purchase_accrual(&settings, sale.total, paid_with_bonuses)
+            .map_err(out_of_range)?;
         if let Ok(amount) = Amount::new(accrual) {
             entries.push(entry(
                 sale.customer_id,
@@ -155,7 +156,8 @@ pub(super) async fn apply_sales(
         let buyer = by_key.get(&key).ok_or(Error::NotFound("customer"))?;
         if !buyer.has_made_first_purchase && bought.insert(key) {
             first_purchases.push(key);
-            let reward = rules::referral_reward(&settings, sale.total, true);
+            let reward =
+                rules::referral_reward(&settings, sale.total, true).map_err(out_of_range)?;
             if let (Some(referrer), Ok(amount)) = (buyer.referred_by, Amount::new(reward)) {
                 entries.push(entry(
                     referrer,
@@ -185,6 +187,11 @@ pub(super) async fn apply_sales(
     }
     notifications::queue(conn, &notes).await?;
     Ok(invoices)
+}
+
+/// A total no rule can compute with: the receipt's own fault, so it is refused, not retried.
+fn out_of_range(e: crate::money::MoneyError) -> Error {
+    Error::invalid("data.totalAmount", e.to_string())
 }
 
 /// Reads customers' rows, locking them (in one fixed order: organization, id) when `lock`.
