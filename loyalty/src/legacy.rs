@@ -12,9 +12,7 @@ use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, EntryRow, HistoryEntry, Wallet};
-use crate::money::{
-    bounded, deserialize_decimal, parse_decimal, round_money, serialize_decimal,
-};
+use crate::money::{bounded, deserialize_decimal, parse_decimal, round_money, serialize_decimal};
 use crate::orgs::{self, BonusProgramSettings, OrgChanges, OrgDetails};
 use crate::time::{OrgTimeZone, Stamp};
 

@@ -311,16 +311,25 @@ mod tests {
     #[test]
     fn a_percentage_of_an_amount_beyond_range_is_an_error_not_a_panic() {
         let two = Percent::from_str("2").expect("valid");
-        assert_eq!(two.of(d("70000000000000000000000000000")), Err(MoneyError::Overflow));
+        assert_eq!(
+            two.of(d("70000000000000000000000000000")),
+            Err(MoneyError::Overflow)
+        );
     }
 
     #[test]
     fn json_numbers_are_read_by_their_own_text_not_through_a_float() {
         // Both round to a whole number as floats; exactly, they have too many decimals.
         for text in ["99.99999999999999999", "10.0000000000000001"] {
-            assert!(serde_json::from_str::<Amount>(text).is_err(), "{text} accepted");
+            assert!(
+                serde_json::from_str::<Amount>(text).is_err(),
+                "{text} accepted"
+            );
             let value: serde_json::Value = serde_json::from_str(text).expect("json");
-            assert!(serde_json::from_value::<Amount>(value).is_err(), "{text} accepted from a Value");
+            assert!(
+                serde_json::from_value::<Amount>(value).is_err(),
+                "{text} accepted from a Value"
+            );
         }
         let exact: Decimal = deserialize_decimal(&mut serde_json::Deserializer::from_str(
             "12345678901234567.89",
@@ -339,10 +348,22 @@ mod tests {
             Amount::from_str("1000000000000.01"),
             Err(MoneyError::TooLarge(MAX_AMOUNT))
         );
-        for text in ["70000000000000000000000000000", "7e28", "1e400", "-1e400", "123456789012345678901234567890123"] {
-            assert!(serde_json::from_str::<Amount>(text).is_err(), "{text} accepted");
+        for text in [
+            "70000000000000000000000000000",
+            "7e28",
+            "1e400",
+            "-1e400",
+            "123456789012345678901234567890123",
+        ] {
+            assert!(
+                serde_json::from_str::<Amount>(text).is_err(),
+                "{text} accepted"
+            );
         }
-        assert_eq!(bounded(d("-1000000000001")), Err(MoneyError::TooLarge(MAX_AMOUNT)));
+        assert_eq!(
+            bounded(d("-1000000000001")),
+            Err(MoneyError::TooLarge(MAX_AMOUNT))
+        );
         assert_eq!(bounded(d("-5")), Ok(d("-5")));
     }
 }

@@ -3,7 +3,7 @@
 
 use rust_decimal::Decimal;
 
-use crate::money::{MoneyError, Money, Percent, round_money};
+use crate::money::{Money, MoneyError, Percent, round_money};
 
 /// An organization's bonus program, as in the legacy export's `bonus_program_settings`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +86,14 @@ mod tests {
     #[test]
     fn a_purchase_earns_its_percentage() {
         let settings = legacy(false);
-        assert_eq!(purchase_accrual(&settings, d("11118"), Decimal::ZERO), Ok(d("222.36")));
-        assert_eq!(purchase_accrual(&settings, d("80"), Decimal::ZERO), Ok(d("1.6")));
+        assert_eq!(
+            purchase_accrual(&settings, d("11118"), Decimal::ZERO),
+            Ok(d("222.36"))
+        );
+        assert_eq!(
+            purchase_accrual(&settings, d("80"), Decimal::ZERO),
+            Ok(d("1.6"))
+        );
     }
 
     #[test]
@@ -109,7 +115,10 @@ mod tests {
 
     #[test]
     fn only_the_first_purchase_rewards_the_referrer() {
-        assert_eq!(referral_reward(&legacy(false), d("1000"), true), Ok(d("50")));
+        assert_eq!(
+            referral_reward(&legacy(false), d("1000"), true),
+            Ok(d("50"))
+        );
         assert_eq!(
             referral_reward(&legacy(false), d("1000"), false),
             Ok(Decimal::ZERO)
@@ -123,7 +132,10 @@ mod tests {
             purchase_accrual(&legacy(false), huge, Decimal::ZERO),
             Err(MoneyError::Overflow)
         );
-        assert_eq!(referral_reward(&legacy(false), huge, true), Err(MoneyError::Overflow));
+        assert_eq!(
+            referral_reward(&legacy(false), huge, true),
+            Err(MoneyError::Overflow)
+        );
         assert_eq!(
             refund_share(huge, d("0.01"), d("0.01"), -huge),
             Err(MoneyError::Overflow)

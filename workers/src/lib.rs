@@ -168,7 +168,8 @@ impl Worker {
         let org = queue::header(properties, headers::ORG).and_then(|o| o.parse::<i64>().ok());
         let message_id = properties.message_id().as_ref().map(|id| id.as_str());
         tracing::error!(org, event = message_id.unwrap_or(""), attempt, error = %error, "unreadable receipt message is dead");
-        self.pass_on(body, properties, attempt, &error, true).await?;
+        self.pass_on(body, properties, attempt, &error, true)
+            .await?;
         metrics::counter!("loyalty_receipts_dead_total").increment(1);
         let recorded = match (org, self.db.acquire().await) {
             (Some(org), Ok(mut conn)) => {

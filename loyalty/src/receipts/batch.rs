@@ -13,7 +13,7 @@ use sqlx::PgConnection;
 use super::sale::{SaleInput, apply_sales};
 use super::{
     EventHead, OpenBill, Outcome, RECEIPT_CREATED, Receipt, ReceiptCreated, ReceiptMessage,
-    has_nul, payback, race,
+    has_nul, payback, race, read_event,
 };
 use crate::error::{Error, Result, violated_constraint};
 use crate::ledger::Wallet;
@@ -94,7 +94,6 @@ pub async fn apply_batch(
 
 /// Everything that can be refused without the database is refused before anything is written.
 fn parse(messages: &[ReceiptMessage]) -> Result<Vec<Parsed<'_>>> {
-    let invalid = |e: serde_json::Error| Error::invalid("event", e.to_string());
     messages
         .iter()
         .map(|message| {
@@ -104,10 +103,9 @@ fn parse(messages: &[ReceiptMessage]) -> Result<Vec<Parsed<'_>>> {
                     "a text holds a NUL character (\\u0000), which cannot be stored",
                 ));
             }
-            let head: EventHead = serde_json::from_value(message.event.clone()).map_err(invalid)?;
+            let head: EventHead = read_event(&message.event)?;
             let receipt = if head.event_type == RECEIPT_CREATED {
-                let event: ReceiptCreated =
-                    serde_json::from_value(message.event.clone()).map_err(invalid)?;
+                let event: ReceiptCreated = read_event(&message.event)?;
                 if event.data.kind == "SELL"
                     && event.data.total_amount <= rust_decimal::Decimal::ZERO
                 {

@@ -185,6 +185,19 @@ fn race() -> Error {
     Error::conflict("receipt_race", "the same receipt was applied concurrently")
 }
 
+/// Reads a stored or queued event as `T`; a refusal names the field (`data.totalAmount`).
+pub(crate) fn read_event<T: serde::de::DeserializeOwned>(event: &serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(event.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "event".to_owned()
+        } else {
+            path
+        };
+        Error::invalid(field, e.into_inner().to_string())
+    })
+}
+
 /// Whether any text of `value`, key or string, holds a NUL, which PostgreSQL refuses in text and
 /// jsonb: such a receipt can never be stored, so it is refused instead of retried.
 pub(crate) fn has_nul(value: &serde_json::Value) -> bool {
@@ -556,8 +569,7 @@ pub async fn attach(
             "only sales (SELL) can be attached to a customer",
         ));
     }
-    let event: ReceiptCreated =
-        serde_json::from_value(payload).map_err(|e| Error::invalid("receipt", e.to_string()))?;
+    let event: ReceiptCreated = read_event(&payload)?;
     let org = orgs::get(conn, org_id).await?;
     customers::lock(conn, org_id, customer_id)
         .await
