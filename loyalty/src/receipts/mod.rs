@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::PgConnection;
 
 mod batch;
+mod locking;
 mod sale;
 
 pub use batch::apply_batch;
@@ -177,7 +178,10 @@ impl Outcome {
 }
 
 fn race() -> Error {
-    Error::conflict("receipt_race", "the same receipt was applied concurrently")
+    Error::conflict(
+        crate::error::RACE,
+        "the same receipt was applied concurrently",
+    )
 }
 
 /// Records a failed attempt (in its own transaction: the attempt's own rolled back).
@@ -455,7 +459,8 @@ pub async fn attach(
     let event: ReceiptCreated =
         serde_json::from_value(payload).map_err(|e| Error::invalid("receipt", e.to_string()))?;
     let org = orgs::get(conn, org_id).await?;
-    customers::lock(conn, org_id, customer_id)
+    // The customer and their referrer, in the program's lock order, before `apply_sales` needs them.
+    sale::lock_buyers(conn, vec![(org_id, customer_id)])
         .await
         .map_err(|e| match e {
             Error::NotFound(_) => Error::invalid(
