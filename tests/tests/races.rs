@@ -57,6 +57,27 @@ async fn final_statuses(app: &TestApp, org: i64, events: &[String]) -> Vec<Strin
     }
 }
 
+/// Waits (up to 10 s) until at least `n` of this test's connections wait for a row lock.
+async fn lock_waiters(app: &TestApp, n: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("activity");
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} waiting, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn bills_cancelled_while_their_sales_are_applied_end_cancelled_or_paid_never_a_500() {
     let app = TestApp::spawn().await;
@@ -67,23 +88,35 @@ async fn bills_cancelled_while_their_sales_are_applied_end_cancelled_or_paid_nev
         bills.push(customer_with_open_bill(&app, org, 100).await);
     }
     let worker = app.start_worker();
-    let events: Vec<String> = (0..bills.len()).map(|i| format!("race-sale-{i}")).collect();
-    let sales = bills.iter().zip(&events).map(|((_, bill), event)| {
-        let receipt = receipt_event(event, &format!("r-{event}"), Some(*bill), "100");
-        let (app, token) = (&app, &token);
-        async move { app.post_receipt(token, &receipt).await }
-    });
-    let cancels = bills.iter().map(|(_, bill)| {
+    // The race made certain: the customers' rows are held while every cancel, then the worker
+    // applying the sales, queue up behind them; they are let go once the worker has waited past
+    // PostgreSQL's deadlock_timeout (1 s), so a cycle, if the lock orders make one, is found by
+    // the cancel's own check.
+    let mut gate = app.db.pool.begin().await.expect("transaction");
+    sqlx::query("select id from customers where org_id = $1 for update")
+        .bind(org)
+        .execute(&mut *gate)
+        .await
+        .expect("customers held");
+    let cancels = futures::future::join_all(bills.iter().map(|(_, bill)| {
         send(app.admin(
             Method::DELETE,
             &format!("/admin/v1/orgs/{org}/bills/{bill}"),
         ))
-    });
-    let (sold, cancelled) = tokio::join!(
-        futures::future::join_all(sales),
-        futures::future::join_all(cancels)
-    );
-    assert!(sold.iter().all(|(s, _)| *s == 200), "{sold:?}");
+    }));
+    let events: Vec<String> = (0..bills.len()).map(|i| format!("race-sale-{i}")).collect();
+    let sales = async {
+        lock_waiters(&app, 20).await;
+        for ((_, bill), event) in bills.iter().zip(&events) {
+            let receipt = receipt_event(event, &format!("r-{event}"), Some(*bill), "100");
+            let (status, body) = app.post_receipt(&token, &receipt).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        lock_waiters(&app, 21).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        gate.rollback().await.expect("customers let go");
+    };
+    let (cancelled, ()) = tokio::join!(cancels, sales);
     let statuses = final_statuses(&app, org, &events).await;
     worker.stop().await;
 
