@@ -77,6 +77,8 @@ pub async fn apply_batch(
         };
     }
 
+    // Every customer and bill the sales and refunds will move, locked up front in the program's
+    // order (`crate::locks`): customers, then bills.
     let named: Vec<(i64, i64)> = (0..parsed.len())
         .filter(|&i| outcomes[i].is_none())
         .filter_map(|i| {
