@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use backon::BackoffBuilder;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
@@ -39,22 +40,56 @@ impl IdempotencyKey {
 }
 
 /// Runs `op` in one transaction and answers `status` with its result as JSON; with a key, the key is
-/// claimed in the same transaction, so the effect and the stored answer commit together.
+/// claimed in the same transaction, so the effect and the stored answer commit together. A
+/// transaction that loses a lock race (a deadlock PostgreSQL broke, a serialization failure, a row
+/// moved under it: see `loyalty::locks`) is rolled back and run again, a few times, with backoff;
+/// if it keeps losing, the answer is a 503 to retry, never a 500.
 pub async fn transact<T: Serialize>(
     db: &PgPool,
     key: Option<&IdempotencyKey>,
     digest: &[u8],
     status: StatusCode,
-    op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ApiError>,
+    op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ApiError> + Clone,
 ) -> Result<Response, ApiError> {
-    let mut tx = db.begin().await?;
-    if let Some(key) = key {
-        if let Some(saved) = claim(&mut tx, key, digest).await? {
-            return Ok(saved);
+    let mut delays = loyalty::locks::transient_retry().build();
+    loop {
+        let mut tx = db.begin().await?;
+        if let Some(key) = key {
+            if let Some(saved) = claim(&mut tx, key, digest).await? {
+                return Ok(saved);
+            }
+        }
+        // Each attempt runs its own copy of `op` (it captures only references).
+        let done = match op.clone()(&mut tx).await {
+            Ok(value) => finish(tx, key, status, &value).await,
+            Err(err) => Err(err),
+        };
+        match done {
+            Err(err) if lost_a_race(&err) => {
+                let Some(wait) = delays.next() else {
+                    tracing::warn!(error = %err, "transaction kept losing lock races");
+                    return Err(ApiError::Unavailable {
+                        message: "the request kept colliding with concurrent ones; retry shortly"
+                            .into(),
+                        retry_after_secs: 1,
+                    });
+                };
+                tracing::warn!(error = %err, ?wait, "transaction lost a lock race; running it again");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
         }
     }
-    let value = op(&mut tx).await?;
-    let body = serde_json::to_value(&value).map_err(anyhow::Error::from)?;
+}
+
+/// Stores the answer under the key (when there is one) and commits.
+async fn finish<T: Serialize>(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    key: Option<&IdempotencyKey>,
+    status: StatusCode,
+    value: &T,
+) -> Result<Response, ApiError> {
+    let body = serde_json::to_value(value).map_err(anyhow::Error::from)?;
     if let Some(key) = key {
         sqlx::query("update idempotency_keys set status = $2, body = $3 where key = $1")
             .bind(key.as_str())
@@ -65,6 +100,17 @@ pub async fn transact<T: Serialize>(
     }
     tx.commit().await?;
     Ok((status, Json(body)).into_response())
+}
+
+/// Whether the transaction failed only because a concurrent one won a race for its rows.
+fn lost_a_race(err: &ApiError) -> bool {
+    match err {
+        ApiError::Conflict { code, .. } => *code == loyalty::error::RACE,
+        ApiError::Internal(err) => err
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(loyalty::locks::is_transient),
+        _ => false,
+    }
 }
 
 /// Claims the key for this transaction, or returns the answer already stored under it.

@@ -33,6 +33,8 @@ use tower_http::trace::TraceLayer;
 pub struct Config {
     #[command(flatten)]
     pub backends: loyalty::config::Backends,
+    #[command(flatten)]
+    pub secrets: loyalty::config::Secrets,
     /// Bearer token of the operator API (`/admin/v1`). Required.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
@@ -127,6 +129,11 @@ pub fn app(state: AppState) -> Router {
 /// Connects, migrates and serves until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let db = config.backends.database(16).await?;
+    // Refuses to start unable to read the bot tokens; seals those in clear or under an older key.
+    let resealed = loyalty::orgs::prepare_bot_tokens(&db, &config.secrets.token_keys, true).await?;
+    if resealed > 0 {
+        tracing::info!(resealed, key = ?config.secrets.token_keys.current(), "bot tokens sealed under the current key");
+    }
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     tracing::info!(addr = %config.addr, "ingest listening");
     let state = AppState::new(db, config);

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use loyalty::customers::{self, Balances};
+use loyalty::customers;
 use loyalty::init_data::{self, TelegramUser};
 use loyalty::ledger::{self, HistoryEntry};
 use loyalty::legacy;
@@ -21,6 +23,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Body, Query};
+use crate::idempotency::transact;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -58,7 +61,7 @@ impl FromRequestParts<AppState> for MiniAppUser {
             .ok_or(ApiError::NotFound("organization"))?;
         let mut conn = state.db.acquire().await?;
         let org = orgs::get(&mut conn, org_id).await?;
-        let token = orgs::bot_token(&mut conn, org_id)
+        let token = orgs::bot_token(&mut conn, &state.config.secrets.token_keys, org_id)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         let max_age = Duration::from_secs(state.config.miniapp_max_age);
@@ -107,12 +110,16 @@ async fn promo(
     State(state): State<AppState>,
     caller: MiniAppUser,
     body: Body<PromoRequest>,
-) -> Result<Json<Balances>, ApiError> {
+) -> Result<Response, ApiError> {
+    // The visit commits first, so the promo's transaction takes both customers' locks in the
+    // program's order (`loyalty::locks`) rather than the caller's before the friend's.
     let mut tx = state.db.begin().await?;
     let (id, _) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
-    let balances = customers::apply_promo(&mut tx, &caller.org, id, &body.value.code).await?;
     tx.commit().await?;
-    Ok(Json(balances))
+    transact(&state.db, None, &[], StatusCode::OK, async |conn| {
+        Ok(customers::apply_promo(conn, &caller.org, id, &body.value.code).await?)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]

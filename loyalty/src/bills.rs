@@ -378,22 +378,34 @@ pub async fn get(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bill> 
 }
 
 /// Cancels an open bill and releases its hold; a paid bill cannot be cancelled.
+///
+/// Customers are locked before bills (`crate::locks`): the bill is read unlocked, its customer
+/// locked, then the bill changed only if it still belongs to that customer. A merge that moved it
+/// in between is a race the caller's retry runs again.
 pub async fn cancel(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bill> {
     let bill = get(conn, org_id, id).await?;
     crate::customers::lock(conn, org_id, bill.customer_id).await?;
     let cancelled: Option<(Decimal, Option<String>)> = sqlx::query_as(
         "update bills set status = 'cancelled', closed_at = now()
-         where org_id = $1 and id = $2 and status = 'open'
+         where org_id = $1 and id = $2 and status = 'open' and customer_id = $3
          returning bonus_payment, bonus_wallet",
     )
     .bind(org_id)
     .bind(id)
+    .bind(bill.customer_id)
     .fetch_optional(&mut *conn)
     .await?;
     let Some((amount, wallet)) = cancelled else {
+        let now = get(conn, org_id, id).await?;
+        if now.status == "open" {
+            return Err(Error::conflict(
+                crate::error::RACE,
+                "the bill moved to another customer; run again",
+            ));
+        }
         return Err(Error::conflict(
             "bill_closed",
-            format!("the bill is {}, not open", bill.status),
+            format!("the bill is {}, not open", now.status),
         ));
     };
     if let Some(wallet) = wallet.as_deref().and_then(Wallet::parse) {

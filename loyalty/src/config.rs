@@ -41,3 +41,12 @@ impl Backends {
         )
     }
 }
+
+/// The keys that seal the organizations' bot tokens at rest (ingest and notifier; see `crypto`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Secrets {
+    /// `id:base64key[,id:base64key…]` with 32-byte keys (`openssl rand -base64 32`): the first
+    /// seals bot tokens, every one listed opens them. Required once any organization has a token.
+    #[arg(long, env = "TOKEN_KEYS", hide_env_values = true, default_value = "")]
+    pub token_keys: crate::crypto::TokenKeys,
+}

@@ -248,7 +248,20 @@ pub async fn apply_promo(
     id: i64,
     code: &str,
 ) -> Result<Balances> {
-    lock(conn, org.id, id).await?;
+    // The customer and the friend whose code it is, both locked in the program's order
+    // (`crate::locks`): the friend's row is read for the referral chain and referenced by the new
+    // `referred_by`, so two customers entering each other's codes at once serialize here.
+    let friend = parse_promo_code(code).filter(|f| *f != id);
+    let keys: Vec<(i64, i64)> = std::iter::once(id)
+        .chain(friend)
+        .map(|c| (org.id, c))
+        .collect();
+    if !crate::locks::customers(conn, &keys)
+        .await?
+        .contains(&(org.id, id))
+    {
+        return Err(Error::NotFound("customer"));
+    }
     let (referred_by, first_purchase_made): (Option<i64>, bool) = sqlx::query_as(
         "select referred_by, has_made_first_purchase from customers where org_id = $1 and id = $2",
     )
@@ -499,14 +512,31 @@ pub async fn merge(conn: &mut PgConnection, org_id: i64, into: i64, from: i64) -
             "a customer cannot be merged into itself",
         ));
     }
-    // Both rows locked, in id order.
-    let (first, second) = (into.min(from), into.max(from));
-    lock(conn, org_id, first)
-        .await
-        .map_err(|e| missing_as_invalid(e, first == from))?;
-    lock(conn, org_id, second)
-        .await
-        .map_err(|e| missing_as_invalid(e, second == from))?;
+    // Both customers and those `from` referred (their `referred_by` changes), locked together in
+    // the program's order (`crate::locks`).
+    let referred: Vec<i64> = sqlx::query_scalar(
+        "select id from customers where org_id = $1 and referred_by = $2 and id <> $3",
+    )
+    .bind(org_id)
+    .bind(from)
+    .bind(into)
+    .fetch_all(&mut *conn)
+    .await?;
+    let keys: Vec<(i64, i64)> = [into, from]
+        .into_iter()
+        .chain(referred)
+        .map(|c| (org_id, c))
+        .collect();
+    let locked = crate::locks::customers(conn, &keys).await?;
+    if !locked.contains(&(org_id, from)) {
+        return Err(Error::invalid(
+            "from",
+            "no customer of this organization has this id",
+        ));
+    }
+    if !locked.contains(&(org_id, into)) {
+        return Err(Error::NotFound("customer"));
+    }
     let (from_merged, into_merged): (bool, bool) = sqlx::query_as(
         "select bool_or(id = $3 and merged_into is not null), bool_or(id = $2 and merged_into is not null)
          from customers where org_id = $1 and id in ($2, $3)",
@@ -598,15 +628,6 @@ pub async fn merge(conn: &mut PgConnection, org_id: i64, into: i64, from: i64) -
         referrals_moved: i64::try_from(referrals.rows_affected()).unwrap_or(i64::MAX),
         balances: lock(conn, org_id, into).await?,
     })
-}
-
-fn missing_as_invalid(err: Error, is_from: bool) -> Error {
-    match err {
-        Error::NotFound(_) if is_from => {
-            Error::invalid("from", "no customer of this organization has this id")
-        }
-        other => other,
-    }
 }
 
 #[cfg(test)]

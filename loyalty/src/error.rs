@@ -30,7 +30,21 @@ impl Error {
             message: message.into(),
         }
     }
+
+    /// Whether running the transaction again may succeed: it lost a lock race (see `locks`), or a
+    /// concurrent delivery of the same receipt committed first.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Db(err) => crate::locks::is_transient(err),
+            Error::Conflict { code, .. } => *code == RACE,
+            _ => false,
+        }
+    }
 }
+
+/// The conflict code of a transaction that must run again because a concurrent one changed what it
+/// had read (the same receipt applied by another delivery, a bill moved by a merge).
+pub const RACE: &str = "receipt_race";
 
 /// The name of the constraint a database error violated, if any.
 pub fn violated_constraint(err: &sqlx::Error) -> Option<&str> {

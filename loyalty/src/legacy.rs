@@ -376,8 +376,10 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
             created: false,
         });
     };
+    // The export carries no bot token, so no key is needed.
     orgs::update(
         conn,
+        &crate::crypto::TokenKeys::default(),
         org_id,
         &OrgChanges {
             name: Some(details.name.clone()),

@@ -3,12 +3,14 @@
 
 pub mod bills;
 pub mod config;
+pub mod crypto;
 pub mod customers;
 pub mod db;
 pub mod error;
 pub mod init_data;
 pub mod ledger;
 pub mod legacy;
+pub mod locks;
 pub mod money;
 pub mod notifications;
 pub mod orgs;

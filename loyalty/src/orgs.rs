@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
+use crate::crypto::{Sealed, TokenKeys};
 use crate::error::{Error, Result};
 use crate::money::{Money, Percent};
 use crate::rules::BonusSettings;
@@ -195,11 +196,12 @@ impl OrgChanges {
 const SELECT_ORG: &str =
     "select id, name, phone_numbers, address, whatsapp_link, telegram_link, time_zone,
         invoice_bonus_percentage, referral_promo_bonus, referrer_first_purchase_percentage,
-        accrue_when_paying_with_bonuses, telegram_bot_token is not null as telegram_bot_token_set,
+        accrue_when_paying_with_bonuses,
+        telegram_bot_token_sealed is not null or telegram_bot_token is not null as telegram_bot_token_set,
         currency_symbol, notification_templates
     from organizations";
 
-pub async fn create(conn: &mut PgConnection, new: &OrgChanges) -> Result<i64> {
+pub async fn create(conn: &mut PgConnection, keys: &TokenKeys, new: &OrgChanges) -> Result<i64> {
     new.validate()?;
     let name = new
         .name
@@ -209,7 +211,7 @@ pub async fn create(conn: &mut PgConnection, new: &OrgChanges) -> Result<i64> {
         .bind(name)
         .fetch_one(&mut *conn)
         .await?;
-    update(conn, id, new).await?;
+    update(conn, keys, id, new).await?;
     Ok(id)
 }
 
@@ -222,8 +224,14 @@ pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Organization> {
     row.ok_or(Error::NotFound("organization"))?.try_into()
 }
 
-/// Applies the fields that are present; absent ones stay as they are.
-pub async fn update(conn: &mut PgConnection, id: i64, c: &OrgChanges) -> Result<()> {
+/// Applies the fields that are present; absent ones stay as they are. A bot token is sealed under
+/// `keys` (see `set_bot_token`).
+pub async fn update(
+    conn: &mut PgConnection,
+    keys: &TokenKeys,
+    id: i64,
+    c: &OrgChanges,
+) -> Result<()> {
     c.validate()?;
     let s = c.bonus_program_settings;
     let updated = sqlx::query(
@@ -238,13 +246,11 @@ pub async fn update(conn: &mut PgConnection, id: i64, c: &OrgChanges) -> Result<
             referral_promo_bonus = coalesce($9, referral_promo_bonus),
             referrer_first_purchase_percentage = coalesce($10, referrer_first_purchase_percentage),
             accrue_when_paying_with_bonuses = coalesce($11, accrue_when_paying_with_bonuses),
-            telegram_bot_token = case when $12::text is null then telegram_bot_token
-                                      else nullif($12, '') end,
-            currency_symbol = coalesce($13, currency_symbol),
+            currency_symbol = coalesce($12, currency_symbol),
             -- Templates merge: a kind given an empty text goes back to its default.
-            notification_templates = case when $14::jsonb is null then notification_templates
+            notification_templates = case when $13::jsonb is null then notification_templates
                 else (select coalesce(jsonb_object_agg(key, value), '{}'::jsonb)
-                      from jsonb_each(notification_templates || $14::jsonb) where value <> to_jsonb(''::text)) end
+                      from jsonb_each(notification_templates || $13::jsonb) where value <> to_jsonb(''::text)) end
          where id = $1",
     )
     .bind(id)
@@ -258,14 +264,51 @@ pub async fn update(conn: &mut PgConnection, id: i64, c: &OrgChanges) -> Result<
     .bind(s.map(|s| s.referral_promo_bonus.get()))
     .bind(s.map(|s| s.referrer_first_purchase_percentage.get()))
     .bind(s.map(|s| s.accrue_when_paying_with_bonuses))
-    .bind(&c.telegram_bot_token)
     .bind(&c.currency_symbol)
     .bind(c.notification_templates.as_ref().map(sqlx::types::Json))
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
     if updated.rows_affected() == 0 {
         return Err(Error::NotFound("organization"));
     }
+    if let Some(token) = &c.telegram_bot_token {
+        set_bot_token(conn, keys, id, token).await?;
+    }
+    Ok(())
+}
+
+/// Stores the bot token sealed under the current key (`""` removes it). Without `TOKEN_KEYS` a
+/// token is refused rather than kept readable: a secret the server cannot protect is not stored.
+async fn set_bot_token(
+    conn: &mut PgConnection,
+    keys: &TokenKeys,
+    id: i64,
+    token: &str,
+) -> Result<()> {
+    let sealed = if token.is_empty() {
+        None
+    } else {
+        Some(keys.seal(id, token).map_err(|_| {
+            Error::conflict(
+                "token_keys_missing",
+                "bot tokens are stored encrypted and this server has no TOKEN_KEYS; set it and restart",
+            )
+        })?)
+    };
+    store_sealed(conn, id, sealed.as_ref()).await
+}
+
+async fn store_sealed(conn: &mut PgConnection, id: i64, sealed: Option<&Sealed>) -> Result<()> {
+    sqlx::query(
+        "update organizations set telegram_bot_token = null, telegram_bot_token_key = $2,
+                                  telegram_bot_token_sealed = $3
+         where id = $1",
+    )
+    .bind(id)
+    .bind(sealed.map(|s| s.key_id.as_str()))
+    .bind(sealed.map(|s| s.bytes.as_slice()))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -324,12 +367,95 @@ pub async fn integration_by_token(
     )
 }
 
+/// A bot token as stored: sealed, or (written before tokens were sealed, until ingest's start
+/// seals it) plain.
+#[derive(sqlx::FromRow)]
+pub struct StoredToken {
+    pub id: i64,
+    pub telegram_bot_token: Option<String>,
+    pub telegram_bot_token_key: Option<String>,
+    pub telegram_bot_token_sealed: Option<Vec<u8>>,
+}
+
+impl StoredToken {
+    fn sealed(&self) -> Option<Sealed> {
+        Some(Sealed {
+            key_id: self.telegram_bot_token_key.clone()?,
+            bytes: self.telegram_bot_token_sealed.clone()?,
+        })
+    }
+
+    /// The token in clear, if the organization has one. A token `keys` cannot open is a stored
+    /// value this process cannot decode (a key removed too early, an altered row).
+    pub fn open(&self, keys: &TokenKeys) -> Result<Option<String>, sqlx::Error> {
+        match self.sealed() {
+            Some(sealed) => keys
+                .open(self.id, &sealed)
+                .map(Some)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e))),
+            None => Ok(self.telegram_bot_token.clone()),
+        }
+    }
+}
+
+const STORED_TOKEN: &str =
+    "select id, telegram_bot_token, telegram_bot_token_key, telegram_bot_token_sealed
+    from organizations";
+
 /// The organization's bot token, to validate Mini App init data and to send messages.
-pub async fn bot_token(conn: &mut PgConnection, org_id: i64) -> Result<Option<String>> {
-    let token: Option<Option<String>> =
-        sqlx::query_scalar("select telegram_bot_token from organizations where id = $1")
+pub async fn bot_token(
+    conn: &mut PgConnection,
+    keys: &TokenKeys,
+    org_id: i64,
+) -> Result<Option<String>> {
+    let stored: StoredToken =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{STORED_TOKEN} where id = $1")))
             .bind(org_id)
             .fetch_optional(conn)
-            .await?;
-    token.ok_or(Error::NotFound("organization"))
+            .await?
+            .ok_or(Error::NotFound("organization"))?;
+    Ok(stored.open(keys)?)
+}
+
+/// Checks at start that every stored bot token opens under `keys`, and refuses to start otherwise
+/// (no `TOKEN_KEYS` while tokens exist, or a token under a key no longer listed), so a service
+/// never runs unable to read its tokens. With `reseal` (ingest), tokens stored in clear or under
+/// a key other than the first are sealed again under the first: this is the rotation's
+/// re-encryption. Returns how many were resealed.
+pub async fn prepare_bot_tokens(
+    pool: &sqlx::PgPool,
+    keys: &TokenKeys,
+    reseal: bool,
+) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let stored: Vec<StoredToken> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{STORED_TOKEN} where telegram_bot_token is not null or telegram_bot_token_sealed is not null
+         order by id for update"
+    )))
+    .fetch_all(&mut *tx)
+    .await?;
+    if stored.is_empty() {
+        return Ok(0);
+    }
+    if keys.is_empty() {
+        anyhow::bail!(
+            "{} organization(s) have a Telegram bot token but TOKEN_KEYS is not set: set it \
+             (id:base64key, 32-byte keys) to read them and to seal any stored in clear",
+            stored.len()
+        );
+    }
+    let mut resealed = 0;
+    for row in &stored {
+        let token = row
+            .open(keys)
+            .map_err(|e| anyhow::anyhow!("organization {}: {e}", row.id))?
+            .unwrap_or_default();
+        if reseal && row.telegram_bot_token_key.as_deref() != keys.current() {
+            let sealed = keys.seal(row.id, &token)?;
+            store_sealed(&mut tx, row.id, Some(&sealed)).await?;
+            resealed += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(resealed)
 }

@@ -34,6 +34,8 @@ use crate::telegram::Answer;
 pub struct Config {
     #[command(flatten)]
     pub backends: loyalty::config::Backends,
+    #[command(flatten)]
+    pub secrets: loyalty::config::Secrets,
     /// Telegram Bot API base URL.
     #[arg(
         long,
@@ -109,6 +111,8 @@ pub struct Notifier {
     per_chat: Arc<DefaultKeyedRateLimiter<(String, i64)>>,
     /// Bots Telegram asked to wait (429), until when.
     paused: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
+    /// Open the organizations' sealed bot tokens.
+    token_keys: Arc<loyalty::crypto::TokenKeys>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -124,7 +128,8 @@ struct Pending {
     bonuses: Decimal,
     referral_bonuses: Decimal,
     shop: String,
-    bot_token: Option<String>,
+    #[sqlx(flatten)]
+    token: loyalty::orgs::StoredToken,
     currency_symbol: String,
     templates: serde_json::Value,
 }
@@ -136,6 +141,7 @@ impl Notifier {
         api_url: String,
         bot_rate: u32,
         chat_rate: u32,
+        token_keys: loyalty::crypto::TokenKeys,
     ) -> Self {
         let rate = |n: u32| Quota::per_second(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN));
         Self {
@@ -146,6 +152,7 @@ impl Notifier {
             per_bot: Arc::new(RateLimiter::keyed(rate(bot_rate))),
             per_chat: Arc::new(RateLimiter::keyed(rate(chat_rate))),
             paused: Arc::new(Mutex::new(HashMap::new())),
+            token_keys: Arc::new(token_keys),
         }
     }
 
@@ -298,7 +305,8 @@ impl Notifier {
         let row: Option<Pending> = sqlx::query_as(
             "select o.status, o.org_id, o.customer_id, o.kind, o.payload, o.trace_id, c.telegram_id,
                     c.telegram_unreachable_at is not null as unreachable, c.bonuses, c.referral_bonuses,
-                    g.name as shop, g.telegram_bot_token as bot_token, g.currency_symbol,
+                    g.name as shop, g.id, g.telegram_bot_token, g.telegram_bot_token_key, g.telegram_bot_token_sealed,
+                    g.currency_symbol,
                     g.notification_templates as templates
              from outbox o
              join customers c on c.org_id = o.org_id and c.id = o.customer_id
@@ -312,6 +320,9 @@ impl Notifier {
         let Some(row) = row else {
             return Ok(Err(Delivered::Duplicate));
         };
+        // A token this process cannot open fails the attempt (retried, then dead for a replay once
+        // TOKEN_KEYS is right); the error names the key, never the token.
+        let bot_token = row.token.open(&self.token_keys)?;
         let settle = |status: &'static str, reason: String| (status, reason);
         let verdict = match row.status.as_str() {
             // A dead one comes back only when an operator replays it.
@@ -322,7 +333,7 @@ impl Notifier {
             )),
             _ => return Ok(Err(Delivered::Duplicate)),
         };
-        let verdict = verdict.or_else(|| match (&row.telegram_id, &row.bot_token) {
+        let verdict = verdict.or_else(|| match (&row.telegram_id, &bot_token) {
             (None, _) => Some(settle("skipped", "the customer has no telegram_id".into())),
             (_, None) => Some(settle(
                 "skipped",
@@ -357,7 +368,7 @@ impl Notifier {
             .await?;
         tx.commit().await?;
         let text = text_of(&row);
-        let (Some(chat), Some(token)) = (row.telegram_id, row.bot_token) else {
+        let (Some(chat), Some(token)) = (row.telegram_id, bot_token) else {
             return Ok(Err(Delivered::Duplicate));
         };
         Ok(Ok(Claimed {
@@ -582,6 +593,8 @@ fn text_of(row: &Pending) -> String {
 /// Connects, migrates, declares the topology, relays and sends until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let db = config.backends.database(8).await?;
+    // Refuses to start unable to read the bot tokens (ingest is the one that reseals them).
+    loyalty::orgs::prepare_bot_tokens(&db, &config.secrets.token_keys, false).await?;
     let broker = Arc::new(config.backends.broker());
     tokio::spawn(loyalty::telemetry::serve_metrics(config.metrics_addr));
     Notifier::new(
@@ -590,6 +603,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.telegram_api_url.clone(),
         config.bot_rate,
         config.chat_rate,
+        config.secrets.token_keys,
     )
     .run(16, loyalty::shutdown::signal())
     .await

@@ -180,6 +180,9 @@ impl TestApp {
                 amqp_url: amqp_url().await.to_owned(),
                 queue_prefix: format!("test.{}.", uuid_like()),
             },
+            secrets: loyalty::config::Secrets {
+                token_keys: token_keys(),
+            },
             admin_token: ADMIN_TOKEN.to_owned(),
             addr: "127.0.0.1:0".parse().expect("addr"),
             telegram_api_url: "http://127.0.0.1:9".into(),
@@ -662,4 +665,12 @@ impl TestApp {
             .await
             .expect("published");
     }
+}
+
+/// `TOKEN_KEYS` of the test services: one fixed key, "test".
+pub const TOKEN_KEYS: &str = "test:dGVzdC1vbmx5LWtleS1ub3QtYS1zZWNyZXQtMzJieXQ=";
+
+/// The keys the test services seal bot tokens with.
+pub fn token_keys() -> loyalty::crypto::TokenKeys {
+    TOKEN_KEYS.parse().expect("test keys parse")
 }

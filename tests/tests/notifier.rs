@@ -115,6 +115,7 @@ fn start_notifier(app: &TestApp, api: &str) -> tokio::task::JoinHandle<()> {
         api.to_owned(),
         30,
         1,
+        e2e::token_keys(),
     );
     tokio::spawn(async move {
         notifier
@@ -283,6 +284,7 @@ async fn outbox_rows_wait_for_the_broker_and_are_relayed_once_it_is_back() {
         "http://127.0.0.1:9".into(),
         30,
         1,
+        e2e::token_keys(),
     );
     assert!(relay.relay_once().await.is_err(), "the broker is down");
     let unpublished: i64 =
@@ -298,6 +300,7 @@ async fn outbox_rows_wait_for_the_broker_and_are_relayed_once_it_is_back() {
         "http://127.0.0.1:9".into(),
         30,
         1,
+        e2e::token_keys(),
     );
     assert_eq!(relay.relay_once().await.expect("relayed"), 1);
     assert_eq!(relay.relay_once().await.expect("nothing left"), 0);

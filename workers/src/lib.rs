@@ -253,7 +253,8 @@ impl Worker {
     }
 
     /// One transaction for the messages; a race with a concurrent delivery of the same receipt is
-    /// settled by running again, when the other has committed and this one is a plain duplicate.
+    /// settled by running again, when the other has committed and this one is a plain duplicate,
+    /// and so is a deadlock or serialization failure (SQLSTATE 40P01, 40001).
     async fn apply_once(&self, messages: &[ReceiptMessage]) -> Result<Vec<Outcome>, Failure> {
         if messages.is_empty() {
             return Ok(Vec::new());
@@ -276,10 +277,8 @@ impl Worker {
                         .map_err(|e| Failure::Transient(format!("database commit: {e}")))?;
                     return Ok(outcomes);
                 }
-                Err(loyalty::Error::Conflict {
-                    code: "receipt_race",
-                    ..
-                }) => continue,
+                // A lost race (a concurrent delivery, a deadlock broken by PostgreSQL): run again.
+                Err(err) if err.is_transient() => continue,
                 // PostgreSQL refused a value of the receipt itself (data exception): no retry helps.
                 Err(loyalty::Error::Db(sqlx::Error::Database(e)))
                     if e.code().is_some_and(|c| c.starts_with("22")) =>

@@ -1,5 +1,7 @@
 //! Import and export of the old system's JSON export.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -35,7 +37,7 @@ pub async fn import(
     body: Body<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let key = IdempotencyKey::from_headers(&headers)?;
-    let mut created = true;
+    let created = AtomicBool::new(true);
     let mut response = transact(
         &state.db,
         key.as_ref(),
@@ -43,7 +45,7 @@ pub async fn import(
         StatusCode::CREATED,
         async |conn| {
             let outcome = legacy::import(conn, &body.value).await?;
-            created = outcome.created;
+            created.store(outcome.created, Ordering::Relaxed);
             tracing::info!(
                 org = outcome.id,
                 customers = outcome.customers,
@@ -54,7 +56,7 @@ pub async fn import(
         },
     )
     .await?;
-    if !created {
+    if !created.load(Ordering::Relaxed) {
         *response.status_mut() = StatusCode::OK;
     }
     Ok(response)

@@ -27,7 +27,8 @@ pub struct CreatedOrg {
 
 /// Creates an organization (a tenant).
 #[utoipa::path(post, path = "/admin/v1/orgs", tag = "organizations", request_body = OrgChanges,
-    responses((status = 201, body = CreatedOrg), (status = 422, body = crate::openapi::ErrorBody)),
+    responses((status = 201, body = CreatedOrg), (status = 422, body = crate::openapi::ErrorBody),
+              (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = crate::openapi::ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_org(
     State(state): State<AppState>,
@@ -42,7 +43,7 @@ pub async fn create_org(
         StatusCode::CREATED,
         async |conn| {
             Ok(CreatedOrg {
-                id: orgs::create(conn, &body.value).await?,
+                id: orgs::create(conn, &state.config.secrets.token_keys, &body.value).await?,
             })
         },
     )
@@ -64,6 +65,7 @@ pub async fn get_org(
 /// Changes the fields present in the body.
 #[utoipa::path(patch, path = "/admin/v1/orgs/{org}", tag = "organizations", request_body = OrgChanges,
     responses((status = 200, body = Organization), (status = 404, body = crate::openapi::ErrorBody),
+              (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = crate::openapi::ErrorBody),
               (status = 422, body = crate::openapi::ErrorBody)),
     security(("admin" = [])))]
 pub async fn update_org(
@@ -72,7 +74,7 @@ pub async fn update_org(
     body: Body<OrgChanges>,
 ) -> Result<Json<Organization>, ApiError> {
     let mut tx = state.db.begin().await?;
-    orgs::update(&mut tx, org, &body.value).await?;
+    orgs::update(&mut tx, &state.config.secrets.token_keys, org, &body.value).await?;
     let updated = orgs::get(&mut tx, org).await?;
     tx.commit().await?;
     Ok(Json(updated))

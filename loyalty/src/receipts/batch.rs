@@ -77,6 +77,18 @@ pub async fn apply_batch(
         };
     }
 
+    // Every customer and bill the sales and refunds will move, locked up front in the program's
+    // order (`crate::locks`): customers, then bills.
+    let named: Vec<(i64, i64)> = (0..parsed.len())
+        .filter(|&i| outcomes[i].is_none())
+        .filter_map(|i| {
+            Some((
+                parsed[i].message.org_id,
+                bill_id(parsed[i].receipt.as_ref()?).ok()?,
+            ))
+        })
+        .collect();
+    super::locking::lock_bills_and_customers(conn, named).await?;
     sell(conn, &parsed, &mut outcomes).await?;
     // Refunds one by one, after the sales: the refund of a sale in the same batch sees it.
     for i in 0..parsed.len() {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::PgConnection;
 
 mod batch;
+mod locking;
 mod sale;
 
 pub use batch::apply_batch;
@@ -182,7 +183,10 @@ impl Outcome {
 }
 
 fn race() -> Error {
-    Error::conflict("receipt_race", "the same receipt was applied concurrently")
+    Error::conflict(
+        crate::error::RACE,
+        "the same receipt was applied concurrently",
+    )
 }
 
 /// Reads a stored or queued event as `T`; a refusal names the field (`data.totalAmount`).
@@ -571,7 +575,8 @@ pub async fn attach(
     }
     let event: ReceiptCreated = read_event(&payload)?;
     let org = orgs::get(conn, org_id).await?;
-    customers::lock(conn, org_id, customer_id)
+    // The customer and their referrer, in the program's lock order, before `apply_sales` needs them.
+    sale::lock_buyers(conn, vec![(org_id, customer_id)])
         .await
         .map_err(|e| match e {
             Error::NotFound(_) => Error::invalid(

@@ -29,9 +29,9 @@ pub(super) struct SaleInput<'a> {
 }
 
 #[derive(sqlx::FromRow)]
-struct Buyer {
-    org_id: i64,
-    id: i64,
+pub(super) struct Buyer {
+    pub org_id: i64,
+    pub id: i64,
     first_name: Option<String>,
     referred_by: Option<i64>,
     has_made_first_purchase: bool,
@@ -52,25 +52,8 @@ pub(super) async fn apply_sales(
             format!("a sale must have a positive total, not {}", bad.total),
         ));
     }
-    // Buyers and the referrers whose wallets this may move are locked together, in one order,
-    // so concurrent batches cannot deadlock.
     let buyer_keys: Vec<(i64, i64)> = sales.iter().map(|s| (s.org.id, s.customer_id)).collect();
-    let referrers = |rows: &[Buyer]| -> Vec<(i64, i64)> {
-        rows.iter()
-            .filter(|b| !b.has_made_first_purchase)
-            .filter_map(|b| b.referred_by.map(|r| (b.org_id, r)))
-            .collect()
-    };
-    let unlocked = read_customers(conn, buyer_keys.clone(), false).await?;
-    let mut keys = buyer_keys.clone();
-    keys.extend(referrers(&unlocked));
-    let mut locked = read_customers(conn, keys.clone(), true).await?;
-    // A promo code entered in between names a referrer not locked yet: lock it too.
-    let late: Vec<(i64, i64)> = referrers(&locked)
-        .into_iter()
-        .filter(|k| !keys.contains(k))
-        .collect();
-    locked.extend(read_customers(conn, late, true).await?);
+    let locked = lock_buyers(conn, buyer_keys.clone()).await?;
     let buyer_set: HashSet<(i64, i64)> = buyer_keys.into_iter().collect();
     let by_key: HashMap<(i64, i64), &Buyer> = locked
         .iter()
@@ -192,6 +175,32 @@ pub(super) async fn apply_sales(
 /// A total no rule can compute with: the receipt's own fault, so it is refused, not retried.
 fn out_of_range(e: crate::money::MoneyError) -> Error {
     Error::invalid("data.totalAmount", e.to_string())
+}
+
+/// Locks the buyers and the referrers whose wallets their first purchase may move, together, in
+/// the program's lock order (`crate::locks`); returns their rows.
+pub(super) async fn lock_buyers(
+    conn: &mut PgConnection,
+    buyer_keys: Vec<(i64, i64)>,
+) -> Result<Vec<Buyer>> {
+    let referrers = |rows: &[Buyer]| -> Vec<(i64, i64)> {
+        rows.iter()
+            .filter(|b| !b.has_made_first_purchase)
+            .filter_map(|b| b.referred_by.map(|r| (b.org_id, r)))
+            .collect()
+    };
+    let unlocked = read_customers(conn, buyer_keys.clone(), false).await?;
+    let mut keys = buyer_keys;
+    keys.extend(referrers(&unlocked));
+    let mut locked = read_customers(conn, keys.clone(), true).await?;
+    // A promo code entered in between names a referrer not locked yet: lock it too (out of order,
+    // so a deadlock is possible here; it is transient and the batch runs again).
+    let late: Vec<(i64, i64)> = referrers(&locked)
+        .into_iter()
+        .filter(|k| !keys.contains(k))
+        .collect();
+    locked.extend(read_customers(conn, late, true).await?);
+    Ok(locked)
 }
 
 /// Reads customers' rows, locking them (in one fixed order: organization, id) when `lock`.
