@@ -56,9 +56,10 @@ impl Fingerprint {
     pub fn new(method: &Method, uri: &Uri, route: Option<&MatchedPath>, body: &[u8]) -> Self {
         let path = uri.path();
         let template = route.map_or(path, MatchedPath::as_str);
+        // From the end: inside a nested router the path has lost its prefix, the template has not.
         let org = template
-            .split('/')
-            .zip(path.split('/'))
+            .rsplit('/')
+            .zip(path.rsplit('/'))
             .find(|(name, _)| *name == "{org}")
             .and_then(|(_, value)| value.parse().ok())
             .unwrap_or(0);
