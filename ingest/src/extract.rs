@@ -1,14 +1,14 @@
 //! Extractors that turn requests into typed values or into `ApiError`s naming the field at fault.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::idempotency::Fingerprint;
 
 /// A path parameter; a malformed id is a 404, like an unknown one.
 #[derive(FromRequestParts)]
@@ -20,22 +20,10 @@ pub struct Path<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
-/// A JSON body parsed into `T`, and a digest of the request (method, path, body) that tells a
-/// retry from a different request under the same idempotency key.
+/// A JSON body parsed into `T`, and the request as an idempotency key sees it.
 pub struct Body<T> {
     pub value: T,
-    pub digest: Vec<u8>,
-}
-
-/// The digest of a request without a body.
-pub fn digest(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
-    let mut hash = Sha256::new();
-    hash.update(method.as_bytes());
-    hash.update(b" ");
-    hash.update(path.as_bytes());
-    hash.update(b"\n");
-    hash.update(body);
-    hash.finalize().to_vec()
+    pub digest: Fingerprint,
 }
 
 /// Maps a body that could not be read (too large, cut off) to its error.
@@ -99,8 +87,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let method = req.method().to_string();
-        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let route = req.extensions().get::<MatchedPath>().cloned();
         let limit = req
             .extensions()
             .get::<BodyLimit>()
@@ -111,7 +100,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         let value = parse_json(&bytes)?;
         Ok(Body {
             value,
-            digest: digest(&method, &path, &bytes),
+            digest: Fingerprint::new(&method, &uri, route.as_ref(), &bytes),
         })
     }
 }
@@ -120,16 +109,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 #[derive(Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// The digest of a request that has no body (DELETE).
-pub struct RequestDigest(pub Vec<u8>);
+/// The request, without a body (DELETE), as an idempotency key sees it.
+pub struct RequestDigest(pub Fingerprint);
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestDigest {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(RequestDigest(digest(
-            parts.method.as_str(),
-            parts.uri.path(),
+        Ok(RequestDigest(Fingerprint::new(
+            &parts.method,
+            &parts.uri,
+            parts.extensions.get::<MatchedPath>(),
             b"",
         )))
     }

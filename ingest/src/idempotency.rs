@@ -1,12 +1,16 @@
 //! `Idempotency-Key`: the first answer to a money-moving request is stored in the transaction that
 //! made its effect, and a retry with the same key gets that answer back without a second effect.
 //! A concurrent retry waits on the key's row until the first commits, then reads its answer.
+//! A key is the client's name for one request in one place: it is scoped to the organization and
+//! the route, so another organization (or another route) using the same key is another request.
 
 use axum::Json;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::MatchedPath;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use backon::BackoffBuilder;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
 use crate::error::ApiError;
@@ -39,6 +43,41 @@ impl IdempotencyKey {
     }
 }
 
+/// A request as its idempotency key sees it: where it went, and a digest (method, path, body) that
+/// tells a retry from a different request under the same key.
+pub struct Fingerprint {
+    /// The organization in the path; 0 for the routes outside any (creating one, the import).
+    org: i64,
+    /// Method and path template, e.g. `POST /admin/v1/orgs/{org}/customers`.
+    route: String,
+    sha256: Vec<u8>,
+}
+
+impl Fingerprint {
+    pub fn new(method: &Method, uri: &Uri, route: Option<&MatchedPath>, body: &[u8]) -> Self {
+        let path = uri.path();
+        let template = route.map_or(path, MatchedPath::as_str);
+        // From the end: inside a nested router the path has lost its prefix, the template has not.
+        let org = template
+            .rsplit('/')
+            .zip(path.rsplit('/'))
+            .find(|(name, _)| *name == "{org}")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(0);
+        let mut hash = Sha256::new();
+        hash.update(method.as_str().as_bytes());
+        hash.update(b" ");
+        hash.update(path.as_bytes());
+        hash.update(b"\n");
+        hash.update(body);
+        Self {
+            org,
+            route: format!("{method} {template}"),
+            sha256: hash.finalize().to_vec(),
+        }
+    }
+}
+
 /// Runs `op` in one transaction and answers `status` with its result as JSON; with a key, the key is
 /// claimed in the same transaction, so the effect and the stored answer commit together. A
 /// transaction that loses a lock race (a deadlock PostgreSQL broke, a serialization failure, a row
@@ -47,7 +86,7 @@ impl IdempotencyKey {
 pub async fn transact<T: Serialize>(
     db: &PgPool,
     key: Option<&IdempotencyKey>,
-    digest: &[u8],
+    request: &Fingerprint,
     status: StatusCode,
     op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ApiError> + Clone,
 ) -> Result<Response, ApiError> {
@@ -55,13 +94,13 @@ pub async fn transact<T: Serialize>(
     loop {
         let mut tx = db.begin().await?;
         if let Some(key) = key {
-            if let Some(saved) = claim(&mut tx, key, digest).await? {
+            if let Some(saved) = claim(&mut tx, key, request).await? {
                 return Ok(saved);
             }
         }
         // Each attempt runs its own copy of `op` (it captures only references).
         let done = match op.clone()(&mut tx).await {
-            Ok(value) => finish(tx, key, status, &value).await,
+            Ok(value) => finish(tx, key, request, status, &value).await,
             Err(err) => Err(err),
         };
         match done {
@@ -86,17 +125,23 @@ pub async fn transact<T: Serialize>(
 async fn finish<T: Serialize>(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     key: Option<&IdempotencyKey>,
+    request: &Fingerprint,
     status: StatusCode,
     value: &T,
 ) -> Result<Response, ApiError> {
     let body = serde_json::to_value(value).map_err(anyhow::Error::from)?;
     if let Some(key) = key {
-        sqlx::query("update idempotency_keys set status = $2, body = $3 where key = $1")
-            .bind(key.as_str())
-            .bind(i16::try_from(status.as_u16()).unwrap_or(200))
-            .bind(&body)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "update idempotency_keys set status = $4, body = $5 \
+             where org_id = $1 and route = $2 and key = $3",
+        )
+        .bind(request.org)
+        .bind(&request.route)
+        .bind(key.as_str())
+        .bind(i16::try_from(status.as_u16()).unwrap_or(200))
+        .bind(&body)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok((status, Json(body)).into_response())
@@ -117,24 +162,32 @@ fn lost_a_race(err: &ApiError) -> bool {
 async fn claim(
     conn: &mut PgConnection,
     key: &IdempotencyKey,
-    digest: &[u8],
+    request: &Fingerprint,
 ) -> Result<Option<Response>, ApiError> {
     let claimed = sqlx::query(
-        "insert into idempotency_keys (key, request_sha256) values ($1, $2) on conflict (key) do nothing",
+        "insert into idempotency_keys (org_id, route, key, request_sha256) values ($1, $2, $3, $4) \
+         on conflict (org_id, route, key) do nothing",
     )
+    .bind(request.org)
+    .bind(&request.route)
     .bind(key.as_str())
-    .bind(digest)
+    .bind(&request.sha256)
     .execute(&mut *conn)
     .await?;
     if claimed.rows_affected() == 1 {
         return Ok(None);
     }
     let (stored_digest, status, body): (Vec<u8>, Option<i16>, Option<serde_json::Value>) =
-        sqlx::query_as("select request_sha256, status, body from idempotency_keys where key = $1")
-            .bind(key.as_str())
-            .fetch_one(&mut *conn)
-            .await?;
-    if stored_digest != digest {
+        sqlx::query_as(
+            "select request_sha256, status, body from idempotency_keys \
+             where org_id = $1 and route = $2 and key = $3",
+        )
+        .bind(request.org)
+        .bind(&request.route)
+        .bind(key.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+    if stored_digest != request.sha256 {
         return Err(ApiError::invalid(
             "Idempotency-Key",
             "this key was already used for a different request; use a new key for a new request",

@@ -11,12 +11,13 @@ pub mod management;
 pub mod miniapp;
 pub mod openapi;
 pub mod pos;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use loyalty::orgs::Integration;
@@ -41,6 +42,11 @@ pub struct Config {
     /// Listen address.
     #[arg(long, env = "INGEST_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, apart from the API (as the workers' and the notifier's).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9102")]
+    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub http: server::HttpLimits,
     /// Telegram Bot API base URL (used by the notifier; accepted here so one environment serves all).
     #[arg(
         long,
@@ -81,6 +87,8 @@ pub struct Shared {
     pub miniapp_limits: governor::DefaultKeyedRateLimiter<(i64, i64)>,
     /// RabbitMQ's management API, when configured.
     pub management: Option<management::Management>,
+    /// When `/metrics` last read the queues' depths from RabbitMQ.
+    pub depths_read: health::DepthsRead,
     pub config: Arc<Config>,
 }
 
@@ -106,6 +114,7 @@ impl AppState {
             management,
             broker: Arc::new(broker),
             pos_tokens,
+            depths_read: health::DepthsRead::default(),
             miniapp_limits: governor::RateLimiter::keyed(quota),
             config: Arc::new(config),
         }))
@@ -126,7 +135,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Connects, migrates and serves until SIGTERM or Ctrl-C.
+/// Connects, migrates and serves the API and the metrics until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let db = config.backends.database(16).await?;
     // Refuses to start unable to read the bot tokens; seals those in clear or under an older key.
@@ -134,15 +143,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if resealed > 0 {
         tracing::info!(resealed, key = ?config.secrets.token_keys.current(), "bot tokens sealed under the current key");
     }
-    let listener = tokio::net::TcpListener::bind(config.addr).await?;
-    tracing::info!(addr = %config.addr, "ingest listening");
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("listening on {}", config.addr))?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("listening on {}", config.metrics_addr))?;
+    tracing::info!(addr = %config.addr, metrics = %config.metrics_addr, "ingest listening");
     let state = AppState::new(db, config);
     // Declare the topology now if the broker is there; receipts reconnect by themselves otherwise.
     if let Err(err) = state.broker.channel().await {
         tracing::warn!(error = %err, "RabbitMQ not reachable at start; receipts answer 503 until it is");
     }
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(loyalty::shutdown::signal())
-        .await?;
+    let limits = state.config.http.clone();
+    let metrics = health::metrics_router(state.clone());
+    let metrics_limits = limits.clone();
+    let metrics = tokio::spawn(async move {
+        server::serve(
+            metrics_listener,
+            metrics,
+            &metrics_limits,
+            loyalty::shutdown::signal(),
+        )
+        .await;
+    });
+    server::serve(listener, app(state), &limits, loyalty::shutdown::signal()).await;
+    metrics.abort();
     Ok(())
 }

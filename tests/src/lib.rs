@@ -185,6 +185,11 @@ impl TestApp {
             },
             admin_token: ADMIN_TOKEN.to_owned(),
             addr: "127.0.0.1:0".parse().expect("addr"),
+            metrics_addr: "127.0.0.1:0".parse().expect("addr"),
+            http: ingest::server::HttpLimits {
+                header_timeout_secs: 10,
+                max_connections: 4096,
+            },
             telegram_api_url: "http://127.0.0.1:9".into(),
             import_body_limit: 64 * 1024 * 1024,
             rabbitmq_management_url: management_url().await,
@@ -673,4 +678,22 @@ pub const TOKEN_KEYS: &str = "test:dGVzdC1vbmx5LWtleS1ub3QtYS1zZWNyZXQtMzJieXQ="
 /// The keys the test services seal bot tokens with.
 pub fn token_keys() -> loyalty::crypto::TokenKeys {
     TOKEN_KEYS.parse().expect("test keys parse")
+}
+
+/// Serves `router` as the `ingest` binary serves its listeners (header timeout, connection bound,
+/// graceful shutdown) on a port of its own, until `shutdown` resolves. Returns the address and
+/// the server's task, which ends once every connection is closed.
+pub async fn serve(
+    router: axum::Router,
+    limits: ingest::server::HttpLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        ingest::server::serve(listener, router, &limits, shutdown).await;
+    });
+    (addr, task)
 }

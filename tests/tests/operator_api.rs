@@ -605,3 +605,59 @@ async fn a_phone_only_customer_merges_into_the_mini_app_one_once_keeping_every_e
         .await;
     assert!(rewrite.is_err());
 }
+
+#[tokio::test]
+async fn an_idempotency_key_belongs_to_its_organization_and_route() {
+    let app = TestApp::spawn().await;
+    let (ours, theirs) = (app.org().await, app.org().await);
+    let create = |org: i64| {
+        app.admin(Method::POST, &format!("/admin/v1/orgs/{org}/customers"))
+            .header("Idempotency-Key", "same-key")
+            .json(&json!({"first_name": "Alex"}))
+    };
+    let (status, mine) = send(create(ours)).await;
+    assert_eq!(status, 201, "{mine}");
+    let (status, other) = send(create(theirs)).await;
+    assert_eq!(
+        status, 201,
+        "another organization's key is its own: {other}"
+    );
+
+    // The same key on another route of the same organization is another request too.
+    let accrue = || {
+        app.admin(
+            Method::POST,
+            &format!(
+                "/admin/v1/orgs/{ours}/customers/{}/bonuses",
+                mine["id"].as_str().unwrap_or("")
+            ),
+        )
+        .header("Idempotency-Key", "same-key")
+        .json(&json!({"op": "accrue", "amount": 100}))
+    };
+    let (status, accrued) = send(accrue()).await;
+    assert_eq!(
+        (status, accrued["bonuses"].clone()),
+        (201, json!(100.0)),
+        "{accrued}"
+    );
+
+    // A retry in one organization still replays its own answer, with no second effect.
+    assert_eq!(send(create(ours)).await, (201, mine.clone()));
+    assert_eq!(send(accrue()).await, (201, accrued));
+    for org in [ours, theirs] {
+        let customers: i64 = sqlx::query_scalar("select count(*) from customers where org_id = $1")
+            .bind(org)
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("count");
+        assert_eq!(customers, 1, "organization {org}");
+    }
+    let (_, customer) = app
+        .get(&format!(
+            "/admin/v1/orgs/{ours}/customers/{}",
+            mine["id"].as_str().unwrap_or("")
+        ))
+        .await;
+    assert_eq!(customer["bonuses"], json!(100.0));
+}
