@@ -25,10 +25,16 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, body = Object, example = json!({"status": "ok"}))))]
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// PostgreSQL and RabbitMQ are reachable.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = crate::openapi::Readiness), (status = 503, description = "a backend is unreachable", body = crate::openapi::Readiness)))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (postgres, rabbitmq) = tokio::join!(
         sqlx::query("select 1").execute(&state.db),

@@ -78,6 +78,8 @@ impl FromRequestParts<AppState> for MiniAppUser {
 
 /// The caller as a customer in the legacy shape, created on the first visit, with the shop's
 /// contacts and bonus settings for a "how it works" screen.
+#[utoipa::path(get, path = "/app/v1/orgs/{org}/me", tag = "Mini App", params(("org" = i64, Path)),
+    responses((status = 200, body = crate::openapi::MiniAppProfile)), security(("tma" = [])))]
 async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<Value>, ApiError> {
     let mut tx = state.db.begin().await?;
     let (id, first_visit) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
@@ -99,13 +101,21 @@ async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<V
     Ok(Json(body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = MiniAppPromoRequest)]
 struct PromoRequest {
+    /// A friend's code, `PROMO<id>`.
     code: String,
 }
 
 /// A friend's promo code, with the same rules as the operator endpoint.
+#[utoipa::path(post, path = "/app/v1/orgs/{org}/me/promo", tag = "Mini App", params(("org" = i64, Path)),
+    request_body = PromoRequest,
+    responses((status = 200, body = Balances),
+              (status = 409, description = "already referred, or after the first purchase", body = crate::openapi::ErrorBody),
+              (status = 422, description = "own, unknown or looping code", body = crate::openapi::ErrorBody)),
+    security(("tma" = [])))]
 async fn promo(
     State(state): State<AppState>,
     caller: MiniAppUser,
@@ -122,15 +132,18 @@ async fn promo(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
     /// The `next_before` of the previous page.
+    #[param(pattern = "^([+-]?[0-9]{1,16}_[+-]?[0-9]{1,18})?$")]
     before: Option<String>,
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct HistoryPage {
     items: Vec<HistoryEntry>,
     /// Pass as `before` for the next page; null at the end.
@@ -138,6 +151,9 @@ struct HistoryPage {
 }
 
 /// The combined history, newest first, a page at a time.
+#[utoipa::path(get, path = "/app/v1/orgs/{org}/me/history", tag = "Mini App",
+    params(("org" = i64, Path), HistoryQuery),
+    responses((status = 200, body = HistoryPage)), security(("tma" = [])))]
 async fn history(
     State(state): State<AppState>,
     caller: MiniAppUser,

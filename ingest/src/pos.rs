@@ -56,14 +56,20 @@ impl FromRequestParts<AppState> for Pos {
     }
 }
 
+/// The integration's system name and the protocol version: the register's connection check.
+#[utoipa::path(get, path = "/api/v2/hello", tag = "POS",
+    responses((status = 200, body = crate::openapi::pos_shapes::PosHello)), security(("pos" = [])))]
 async fn hello(Pos(pos): Pos) -> Json<Value> {
     Json(json!({ "system": pos.system, "protocol": PROTOCOL }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only the bill with this number (typed or scanned).
     pub number: Option<String>,
     /// `today`: only bills created today (local time).
+    #[param(pattern = "^(today)?$")]
     pub date: Option<String>,
 }
 
@@ -75,6 +81,9 @@ fn local_date(bill: &PosBill, zone: OrgTimeZone) -> String {
     Stamp::in_zone(bill.created_at, zone).local_str()
 }
 
+/// The open bills the cashier picks from, newest first.
+#[utoipa::path(get, path = "/api/v2/list", tag = "POS", params(ListQuery),
+    responses((status = 200, body = Vec<crate::openapi::pos_shapes::PosBillLine>)), security(("pos" = [])))]
 async fn list(
     State(state): State<AppState>,
     Pos(pos): Pos,
@@ -109,6 +118,9 @@ async fn list(
     )))
 }
 
+/// An open bill with its lines, for the register to load.
+#[utoipa::path(get, path = "/api/v2/bill/byid/{id}", tag = "POS", params(("id" = i64, Path)),
+    responses((status = 200, body = crate::openapi::pos_shapes::PosBill)), security(("pos" = [])))]
 async fn bill_by_id(
     State(state): State<AppState>,
     Pos(pos): Pos,
@@ -155,6 +167,10 @@ async fn bill_by_id(
 /// How long a receipt may wait for the broker's confirm; the POS resends after 10 s.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A receipt (or another event) from the Evotor cloud; 200 once the broker has stored it.
+#[utoipa::path(post, path = "/api/v2/receipts", tag = "POS",
+    request_body = crate::openapi::pos_shapes::ReceiptEvent,
+    responses((status = 200, description = "stored; a resend is deduplicated")), security(("pos" = [])))]
 async fn receipt(
     State(state): State<AppState>,
     Pos(pos): Pos,

@@ -13,17 +13,55 @@ use crate::money::{
 };
 use crate::time::{OrgTimeZone, Stamp};
 
+/// What [`deserialize_id`] accepts, for the API's schema.
+pub fn id_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+    AnyOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::Int64,
+                )))
+                .minimum(Some(1)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                // Up to 18 significant digits: always within an i64.
+                .pattern(Some("^\\+?0*[1-9][0-9]{0,17}$")),
+        )
+        .description(Some("A customer id: a positive number or numeric string"))
+        .into()
+}
+
+/// An integer as JSON (and the schema's `integer`) means it: `228.0` is the number 228.
+fn whole(number: &serde_json::Number) -> Option<i64> {
+    number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9e18)
+            .map(|f| f as i64)
+    })
+}
+
+/// An optional whole number (`telegram_id`, `product_id`), written `228` or `228.0`.
+pub fn deserialize_optional_whole<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<i64>, D::Error> {
+    Option::<serde_json::Number>::deserialize(d)?
+        .map(|n| {
+            whole(&n).ok_or_else(|| serde::de::Error::custom("must be a whole number"))
+        })
+        .transpose()
+}
+
 /// A customer id as a JSON string (the legacy shape) or number.
 pub fn deserialize_id<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Id {
-        Number(i64),
-        Text(String),
-    }
-    let id = match Id::deserialize(d)? {
-        Id::Number(n) => Some(n),
-        Id::Text(t) => t.parse().ok(),
+    let id = match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => whole(&n),
+        serde_json::Value::String(t) => t.parse().ok(),
+        _ => None,
     };
     id.filter(|id| *id > 0).ok_or_else(|| {
         serde::de::Error::custom("must be a customer id: a positive number or numeric string")
@@ -33,6 +71,7 @@ pub fn deserialize_id<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBillItem {
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub name: String,
     pub quantity: Quantity,
     pub unit_price: Money,
@@ -41,6 +80,7 @@ pub struct NewBillItem {
     /// VAT rate in percent; rates change, so each line carries its own.
     pub tax_rate: Option<Percent>,
     /// The shop's product id, passed to the register.
+    #[serde(default, deserialize_with = "deserialize_optional_whole")]
     pub product_id: Option<i64>,
 }
 
@@ -60,10 +100,12 @@ fn main_wallet() -> Wallet {
 #[serde(deny_unknown_fields)]
 pub struct NewBill {
     #[serde(deserialize_with = "deserialize_id")]
-    #[schema(value_type = String)]
+    #[schema(schema_with = id_schema)]
     pub customer_id: i64,
     /// The number the cashier types or scans; the bill id when absent.
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub number: Option<String>,
+    #[schema(min_items = 1)]
     pub items: Vec<NewBillItem>,
     pub bonus_payment: Option<BonusPayment>,
 }
@@ -470,4 +512,48 @@ pub async fn open_bill_for_pos(conn: &mut PgConnection, org_id: i64, id: i64) ->
     .fetch_optional(conn)
     .await?
     .ok_or(Error::NotFound("open bill"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Holder {
+        #[serde(deserialize_with = "deserialize_id")]
+        id: i64,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Optional {
+        #[serde(default, deserialize_with = "deserialize_optional_whole")]
+        n: Option<i64>,
+    }
+
+    #[test]
+    fn a_whole_number_may_be_written_as_a_float() {
+        let n = |json: &str| serde_json::from_str::<Optional>(json).ok().map(|o| o.n);
+        assert_eq!(n(r#"{"n": 249}"#), Some(Some(249)));
+        assert_eq!(n(r#"{"n": 249.0}"#), Some(Some(249)));
+        assert_eq!(n(r#"{"n": null}"#), Some(None));
+        assert_eq!(n("{}"), Some(None));
+        assert_eq!(n(r#"{"n": 249.5}"#), None);
+        assert_eq!(n(r#"{"n": "249"}"#), None);
+    }
+
+    fn id(json: &str) -> Option<i64> {
+        serde_json::from_str::<Holder>(&format!(r#"{{"id": {json}}}"#))
+            .ok()
+            .map(|h| h.id)
+    }
+
+    #[test]
+    fn a_customer_id_is_a_positive_number_whole_float_or_numeric_string() {
+        assert_eq!(id("228"), Some(228));
+        assert_eq!(id("228.0"), Some(228));
+        assert_eq!(id(r#""228""#), Some(228));
+        for refused in ["228.5", "0", "-1", r#""x""#, r#""""#, "1e300", "null"] {
+            assert_eq!(id(refused), None, "{refused}");
+        }
+    }
 }

@@ -16,12 +16,19 @@ use crate::time::Stamp;
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCustomer {
+    #[schema(max_length = 512)]
     pub first_name: Option<String>,
+    #[schema(max_length = 512)]
     pub last_name: Option<String>,
     /// International format; spaces, dashes and brackets are dropped (`+7 747 247-91-97`).
+    #[schema(pattern = r"^[ ()-]*\+?([ ()-]*[0-9]){7,15}[ ()-]*$")]
     pub phone_number: Option<String>,
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::bills::deserialize_optional_whole")]
     pub telegram_id: Option<i64>,
+    #[schema(max_length = 512)]
     pub username: Option<String>,
+    #[schema(max_length = 512)]
     pub photo_url: Option<String>,
     #[serde(default)]
     pub is_premium: bool,

@@ -17,6 +17,7 @@ pub mod orgs;
 pub mod queue;
 pub mod receipts;
 pub mod rules;
+pub mod schema;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

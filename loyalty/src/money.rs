@@ -138,8 +138,82 @@ pub fn serialize_decimal<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, 
     rust_decimal::serde::float::serialize(value, s)
 }
 
+/// The largest amount again, as the whole number the API's schema states.
+const MAX_AMOUNT_UNITS: u64 = 1_000_000_000_000;
+
+/// Where a decimal's range starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Lowest {
+    /// Above zero (amounts, quantities).
+    AboveZero,
+    /// Zero (balances, percentages).
+    Zero,
+    /// Minus the largest value (receipts' amounts, which refunds may send negative).
+    MinusMax,
+}
+
+/// What the API accepts for a decimal, stated in its JSON Schema: a JSON number within the bounds on
+/// a grid of `places` decimals, or a string in the plain notation [`parse_decimal`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct DecimalSchema {
+    pub lowest: Lowest,
+    /// The largest value, a whole number.
+    pub max: u64,
+    /// At most this many decimals; any number when `None`.
+    pub places: Option<u32>,
+}
+
+impl DecimalSchema {
+    /// Money as the API takes it: up to a trillion, 2 decimals.
+    pub const fn money(lowest: Lowest) -> Self {
+        Self {
+            lowest,
+            max: MAX_AMOUNT_UNITS,
+            places: Some(2),
+        }
+    }
+
+    pub fn schema(&self, doc: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+        let max = self.max.to_string();
+        let number = ObjectBuilder::new()
+            .schema_type(Type::Number)
+            .maximum(Some(max.parse::<f64>().unwrap_or(f64::MAX)));
+        let number = match self.lowest {
+            Lowest::AboveZero => number.exclusive_minimum(Some(0)),
+            Lowest::Zero => number.minimum(Some(0)),
+            Lowest::MinusMax => number.minimum(Some(-max.parse::<f64>().unwrap_or(f64::MAX))),
+        };
+        let number = match self.places {
+            Some(places) => number.multiple_of(Some(10f64.powi(-i32::try_from(places).unwrap_or(0)))),
+            None => number,
+        };
+        // Below the maximum: fewer digits than it has, then decimals; at the maximum, only zeros.
+        // Without a limit on decimals, 16 keep a string within what a `Decimal` holds.
+        let below = max.len() - 1;
+        let places = self.places.unwrap_or(16);
+        let digits =
+            format!("0*([0-9]{{1,{below}}}(\\.[0-9]{{1,{places}}})?|{max}(\\.0{{1,{places}}})?)");
+        let pattern = match self.lowest {
+            Lowest::AboveZero => format!("^(?!0*(\\.0*)?$){digits}$"),
+            // "-0" is zero, not negative.
+            Lowest::Zero => format!("^({digits}|-0+(\\.0{{1,{places}}})?)$"),
+            Lowest::MinusMax => format!("^-?{digits}$"),
+        };
+        let text = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern));
+        AnyOfBuilder::new()
+            .item(number)
+            .item(text)
+            .description(Some(doc))
+            .examples([serde_json::json!(1234.56)])
+            .into()
+    }
+}
+
 macro_rules! decimal_newtype {
-    ($name:ident, $check:expr, $doc:literal) => {
+    ($name:ident, $check:expr, $schema:expr, $doc:literal) => {
         #[doc = $doc]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(Decimal);
@@ -181,11 +255,7 @@ macro_rules! decimal_newtype {
 
         impl utoipa::PartialSchema for $name {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                utoipa::openapi::schema::ObjectBuilder::new()
-                    .schema_type(utoipa::openapi::schema::Type::Number)
-                    .description(Some($doc))
-                    .examples([serde_json::json!(1234.56)])
-                    .into()
+                $schema.schema($doc)
             }
         }
         impl utoipa::ToSchema for $name {}
@@ -195,11 +265,13 @@ macro_rules! decimal_newtype {
 decimal_newtype!(
     Amount,
     |v| checked_amount(v, false),
+    DecimalSchema::money(Lowest::AboveZero),
     "An amount of money moved by an operation: greater than zero, at most 2 decimal places (a JSON number or string)."
 );
 decimal_newtype!(
     Money,
     |v| checked_amount(v, true),
+    DecimalSchema::money(Lowest::Zero),
     "A non-negative amount of money with at most 2 decimal places (a JSON number or string)."
 );
 decimal_newtype!(
@@ -214,6 +286,11 @@ decimal_newtype!(
         } else {
             Ok(v.normalize())
         }
+    },
+    DecimalSchema {
+        lowest: Lowest::Zero,
+        max: 100,
+        places: Some(4)
     },
     "A percentage between 0 and 100 with at most 4 decimal places."
 );
@@ -230,6 +307,11 @@ decimal_newtype!(
         } else {
             Ok(v.normalize())
         }
+    },
+    DecimalSchema {
+        lowest: Lowest::AboveZero,
+        max: MAX_AMOUNT_UNITS,
+        places: Some(3)
     },
     "A quantity of goods: greater than zero, at most 3 decimal places (grams, litres)."
 );
@@ -290,6 +372,11 @@ mod tests {
         assert_eq!(Amount::from_str("0"), Err(MoneyError::NotPositive));
         assert_eq!(Amount::from_str("1.234"), Err(MoneyError::TooPrecise(2)));
         assert_eq!(Money::from_str("0").map(Money::get), Ok(Decimal::ZERO));
+    }
+
+    #[test]
+    fn the_documented_maximum_is_the_enforced_one() {
+        assert_eq!(Decimal::from(MAX_AMOUNT_UNITS), MAX_AMOUNT);
     }
 
     #[test]

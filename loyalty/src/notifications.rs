@@ -20,6 +20,25 @@ pub const KINDS: [&str; 7] = [
     "welcome",
 ];
 
+/// The schema of an organization's templates: by kind, at most 3000 characters each.
+pub fn templates_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::Object, Type::Null]))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(KINDS)),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(3000))
+                .pattern(Some(crate::schema::NO_NUL)),
+        ))
+        .into()
+}
+
 /// The default template of a kind. Placeholders: `{amount}`, `{balance}`, `{referral_balance}`,
 /// `{invoice}`, `{shop}`, `{currency}`, `{promo_code}`, and for refunds `{returned}`, `{taken}`.
 pub fn default_template(kind: &str) -> &'static str {

@@ -127,6 +127,7 @@ impl TryFrom<OrgRow> for Organization {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrgChanges {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
     pub phone_numbers: Option<Vec<String>>,
     pub address: Option<String>,
@@ -135,12 +136,15 @@ pub struct OrgChanges {
     pub time_zone: Option<OrgTimeZone>,
     pub bonus_program_settings: Option<BonusProgramSettings>,
     /// Write-only: stored for calling the Bot API, never returned. `""` removes it.
+    #[schema(pattern = "^([0-9]+:[^\\u0000]{20,})?$")]
     pub telegram_bot_token: Option<String>,
     /// Shown after amounts in messages (₸, сом, ₽…).
+    #[schema(min_length = 1, max_length = 8, pattern = r"\S")]
     pub currency_symbol: Option<String>,
     /// Templates by kind (purchase_accrual, referral_reward, promo_bonus, operator_accrual,
     /// bonus_payment, refund), replacing the Russian defaults; `""` restores a default. HTML, with
     /// placeholders {amount} {balance} {referral_balance} {invoice} {shop} {currency} {returned} {taken}.
+    #[schema(schema_with = crate::notifications::templates_schema)]
     pub notification_templates: Option<std::collections::BTreeMap<String, String>>,
 }
 

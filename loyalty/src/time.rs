@@ -50,6 +50,7 @@ impl utoipa::PartialSchema for OrgTimeZone {
         utoipa::openapi::schema::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
             .description(Some("IANA time zone name"))
+            .enum_values(Some(chrono_tz::TZ_VARIANTS.iter().map(|zone| zone.name())))
             .examples([serde_json::json!("Asia/Almaty")])
             .into()
     }

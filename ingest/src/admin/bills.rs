@@ -62,7 +62,11 @@ pub async fn create_bill(
 pub struct BillQuery {
     /// open, paid or cancelled; all when absent.
     pub status: Option<String>,
+    /// 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
+    /// Default 0.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 

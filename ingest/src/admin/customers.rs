@@ -68,7 +68,11 @@ pub async fn create_customer(
 pub struct CustomerQuery {
     /// Part of a name, username, phone number or id; all customers when absent.
     pub q: Option<String>,
+    /// 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
+    /// Default 0.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -155,6 +159,7 @@ pub struct BonusRequest {
     /// main (default) or referral.
     pub wallet: Option<Wallet>,
     /// Shown in the history; the legacy text by default.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
 }
 
@@ -266,7 +271,7 @@ pub async fn move_debt(
 pub struct MergeRequest {
     /// The customer to merge into this one (say, the phone-only twin of a Mini App customer).
     #[serde(deserialize_with = "loyalty::bills::deserialize_id")]
-    #[schema(value_type = String)]
+    #[schema(schema_with = loyalty::bills::id_schema)]
     pub from: i64,
 }
 

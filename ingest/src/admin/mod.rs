@@ -79,7 +79,8 @@ impl<T> Listing<T> {
         let full = i64::try_from(items.len()).unwrap_or(i64::MAX) == limit;
         Self {
             items,
-            next_offset: full.then_some(offset + limit),
+            // Past the largest offset there is no next page.
+            next_offset: full.then(|| offset.checked_add(limit)).flatten(),
         }
     }
 }

@@ -188,6 +188,7 @@ pub struct DeadLetterQuery {
     /// receipts or notifications.
     pub queue: String,
     /// At most this many (1–500, default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 

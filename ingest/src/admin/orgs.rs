@@ -26,8 +26,8 @@ pub struct CreatedOrg {
 }
 
 /// Creates an organization (a tenant).
-#[utoipa::path(post, path = "/admin/v1/orgs", tag = "organizations", request_body = OrgChanges,
-    responses((status = 201, body = CreatedOrg), (status = 422, body = crate::openapi::ErrorBody),
+#[utoipa::path(post, path = "/admin/v1/orgs", tag = "organizations", request_body = crate::openapi::NewOrg,
+    responses((status = 201, body = CreatedOrg),
               (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = crate::openapi::ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_org(
@@ -84,6 +84,7 @@ pub async fn update_org(
 #[serde(deny_unknown_fields)]
 pub struct NewIntegrationRequest {
     /// The name `GET /api/v2/hello` answers with (the shop's system name).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub system: String,
 }
 

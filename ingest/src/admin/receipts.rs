@@ -31,7 +31,7 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct AttachRequest {
     #[serde(deserialize_with = "deserialize_id")]
-    #[schema(value_type = String)]
+    #[schema(schema_with = loyalty::bills::id_schema)]
     pub customer_id: i64,
 }
 
@@ -61,7 +61,11 @@ pub async fn attach_receipt(
 pub struct ReceiptQuery {
     /// processed, duplicate, unmatched, ignored, retrying or dead; all when absent.
     pub status: Option<String>,
+    /// 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
+    /// Default 0.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -104,7 +108,11 @@ pub struct OpsQuery {
     /// Only this organization's; all when absent.
     pub org: Option<i64>,
     pub status: Option<String>,
+    /// 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
+    /// Default 0.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -166,7 +174,11 @@ async fn receipts_of(
 pub struct NotificationQuery {
     /// pending, sending, sent, skipped, unreachable, retrying, dead or uncertain; all when absent.
     pub status: Option<String>,
+    /// 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
+    /// Default 0.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
