@@ -138,13 +138,29 @@ async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<Value> {
 /// Closes every broker connection whose client-provided name carries `prefix` (the services
 /// name theirs `loyalty <role> <prefix>`); returns how many.
 pub async fn close_connections(prefix: &str) -> anyhow::Result<u64> {
-    let connections = rabbitmqctl(&["list_connections", "pid", "client_properties"]).await?;
-    let ours: Vec<String> = connections
-        .as_array()
-        .context("rabbitmqctl list_connections: not a list")?
-        .iter()
-        .filter(|c| c["client_properties"].to_string().contains(prefix))
-        .filter_map(|c| c["pid"].as_str().map(str::to_owned))
+    // The plain listing: the JSON one shows pids in a form `close_connection` does not take.
+    let listed = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--quiet",
+            "--no-table-headers",
+        ])
+        .output()
+        .await
+        .context("run rabbitmqctl")?;
+    if !listed.status.success() {
+        bail!(
+            "rabbitmqctl list_connections: {}",
+            String::from_utf8_lossy(&listed.stderr).trim()
+        );
+    }
+    let named = format!("\"connection_name\",\"loyalty ");
+    let ours: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|line| line.contains(&named) && line.contains(&format!(" {prefix}\"")))
+        .filter_map(|line| line.split('\t').next().map(str::to_owned))
         .collect();
     let mut closed = 0;
     for pid in ours {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use loyalty::queue::{MAX_ATTEMPTS, Stream};
+use loyalty::queue::Stream;
 use loyalty::receipts::ReceiptMessage;
 use rand::seq::SliceRandom;
 use serde_json::json;
@@ -299,7 +299,7 @@ async fn run(args: &SoakArgs, scratch: &Scratch, logs: PathBuf) -> anyhow::Resul
     services.lock().await.revive().await?;
 
     eprintln!("[4/5] waiting for the queues and the outbox to empty");
-    let drained = wait_drained(&db, shop.org, scratch, &args.amqp_url, drain).await;
+    let drained = wait_drained(&db, shop.org, &scratch.prefix, drain).await;
     let drained_after = drained.as_ref().ok().map(|()| started.elapsed());
     if let Err(err) = &drained {
         eprintln!("      {err:#}");
@@ -514,27 +514,12 @@ async fn wait_sales_applied(
     }
 }
 
-/// Every queue but the dead-letter ones, with its ready messages.
-async fn depths(scratch: &Scratch, amqp_url: &str) -> anyhow::Result<Vec<(String, u32)>> {
-    let mut depths = Vec::new();
-    for stream in Stream::ALL {
-        let mut queues = vec![scratch.topology.main(stream)];
-        queues.extend((2..=MAX_ATTEMPTS).map(|a| scratch.topology.retry(stream, a)));
-        for queue in queues {
-            let depth = broker::depth(amqp_url, &queue).await?;
-            depths.push((queue, depth));
-        }
-    }
-    Ok(depths)
-}
-
-/// Waits until no receipt is retrying, the work and retry queues are empty and the outbox has
-/// nothing left to send, twice in a row a second apart.
+/// Waits until no receipt is retrying, no work or retry queue holds a message (ready or
+/// unacknowledged) and the outbox has nothing left to send, three times in a row.
 async fn wait_drained(
     db: &PgPool,
     org: i64,
-    scratch: &Scratch,
-    amqp_url: &str,
+    prefix: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -548,14 +533,15 @@ async fn wait_drained(
         .bind(org)
         .fetch_one(db)
         .await?;
-        let queued: u32 = depths(scratch, amqp_url)
+        let queued: u64 = faults::queues(prefix)
             .await?
             .iter()
-            .map(|(_, d)| d)
+            .filter(|(name, _, _)| !name.ends_with(".dead"))
+            .map(|(_, ready, unacked)| ready + unacked)
             .sum();
         if retrying == 0 && unsent == 0 && queued == 0 {
             quiet += 1;
-            if quiet == 2 {
+            if quiet == 3 {
                 return Ok(());
             }
         } else {
@@ -563,7 +549,7 @@ async fn wait_drained(
         }
         if Instant::now() > deadline {
             bail!(
-                "not drained after {timeout:?}: {retrying} receipts retrying, {unsent} notifications unsent, {queued} messages queued"
+                "not drained after {timeout:?}: {retrying} receipts retrying, {unsent} notifications unsent, {queued} messages queued or unacknowledged"
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
