@@ -50,6 +50,9 @@ pub struct SoakArgs {
     /// Mean time between faults, in seconds (exponentially distributed).
     #[arg(long, default_value_t = 5.0)]
     pub fault_interval: f64,
+    /// Sales of 7·10²⁸ published straight to the receipts queue (0 leaves them out).
+    #[arg(long, default_value_t = 5)]
+    pub huge_totals: usize,
     /// Receipts a second the registers send together (resends come on top).
     #[arg(long, default_value_t = 250.0)]
     pub rate: f64,
@@ -172,7 +175,7 @@ async fn run(args: &SoakArgs, scratch: &Scratch, logs: PathBuf) -> anyhow::Resul
     let n = args.receipts;
     let malformed_count = (n / 100).max(5);
     let poison_each = (n / 4000).max(2);
-    let huge_count = 5;
+    let huge_count = args.huge_totals;
     let operator = Operator::new(&base, &admin_token, db.clone());
     let bot_token = format!("123456:soak{}{:020}", scratch.tag, rand::random::<u32>());
     let shop = operator
@@ -305,7 +308,14 @@ async fn run(args: &SoakArgs, scratch: &Scratch, logs: PathBuf) -> anyhow::Resul
         eprintln!("      {err:#}");
     }
 
-    eprintln!("[5/5] checking the invariants");
+    eprintln!("[5/5] stopping the services, checking the invariants");
+    // Stopped first, so the counts compared below do not move while they are read.
+    let services = Arc::try_unwrap(services)
+        .map_err(|_| anyhow::anyhow!("services still shared"))?
+        .into_inner();
+    let crashed = services.crashed.clone();
+    let logs = services.logs().to_path_buf();
+    services.stop(Duration::from_secs(15)).await;
     let dead_letters =
         broker::peek(&args.amqp_url, &scratch.topology.dead(Stream::Receipts)).await?;
     let queues: Vec<(String, u64, u64)> = faults::queues(&scratch.prefix)
@@ -340,12 +350,6 @@ async fn run(args: &SoakArgs, scratch: &Scratch, logs: PathBuf) -> anyhow::Resul
     .fetch_all(&db)
     .await?;
 
-    let services = Arc::try_unwrap(services)
-        .map_err(|_| anyhow::anyhow!("services still shared"))?
-        .into_inner();
-    let crashed = services.crashed.clone();
-    let logs = services.logs().to_path_buf();
-    services.stop(Duration::from_secs(15)).await;
     fake_bot.stop();
     db.close().await;
     let mut kinds: Vec<(String, usize)> = Vec::new();
