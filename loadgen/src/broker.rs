@@ -177,3 +177,48 @@ pub async fn depth(url: &str, queue: &str) -> anyhow::Result<u32> {
     let _ = conn.close(200, "done".into()).await;
     Ok(declared.message_count())
 }
+
+/// Publishes `messages` (message id, body) to `queue` as ingest does, for organization `org`.
+pub async fn publish_all(
+    url: &str,
+    queue: &str,
+    org: i64,
+    messages: &[(String, Vec<u8>)],
+) -> anyhow::Result<()> {
+    let conn = connect(url).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let org = org.to_string();
+    for (id, body) in messages {
+        publish(&channel, queue, id, &org, body).await?;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// The messages in `queue` (which must exist), each with its message id and why it is there (the
+/// service's `x-last-error`, else RabbitMQ's `x-death`); they are taken without acknowledgement, so
+/// closing the connection puts them back.
+pub async fn peek(url: &str, queue: &str) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let conn = connect(url).await?;
+    let channel = conn.create_channel().await?;
+    let mut found = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+        .await?
+    {
+        let properties = &message.delivery.properties;
+        let id = properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default();
+        let why = queue::header(properties, headers::LAST_ERROR)
+            .or_else(|| queue::broker_death(properties));
+        found.push((id, why));
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(found)
+}

@@ -20,6 +20,7 @@ mod http;
 mod pgbench;
 mod report;
 mod setup;
+mod soak;
 mod worker;
 mod wrk;
 
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use loyalty::queue::{Broker, Stream, Topology};
 
 use crate::report::{Measured, Report, Settings};
@@ -40,6 +41,8 @@ use crate::setup::Scratch;
     about = "Measures ingest and worker throughput against the broker ceiling and pgbench"
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Receipts of the bulk phases (broker ceiling, ingest, worker).
     #[arg(long, default_value_t = 5000)]
     pub receipts: usize,
@@ -87,6 +90,13 @@ pub struct Args {
     pub report: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Pushes receipts through the real ingest, workers and notifier while injecting faults
+    /// (SIGKILL, restarts, closed broker and database connections), then proves the invariants.
+    Soak(soak::SoakArgs),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClientChoice {
     Auto,
@@ -104,15 +114,18 @@ impl Args {
     }
 
     fn report_path(&self) -> PathBuf {
-        self.report.clone().unwrap_or_else(|| {
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .unwrap_or(Path::new("."));
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| workspace.join("target"), PathBuf::from);
-            target.join("loadgen-report.json")
-        })
+        self.report
+            .clone()
+            .unwrap_or_else(|| target_dir().join("loadgen-report.json"))
     }
+}
+
+/// The workspace's `target/` (or `CARGO_TARGET_DIR`).
+fn target_dir() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from)
 }
 
 /// mimalloc: fewer cycles per allocation than glibc's malloc on the request path.
@@ -124,6 +137,9 @@ async fn main() -> anyhow::Result<()> {
     // sqlx's slow-statement warnings (dropping a database takes a second) are not news here.
     loyalty::telemetry::init("warn,sqlx::query=error");
     let args = Args::parse();
+    if let Some(Command::Soak(soak)) = args.command {
+        return soak::main(soak).await;
+    }
     if args.receipts == 0 || args.customers == 0 || args.concurrency == 0 {
         bail!("--receipts, --customers and --concurrency must be positive");
     }
@@ -135,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("--http-client wrk: wrk is not on PATH");
     }
 
-    let scratch = Scratch::new(&args)?;
+    let scratch = Scratch::new(&args.database_url, &args.amqp_url)?;
     let outcome = tokio::select! {
         outcome = run(&args, &scratch) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -176,7 +192,7 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
         n + m
     );
     let env = setup::Environment::start(args, scratch).await?;
-    let shop = env.seed(args.customers, n + m, k).await?;
+    let shop = env.operator.seed(args.customers, n + m, k, None).await?;
     let (bulk_bills, paced_bills) = shop.bills.split_at(n);
     let http = http::Client::new(&env.base, &shop.token, k)?;
     http.warm_up().await?;

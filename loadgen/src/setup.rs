@@ -30,13 +30,13 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    pub fn new(args: &Args) -> anyhow::Result<Self> {
+    pub fn new(database_url: &str, amqp_url: &str) -> anyhow::Result<Self> {
         let tag = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let prefix = format!("loadgen.{tag}.");
-        url::Url::parse(&args.database_url).context("DATABASE_URL is not a URL")?;
+        url::Url::parse(database_url).context("DATABASE_URL is not a URL")?;
         Ok(Self {
-            server_url: args.database_url.clone(),
-            amqp_url: args.amqp_url.clone(),
+            server_url: database_url.to_owned(),
+            amqp_url: amqp_url.to_owned(),
             db_name: format!("loadgen_{tag}"),
             pgbench_db: format!("loadgen_{tag}_pgbench"),
             topology: Topology::new(prefix.clone()),
@@ -80,6 +80,24 @@ impl Scratch {
         .context("delete the scratch queues");
         dropped.and(deleted)
     }
+
+    /// Creates and migrates the scratch database; returns its URL and a small pool on it.
+    pub async fn create_database(&self) -> anyhow::Result<(String, PgPool)> {
+        let mut admin = PgConnection::connect(&self.server_url)
+            .await
+            .context("connect to PostgreSQL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "create database {}",
+            self.db_name
+        )))
+        .execute(&mut admin)
+        .await?;
+        admin.close().await?;
+        let db_url = with_database(&self.server_url, &self.db_name)?;
+        let db = loyalty::db::connect(&db_url, 4).await?;
+        loyalty::db::migrate(&db).await?;
+        Ok((db_url, db))
+    }
 }
 
 /// `url` with its path replaced by `/database`.
@@ -96,17 +114,21 @@ pub struct Environment {
     /// For setup and measuring queries (ingest and the worker have pools of their own).
     pub db: PgPool,
     pub base: String,
-    admin_token: String,
-    admin: reqwest::Client,
+    pub operator: Operator,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
 }
+
+/// Telegram ids of seeded customers start here.
+pub const TELEGRAM_IDS: i64 = 7_000_000_000;
 
 /// An organization with a register and open bills to pay.
 pub struct Shop {
     pub org: i64,
     pub integration: i64,
     pub token: String,
+    /// In the order they were created.
+    pub customers: Vec<i64>,
     pub bills: Vec<Bill>,
 }
 
@@ -119,20 +141,7 @@ pub struct Bill {
 impl Environment {
     /// Creates and migrates the database and starts ingest on a random local port.
     pub async fn start(args: &Args, scratch: &Scratch) -> anyhow::Result<Self> {
-        let mut admin = PgConnection::connect(&scratch.server_url)
-            .await
-            .context("connect to PostgreSQL")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "create database {}",
-            scratch.db_name
-        )))
-        .execute(&mut admin)
-        .await?;
-        admin.close().await?;
-        let db_url = with_database(&scratch.server_url, &scratch.db_name)?;
-        let db = loyalty::db::connect(&db_url, 4).await?;
-        loyalty::db::migrate(&db).await?;
-
+        let (db_url, db) = scratch.create_database().await?;
         let admin_token = format!("loadgen-{}", rand::random::<u64>());
         // Parsed like the service's own command line, so new settings take their defaults.
         let config = ingest::Config::try_parse_from([
@@ -173,10 +182,9 @@ impl Environment {
         Ok(Self {
             server_url: scratch.server_url.clone(),
             db_url,
+            operator: Operator::new(&base, &admin_token, db.clone()),
             db,
             base,
-            admin_token,
-            admin: reqwest::Client::new(),
             stop,
             server,
         })
@@ -187,12 +195,32 @@ impl Environment {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
     }
+}
 
-    async fn post(&self, path: &str, body: &Value, expect: u16) -> anyhow::Result<Value> {
+/// The operator API of a running ingest, and the database behind it.
+pub struct Operator {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    db: PgPool,
+}
+
+impl Operator {
+    pub fn new(base: &str, token: &str, db: PgPool) -> Self {
+        Self {
+            base: base.to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+            db,
+        }
+    }
+
+    /// POSTs `body` to `/admin/v1{path}`; an error unless the answer is `expect`.
+    pub async fn post(&self, path: &str, body: &Value, expect: u16) -> anyhow::Result<Value> {
         let response = self
-            .admin
+            .http
             .post(format!("{}/admin/v1{path}", self.base))
-            .bearer_auth(&self.admin_token)
+            .bearer_auth(&self.token)
             .json(body)
             .send()
             .await?;
@@ -206,27 +234,27 @@ impl Environment {
 
     /// The organization (bonus settings 2 / 50 / 5) and its register through the operator API;
     /// `customers` customers, every second one referred by the one before; `bills` open bills
-    /// spread over them round-robin.
+    /// spread over them round-robin. With a `bot` token, the organization has that bot and
+    /// customer `i` the Telegram id `TELEGRAM_IDS + i`.
     pub async fn seed(
         &self,
         customers: usize,
         bills: usize,
         concurrency: usize,
+        bot: Option<&str>,
     ) -> anyhow::Result<Shop> {
-        let org = self
-            .post(
-                "/orgs",
-                &json!({
-                    "name": "Loadgen shop",
-                    "bonus_program_settings": {
-                        "invoice_bonus_percentage": 2,
-                        "referral_promo_bonus": 50,
-                        "referrer_first_purchase_percentage": 5
-                    }
-                }),
-                201,
-            )
-            .await?["id"]
+        let mut org = json!({
+            "name": "Loadgen shop",
+            "bonus_program_settings": {
+                "invoice_bonus_percentage": 2,
+                "referral_promo_bonus": 50,
+                "referrer_first_purchase_percentage": 5
+            }
+        });
+        if let Some(token) = bot {
+            org["telegram_bot_token"] = json!(token);
+        }
+        let org = self.post("/orgs", &org, 201).await?["id"]
             .as_i64()
             .context("org id")?;
         let created = self
@@ -244,12 +272,13 @@ impl Environment {
 
         let customer_ids: Vec<i64> = futures::stream::iter(0..customers)
             .map(|i| async move {
+                let mut customer =
+                    json!({"first_name": format!("Customer{i}"), "last_name": "Load"});
+                if bot.is_some() {
+                    customer["telegram_id"] = json!(TELEGRAM_IDS + i64::try_from(i)?);
+                }
                 let created = self
-                    .post(
-                        &format!("/orgs/{org}/customers"),
-                        &json!({"first_name": format!("Customer{i}"), "last_name": "Load"}),
-                        201,
-                    )
+                    .post(&format!("/orgs/{org}/customers"), &customer, 201)
                     .await?;
                 let id = created["id"].as_str().context("customer id")?;
                 anyhow::Ok(id.parse::<i64>()?)
@@ -303,6 +332,7 @@ impl Environment {
             org,
             integration,
             token,
+            customers: customer_ids,
             bills,
         })
     }
