@@ -32,6 +32,21 @@ async fn receipts_published(app: &TestApp) -> u32 {
     app.queue_depth(&queue).await
 }
 
+/// Sends a request; returns its status, the value of `header` and the JSON body (Null if none).
+async fn send_reading(
+    request: reqwest::RequestBuilder,
+    header: &str,
+) -> (u16, Option<String>, Value) {
+    let response = request.send().await.expect("answer");
+    let value = response
+        .headers()
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let status = response.status().as_u16();
+    (status, value, response.json().await.unwrap_or(Value::Null))
+}
+
 fn assert_error(status: u16, body: &Value, expected: (u16, &str)) {
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -248,38 +263,14 @@ async fn unknown_routes_wrong_methods_and_long_uris_answer_in_the_json_error_sha
     let (status, body) = send(app.http.get(app.url("/no/such/route"))).await;
     assert_error(status, &body, (404, "not_found"));
 
-    let response = app
-        .http
-        .delete(app.url("/healthz"))
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(response.status(), 405);
-    assert_eq!(
-        response
-            .headers()
-            .get("allow")
-            .and_then(|v| v.to_str().ok()),
-        Some("GET,HEAD")
-    );
-    let body: Value = response.json().await.expect("JSON body");
-    assert_error(405, &body, (405, "method_not_allowed"));
-
-    let response = app
-        .admin(Method::PUT, "/admin/v1/orgs")
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(
-        response
-            .headers()
-            .get("allow")
-            .and_then(|v| v.to_str().ok()),
-        Some("POST")
-    );
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("JSON body");
-    assert_error(status, &body, (405, "method_not_allowed"));
+    for (request, allowed) in [
+        (app.http.delete(app.url("/healthz")), "GET,HEAD"),
+        (app.admin(Method::PUT, "/admin/v1/orgs"), "POST"),
+    ] {
+        let (status, allow, body) = send_reading(request, "allow").await;
+        assert_error(status, &body, (405, "method_not_allowed"));
+        assert_eq!(allow.as_deref(), Some(allowed));
+    }
 
     for length in [ingest::edge::URI_LIMIT, 60 * 1024] {
         let long = format!("/healthz?pad={}", "x".repeat(length));
@@ -295,24 +286,16 @@ async fn an_oversized_pos_receipt_is_the_json_413() {
     let app = TestApp::spawn().await;
     let org = app.org().await;
     let token = app.pos_token(org, "POS").await;
-    let response = app
-        .http
-        .post(app.url("/api/v2/receipts"))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body(vec![b' '; ingest::extract::BODY_LIMIT + 1])
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(
-        response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
-        Some("application/json")
-    );
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("JSON body");
+    let (status, content_type, body) = send_reading(
+        app.http
+            .post(app.url("/api/v2/receipts"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(vec![b' '; ingest::extract::BODY_LIMIT + 1]),
+        "content-type",
+    )
+    .await;
+    assert_eq!(content_type.as_deref(), Some("application/json"));
     assert_error(status, &body, (413, "payload_too_large"));
 }
 
@@ -323,15 +306,8 @@ async fn the_root_sends_a_browser_to_the_dashboard() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let response = http.get(app.url("/")).send().await.expect("answer");
-    assert_eq!(response.status(), 303);
-    assert_eq!(
-        response
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok()),
-        Some("/admin")
-    );
+    let (status, location, _) = send_reading(http.get(app.url("/")), "location").await;
+    assert_eq!((status, location.as_deref()), (303, Some("/admin")));
 }
 
 #[tokio::test]
