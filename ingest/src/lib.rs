@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod dashboard;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -19,11 +20,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::response::Redirect;
+use axum::routing::get;
 use loyalty::orgs::Integration;
 use loyalty::queue::Broker;
 use sqlx::PgPool;
-use tower_http::trace::TraceLayer;
 
 /// Configuration, from the environment (see `ingest --help`).
 #[derive(Debug, Clone, clap::Parser)]
@@ -123,16 +124,16 @@ impl AppState {
 
 /// The whole HTTP service.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
+        // A browser pointed at the service finds the dashboard.
+        .route("/", get(|| async { Redirect::to("/admin") }))
         .merge(health::router())
         .merge(openapi::router())
         .merge(pos::router())
         .merge(miniapp::router())
         .merge(dashboard::router())
-        .nest("/admin/v1", admin::router(state.clone()))
-        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .nest("/admin/v1", admin::router(state.clone()));
+    edge::layers(routes).with_state(state)
 }
 
 /// Connects, migrates and serves the API and the metrics until SIGTERM or Ctrl-C.

@@ -51,18 +51,27 @@ impl FromRequestParts<AppState> for MiniAppUser {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("tma"))
             .map(|(_, data)| data.trim().to_owned())
             .ok_or(ApiError::Unauthorized)?;
+        // An organization that does not exist is the same 401 as a bad signature, so the ids
+        // of the organizations cannot be enumerated.
         let axum::extract::Path(params) =
             axum::extract::Path::<HashMap<String, String>>::from_request_parts(parts, state)
                 .await
-                .map_err(|_| ApiError::NotFound("organization"))?;
+                .map_err(|_| ApiError::Unauthorized)?;
         let org_id: i64 = params
             .get("org")
             .and_then(|o| o.parse().ok())
-            .ok_or(ApiError::NotFound("organization"))?;
+            .ok_or(ApiError::Unauthorized)?;
+        let unknown_is_unauthorized = |err: loyalty::Error| match err {
+            loyalty::Error::NotFound(_) => ApiError::Unauthorized,
+            other => other.into(),
+        };
         let mut conn = state.db.acquire().await?;
-        let org = orgs::get(&mut conn, org_id).await?;
+        let org = orgs::get(&mut conn, org_id)
+            .await
+            .map_err(unknown_is_unauthorized)?;
         let token = orgs::bot_token(&mut conn, &state.config.secrets.token_keys, org_id)
-            .await?
+            .await
+            .map_err(unknown_is_unauthorized)?
             .ok_or(ApiError::Unauthorized)?;
         let max_age = Duration::from_secs(state.config.miniapp_max_age);
         let user = init_data::validate(&init, &token, chrono::Utc::now(), max_age)

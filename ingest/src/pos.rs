@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -20,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Path, Query, bearer, parse_json};
+use crate::extract::{Path, Query, RawBody, bearer, parse_json};
 
 pub const PROTOCOL: &str = "0.1.0";
 
@@ -174,7 +173,7 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 async fn receipt(
     State(state): State<AppState>,
     Pos(pos): Pos,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<StatusCode, ApiError> {
     let started = std::time::Instant::now();
     metrics::counter!("loyalty_receipts_received_total").increment(1);

@@ -81,12 +81,30 @@ pub fn validate(
     if age > max_age || age < -chrono::Duration::seconds(60) {
         return Err(Invalid::Stale);
     }
-    let user: TelegramUser =
+    let mut user: TelegramUser =
         serde_json::from_str(field("user").ok_or(Invalid::NoUser)?).map_err(|_| Invalid::NoUser)?;
     if user.id <= 0 {
         return Err(Invalid::NoUser);
     }
+    user.strip_nul();
     Ok(user)
+}
+
+impl TelegramUser {
+    /// Telegram signs whatever a user typed as their name, NUL included; PostgreSQL stores no NUL
+    /// in text, so the profile is kept without it.
+    fn strip_nul(&mut self) {
+        let texts = [
+            Some(&mut self.first_name),
+            self.last_name.as_mut(),
+            self.username.as_mut(),
+            self.photo_url.as_mut(),
+            self.language_code.as_mut(),
+        ];
+        for text in texts.into_iter().flatten() {
+            text.retain(|c| c != '\0');
+        }
+    }
 }
 
 /// Signs init data for a user (what Telegram does; tests and tools use it).
@@ -152,6 +170,22 @@ mod tests {
         assert_eq!(
             validate("user=%7B%7D", TOKEN, at(0), DAY),
             Err(Invalid::NoHash)
+        );
+    }
+
+    #[test]
+    fn a_nul_in_a_signed_profile_is_dropped() {
+        let user =
+            r#"{"id":7,"first_name":"Al\u0000ice","last_name":"\u0000","username":"a\u0000"}"#;
+        let data = sign(&[("auth_date", "1735689600"), ("user", user)], TOKEN);
+        let user = validate(&data, TOKEN, at(1_735_689_600), DAY).expect("valid");
+        assert_eq!(
+            (
+                user.first_name.as_str(),
+                user.last_name.as_deref(),
+                user.username.as_deref()
+            ),
+            ("Alice", Some(""), Some("a"))
         );
     }
 

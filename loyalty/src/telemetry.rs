@@ -1,6 +1,11 @@
 //! Logging set up once per service: `RUST_LOG` filters, `RUST_LOG_FORMAT=json` switches to JSON lines.
 
+use std::fmt;
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 
 pub fn init(default_filter: &str) {
     let filter =
@@ -11,8 +16,31 @@ pub fn init(default_filter: &str) {
     let _ = if json {
         builder.json().try_init()
     } else {
-        builder.try_init()
+        builder.fmt_fields(EscapedFields::default()).try_init()
     };
+}
+
+/// The text format's fields with every control character escaped (`\n`, `\r`, `\t`, `\u{1b}`…),
+/// so a value a client sent (an event id with a newline) cannot forge a log line of its own or
+/// drive the terminal. JSON lines escape them already.
+#[derive(Debug, Default)]
+pub struct EscapedFields(DefaultFields);
+
+impl<'w> FormatFields<'w> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut formatted = String::new();
+        self.0.format_fields(Writer::new(&mut formatted), fields)?;
+        let mut rest = formatted.as_str();
+        while let Some(at) = rest.find(char::is_control) {
+            writer.write_str(&rest[..at])?;
+            let mut chars = rest[at..].chars();
+            if let Some(control) = chars.next() {
+                write!(writer, "{}", control.escape_debug())?;
+            }
+            rest = chars.as_str();
+        }
+        writer.write_str(rest)
+    }
 }
 
 /// The process's Prometheus recorder, installed once; `render()` gives the text format.
@@ -43,4 +71,48 @@ pub async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     );
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_newline_in_a_logged_value_stays_on_its_line_escaped() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(EscapedFields::default())
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let event = "e-1\nFAKE LINE\r\t\u{1b}[31m\u{85}";
+            tracing::info!(event = %event, debug = ?event, "receipt accepted: {event}");
+        });
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains(r"event=e-1\nFAKE LINE\r\t\u{1b}[31m\u{85}"),
+            "{text}"
+        );
+        assert!(text.contains(r"receipt accepted: e-1\nFAKE LINE"), "{text}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text}");
+    }
 }

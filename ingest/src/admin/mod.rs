@@ -26,6 +26,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(receipts::router())
         .merge(ops::router())
         .merge(legacy::router(state.config.import_body_limit))
+        // Its own fallbacks, so they sit behind the token too: without it, every path is a 401
+        // and the routes cannot be probed.
+        .fallback(crate::edge::not_found)
+        .method_not_allowed_fallback(crate::edge::method_not_allowed)
         .layer(middleware::from_fn_with_state(state, require_admin))
 }
 
