@@ -121,7 +121,7 @@ struct PromoRequest {
 /// A friend's promo code, with the same rules as the operator endpoint.
 #[utoipa::path(post, path = "/app/v1/orgs/{org}/me/promo", tag = "Mini App", params(("org" = i64, Path)),
     request_body = PromoRequest,
-    responses((status = 200, body = Balances),
+    responses((status = 200, body = customers::Balances),
               (status = 409, description = "already referred, or after the first purchase", body = crate::openapi::ErrorBody),
               (status = 422, description = "own, unknown or looping code", body = crate::openapi::ErrorBody)),
     security(("tma" = [])))]
@@ -135,7 +135,7 @@ async fn promo(
     let mut tx = state.db.begin().await?;
     let (id, _) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
     tx.commit().await?;
-    transact(&state.db, None, &[], StatusCode::OK, async |conn| {
+    transact(&state.db, None, &body.digest, StatusCode::OK, async |conn| {
         Ok(customers::apply_promo(conn, &caller.org, id, &body.value.code).await?)
     })
     .await
