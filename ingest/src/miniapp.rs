@@ -135,9 +135,13 @@ async fn promo(
     let mut tx = state.db.begin().await?;
     let (id, _) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
     tx.commit().await?;
-    transact(&state.db, None, &body.digest, StatusCode::OK, async |conn| {
-        Ok(customers::apply_promo(conn, &caller.org, id, &body.value.code).await?)
-    })
+    transact(
+        &state.db,
+        None,
+        &body.digest,
+        StatusCode::OK,
+        async |conn| Ok(customers::apply_promo(conn, &caller.org, id, &body.value.code).await?),
+    )
     .await
 }
 
