@@ -156,10 +156,10 @@ pub async fn close_connections(prefix: &str) -> anyhow::Result<u64> {
             String::from_utf8_lossy(&listed.stderr).trim()
         );
     }
-    let named = format!("\"connection_name\",\"loyalty ");
+    let named = "\"connection_name\",\"loyalty ";
     let ours: Vec<String> = String::from_utf8_lossy(&listed.stdout)
         .lines()
-        .filter(|line| line.contains(&named) && line.contains(&format!(" {prefix}\"")))
+        .filter(|line| line.contains(named) && line.contains(&format!(" {prefix}\"")))
         .filter_map(|line| line.split('\t').next().map(str::to_owned))
         .collect();
     let mut closed = 0;
