@@ -7,11 +7,11 @@ use std::sync::LazyLock;
 
 use axum::routing::get;
 use axum::{Json, Router};
+use loyalty::orgs::OrgChanges;
 use serde::Serialize;
 use serde_json::{Value, json};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use loyalty::orgs::OrgChanges;
 use utoipa::openapi::schema::Schema;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
@@ -157,19 +157,41 @@ fn refine(doc: &mut Value) {
     let listed: [(&str, &str, &[&str]); 6] = [
         ("list_receipts", "status", &receipts::RECEIPT_STATUSES),
         ("ops_receipts", "status", &receipts::RECEIPT_STATUSES),
-        ("list_notifications", "status", &receipts::NOTIFICATION_STATUSES),
-        ("ops_notifications", "status", &receipts::NOTIFICATION_STATUSES),
+        (
+            "list_notifications",
+            "status",
+            &receipts::NOTIFICATION_STATUSES,
+        ),
+        (
+            "ops_notifications",
+            "status",
+            &receipts::NOTIFICATION_STATUSES,
+        ),
         ("list_bills", "status", &bill_statuses),
         ("dead_letters", "queue", &streams),
     ];
-    for item in doc["paths"].as_object_mut().into_iter().flat_map(|p| p.values_mut()) {
-        for operation in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
-            let id = operation["operationId"].as_str().unwrap_or_default().to_owned();
-            let parameters = operation.get_mut("parameters").and_then(Value::as_array_mut);
+    for item in doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|p| p.values_mut())
+    {
+        for operation in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|o| o.values_mut())
+        {
+            let id = operation["operationId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let parameters = operation
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut);
             for parameter in parameters.into_iter().flatten() {
                 // A query parameter is absent or has a value; it is never null.
                 if let Some(types) = parameter["schema"]["type"].as_array() {
-                    let types: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+                    let types: Vec<Value> =
+                        types.iter().filter(|t| *t != "null").cloned().collect();
                     if let [single] = types.as_slice() {
                         parameter["schema"]["type"] = single.clone();
                     }
@@ -207,7 +229,10 @@ fn add_shared_answers(doc: &mut Value) {
         };
         for operation in item.values_mut() {
             let has_body = operation.get("requestBody").is_some();
-            let params = operation["parameters"].as_array().cloned().unwrap_or_default();
+            let params = operation["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let in_path = params.iter().any(|p| p["in"] == "path");
             let in_query = params.iter().any(|p| p["in"] == "query");
             let secured = operation["security"]
@@ -234,7 +259,10 @@ fn add_shared_answers(doc: &mut Value) {
                 ));
             }
             if path != "/healthz" {
-                shared.push(("503", "PostgreSQL or RabbitMQ is unavailable; retry shortly"));
+                shared.push((
+                    "503",
+                    "PostgreSQL or RabbitMQ is unavailable; retry shortly",
+                ));
             }
             let responses = &mut operation["responses"];
             for (status, description) in shared {
@@ -272,29 +300,52 @@ fn refuse_nul_in_text(value: &mut Value) {
     }
 }
 
+/// The created thing's id, and the organization of the request that created it.
+const NEW_ID: &str = "$response.body#/id";
+const SAME_ORG: &str = "$request.path.org";
 
-/// Where a created resource's id is used next, so a stateful run goes on from what it created:
-/// (operation, status, link name, operation it leads to, parameters as runtime expressions).
-const LINKS: &[(&str, &str, &str, &str, &[(&str, &str)])] = &[
-    ("create_org", "201", "GetOrg", "get_org", &[("org", "$response.body#/id")]),
-    ("create_org", "201", "UpdateOrg", "update_org", &[("org", "$response.body#/id")]),
-    ("create_org", "201", "CreateIntegration", "create_integration", &[("org", "$response.body#/id")]),
-    ("create_org", "201", "CreateCustomer", "create_customer", &[("org", "$response.body#/id")]),
-    ("create_org", "201", "SearchCustomers", "search_customers", &[("org", "$response.body#/id")]),
-    ("create_org", "201", "ListBills", "list_bills", &[("org", "$response.body#/id")]),
-    ("create_org", "201", "ListReceipts", "list_receipts", &[("org", "$response.body#/id")]),
-    ("create_org", "201", "ListNotifications", "list_notifications", &[("org", "$response.body#/id")]),
-    ("create_org", "201", "Export", "export", &[("org", "$response.body#/id")]),
-    ("import", "201", "GetOrg", "get_org", &[("org", "$response.body#/id")]),
-    ("import", "201", "Export", "export", &[("org", "$response.body#/id")]),
-    ("create_customer", "201", "GetCustomer", "get_customer", &[("org", "$request.path.org"), ("id", "$response.body#/id")]),
-    ("create_customer", "201", "EnterPromo", "enter_promo", &[("org", "$request.path.org"), ("id", "$response.body#/id")]),
-    ("create_customer", "201", "MoveBonuses", "move_bonuses", &[("org", "$request.path.org"), ("id", "$response.body#/id")]),
-    ("create_customer", "201", "MoveDebt", "move_debt", &[("org", "$request.path.org"), ("id", "$response.body#/id")]),
-    ("create_customer", "201", "Merge", "merge_customer", &[("org", "$request.path.org"), ("id", "$response.body#/id")]),
-    ("create_customer", "201", "CreateBill", "create_bill", &[("org", "$request.path.org")]),
-    ("create_bill", "201", "GetBill", "get_bill", &[("org", "$request.path.org"), ("id", "$response.body#/id")]),
-    ("create_bill", "201", "CancelBill", "cancel_bill", &[("org", "$request.path.org"), ("id", "$response.body#/id")]),
+/// Where a created resource's id is used next, so a stateful run goes on from what it created: the
+/// creating operation (its 201), the parameters its answer gives, and the operations that take them
+/// (each link is named after the operation it leads to).
+type Links = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+);
+const LINKS: &[Links] = &[
+    (
+        "create_org",
+        &[("org", NEW_ID)],
+        &[
+            "get_org",
+            "update_org",
+            "create_integration",
+            "create_customer",
+            "search_customers",
+            "create_bill",
+            "list_bills",
+            "list_receipts",
+            "list_notifications",
+            "export",
+        ],
+    ),
+    ("import", &[("org", NEW_ID)], &["get_org", "export"]),
+    (
+        "create_customer",
+        &[("org", SAME_ORG), ("id", NEW_ID)],
+        &[
+            "get_customer",
+            "enter_promo",
+            "move_bonuses",
+            "move_debt",
+            "merge_customer",
+        ],
+    ),
+    (
+        "create_bill",
+        &[("org", SAME_ORG), ("id", NEW_ID)],
+        &["get_bill", "cancel_bill"],
+    ),
 ];
 
 fn add_links(doc: &mut Value) {
@@ -303,14 +354,19 @@ fn add_links(doc: &mut Value) {
     };
     for item in paths.values_mut().filter_map(Value::as_object_mut) {
         for operation in item.values_mut() {
-            let id = operation["operationId"].as_str().unwrap_or_default().to_owned();
-            for (_, status, name, target, parameters) in LINKS.iter().filter(|l| l.0 == id) {
+            let id = operation["operationId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            for (_, parameters, targets) in LINKS.iter().filter(|l| l.0 == id) {
                 let parameters: serde_json::Map<String, Value> = parameters
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), json!(v)))
                     .collect();
-                operation["responses"][*status]["links"][*name] =
-                    json!({ "operationId": target, "parameters": parameters });
+                for target in *targets {
+                    operation["responses"]["201"]["links"][*target] =
+                        json!({ "operationId": target, "parameters": parameters });
+                }
             }
         }
     }

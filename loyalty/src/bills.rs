@@ -48,9 +48,7 @@ pub fn deserialize_optional_whole<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<i64>, D::Error> {
     Option::<serde_json::Number>::deserialize(d)?
-        .map(|n| {
-            whole(&n).ok_or_else(|| serde::de::Error::custom("must be a whole number"))
-        })
+        .map(|n| whole(&n).ok_or_else(|| serde::de::Error::custom("must be a whole number")))
         .transpose()
 }
 

@@ -145,7 +145,9 @@ impl DecimalSchema {
             Lowest::MinusMax => number.minimum(Some(-max.parse::<f64>().unwrap_or(f64::MAX))),
         };
         let number = match self.places {
-            Some(places) => number.multiple_of(Some(10f64.powi(-i32::try_from(places).unwrap_or(0)))),
+            Some(places) => {
+                number.multiple_of(Some(10f64.powi(-i32::try_from(places).unwrap_or(0))))
+            }
             None => number,
         };
         // Below the maximum: fewer digits than it has, then decimals; at the maximum, only zeros.

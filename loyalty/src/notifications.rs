@@ -24,7 +24,10 @@ pub const KINDS: [&str; 7] = [
 pub fn templates_schema() -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::Object, Type::Null]))
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
         .property_names(Some(
             ObjectBuilder::new()
                 .schema_type(Type::String)
