@@ -300,141 +300,51 @@ fn refuse_nul_in_text(value: &mut Value) {
     }
 }
 
-/// Where a created resource's id is used next, so a stateful run goes on from what it created:
-/// (operation, status, link name, operation it leads to, parameters as runtime expressions).
-const LINKS: &[(&str, &str, &str, &str, &[(&str, &str)])] = &[
+/// The created thing's id, and the organization of the request that created it.
+const NEW_ID: &str = "$response.body#/id";
+const SAME_ORG: &str = "$request.path.org";
+
+/// Where a created resource's id is used next, so a stateful run goes on from what it created: the
+/// creating operation (its 201), the parameters its answer gives, and the operations that take them
+/// (each link is named after the operation it leads to).
+type Links = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+);
+const LINKS: &[Links] = &[
     (
         "create_org",
-        "201",
-        "GetOrg",
-        "get_org",
-        &[("org", "$response.body#/id")],
+        &[("org", NEW_ID)],
+        &[
+            "get_org",
+            "update_org",
+            "create_integration",
+            "create_customer",
+            "search_customers",
+            "create_bill",
+            "list_bills",
+            "list_receipts",
+            "list_notifications",
+            "export",
+        ],
     ),
-    (
-        "create_org",
-        "201",
-        "UpdateOrg",
-        "update_org",
-        &[("org", "$response.body#/id")],
-    ),
-    (
-        "create_org",
-        "201",
-        "CreateIntegration",
-        "create_integration",
-        &[("org", "$response.body#/id")],
-    ),
-    (
-        "create_org",
-        "201",
-        "CreateCustomer",
-        "create_customer",
-        &[("org", "$response.body#/id")],
-    ),
-    (
-        "create_org",
-        "201",
-        "SearchCustomers",
-        "search_customers",
-        &[("org", "$response.body#/id")],
-    ),
-    (
-        "create_org",
-        "201",
-        "ListBills",
-        "list_bills",
-        &[("org", "$response.body#/id")],
-    ),
-    (
-        "create_org",
-        "201",
-        "ListReceipts",
-        "list_receipts",
-        &[("org", "$response.body#/id")],
-    ),
-    (
-        "create_org",
-        "201",
-        "ListNotifications",
-        "list_notifications",
-        &[("org", "$response.body#/id")],
-    ),
-    (
-        "create_org",
-        "201",
-        "Export",
-        "export",
-        &[("org", "$response.body#/id")],
-    ),
-    (
-        "import",
-        "201",
-        "GetOrg",
-        "get_org",
-        &[("org", "$response.body#/id")],
-    ),
-    (
-        "import",
-        "201",
-        "Export",
-        "export",
-        &[("org", "$response.body#/id")],
-    ),
+    ("import", &[("org", NEW_ID)], &["get_org", "export"]),
     (
         "create_customer",
-        "201",
-        "GetCustomer",
-        "get_customer",
-        &[("org", "$request.path.org"), ("id", "$response.body#/id")],
-    ),
-    (
-        "create_customer",
-        "201",
-        "EnterPromo",
-        "enter_promo",
-        &[("org", "$request.path.org"), ("id", "$response.body#/id")],
-    ),
-    (
-        "create_customer",
-        "201",
-        "MoveBonuses",
-        "move_bonuses",
-        &[("org", "$request.path.org"), ("id", "$response.body#/id")],
-    ),
-    (
-        "create_customer",
-        "201",
-        "MoveDebt",
-        "move_debt",
-        &[("org", "$request.path.org"), ("id", "$response.body#/id")],
-    ),
-    (
-        "create_customer",
-        "201",
-        "Merge",
-        "merge_customer",
-        &[("org", "$request.path.org"), ("id", "$response.body#/id")],
-    ),
-    (
-        "create_customer",
-        "201",
-        "CreateBill",
-        "create_bill",
-        &[("org", "$request.path.org")],
+        &[("org", SAME_ORG), ("id", NEW_ID)],
+        &[
+            "get_customer",
+            "enter_promo",
+            "move_bonuses",
+            "move_debt",
+            "merge_customer",
+        ],
     ),
     (
         "create_bill",
-        "201",
-        "GetBill",
-        "get_bill",
-        &[("org", "$request.path.org"), ("id", "$response.body#/id")],
-    ),
-    (
-        "create_bill",
-        "201",
-        "CancelBill",
-        "cancel_bill",
-        &[("org", "$request.path.org"), ("id", "$response.body#/id")],
+        &[("org", SAME_ORG), ("id", NEW_ID)],
+        &["get_bill", "cancel_bill"],
     ),
 ];
 
@@ -448,13 +358,15 @@ fn add_links(doc: &mut Value) {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            for (_, status, name, target, parameters) in LINKS.iter().filter(|l| l.0 == id) {
+            for (_, parameters, targets) in LINKS.iter().filter(|l| l.0 == id) {
                 let parameters: serde_json::Map<String, Value> = parameters
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), json!(v)))
                     .collect();
-                operation["responses"][*status]["links"][*name] =
-                    json!({ "operationId": target, "parameters": parameters });
+                for target in *targets {
+                    operation["responses"]["201"]["links"][*target] =
+                        json!({ "operationId": target, "parameters": parameters });
+                }
             }
         }
     }

@@ -661,3 +661,22 @@ async fn an_idempotency_key_belongs_to_its_organization_and_route() {
         .await;
     assert_eq!(customer["bonuses"], json!(100.0));
 }
+
+#[tokio::test]
+async fn a_list_at_the_largest_offset_answers_with_no_next_page() {
+    let app = TestApp::spawn().await;
+    let org = app.org().await;
+    for path in [
+        format!("/admin/v1/orgs/{org}/bills"),
+        format!("/admin/v1/orgs/{org}/receipts"),
+        format!("/admin/v1/orgs/{org}/notifications"),
+        format!("/admin/v1/orgs/{org}/customers"),
+        "/admin/v1/ops/receipts".to_owned(),
+    ] {
+        let (status, body) = app
+            .get(&format!("{path}?limit=1&offset={}", i64::MAX))
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["next_offset"], Value::Null, "{path}");
+    }
+}
