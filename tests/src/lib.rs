@@ -697,3 +697,26 @@ pub async fn serve(
     });
     (addr, task)
 }
+
+impl TestApp {
+    /// One scrape of this app's `/metrics`, served on their own listener as the binary serves them.
+    pub async fn scrape_metrics(&self) -> String {
+        let limits = ingest::server::HttpLimits {
+            header_timeout_secs: 10,
+            max_connections: 100,
+        };
+        let router = ingest::health::metrics_router(self.state.clone());
+        let (addr, server) = serve(router, limits, std::future::pending()).await;
+        let text = self
+            .http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        server.abort();
+        text
+    }
+}

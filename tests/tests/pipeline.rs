@@ -230,15 +230,7 @@ async fn a_first_sale_accrues_and_rewards_the_referrer_exactly_once() {
         .get(&format!("/admin/v1/orgs/{}/bills/{id}", shop.org))
         .await;
     assert_eq!(paid["status"], "paid");
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.scrape_metrics().await;
     for line in [
         "loyalty_receipts_acknowledged_total",
         "loyalty_receipts_total{status=\"processed\"}",
