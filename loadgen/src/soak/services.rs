@@ -146,6 +146,9 @@ impl Services {
     }
 }
 
+/// The key the soak's services seal its fake bot's token with (a throwaway database, a fake bot).
+const SOAK_TOKEN_KEYS: &str = "soak:c29hay1vbmx5LWtleS1ub3QtYS1zZWNyZXQtMzJieXQ=";
+
 fn ingest_env(addr: SocketAddr) -> Vec<(&'static str, String)> {
     vec![("INGEST_ADDR", addr.to_string())]
 }
@@ -170,6 +173,7 @@ fn spawn(settings: &Settings, bin: &str, extra: &[(&str, String)]) -> anyhow::Re
         .env("AMQP_URL", &settings.amqp_url)
         .env("QUEUE_PREFIX", &settings.prefix)
         .env("ADMIN_TOKEN", &settings.admin_token)
+        .env("TOKEN_KEYS", SOAK_TOKEN_KEYS)
         .env("TELEGRAM_API_URL", &settings.telegram_api_url)
         // Each process its own metrics port; nothing scrapes them here.
         .env("METRICS_ADDR", "127.0.0.1:0")
