@@ -1,14 +1,16 @@
 //! What every request passes on its way in and out, whatever route it takes: URIs too long or
 //! carrying a NUL are refused, a path or method nothing serves and a handler that panics all
-//! answer in the API's JSON error shape, and every request is traced.
+//! answer in the API's JSON error shape, a body that stalls is cut off, and every request is traced.
 
 use std::any::Any;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -17,12 +19,18 @@ use crate::extract;
 /// The longest request target served (hyper's own limit, far higher, answers with no body).
 pub const URI_LIMIT: usize = 8 * 1024;
 
+/// Longest pause allowed between two pieces of a request body: a client that sends its head and
+/// then trickles (or stops sending) the body would otherwise hold its connection for as long as it
+/// likes. Its request is answered 400.
+pub const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Gives `router` the fallbacks and layers of the service. Call it once every route is in.
 pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(RequestBodyTimeoutLayer::new(BODY_STALL_TIMEOUT))
         .layer(middleware::from_fn(check_uri))
         .layer(CatchPanicLayer::custom(
             panic_response as fn(Box<dyn Any + Send>) -> Response,

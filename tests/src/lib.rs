@@ -298,19 +298,7 @@ impl TestApp {
     /// Starts a worker on this test's database and queues.
     pub fn start_worker(&self) -> RunningWorker {
         let worker = workers::Worker::new(self.db.pool.clone(), self.state.broker.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            worker
-                .run(4, 100, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("worker runs");
-        });
-        RunningWorker {
-            stop: Some(stop),
-            task,
-        }
+        self.run_worker(worker, 4, 100)
     }
 
     /// A POS integration of `org`; returns its token.
@@ -635,12 +623,18 @@ pub fn cut_broker_connections(prefix: &str) -> usize {
 }
 
 impl TestApp {
-    /// Starts `worker` on this test's queues, applying up to `batch` receipts per transaction.
-    pub fn run_worker(&self, worker: workers::Worker, batch: u16) -> RunningWorker {
+    /// Starts `worker` on this test's queues: `concurrency` batches at once, of up to `batch`
+    /// receipts each.
+    pub fn run_worker(
+        &self,
+        worker: workers::Worker,
+        concurrency: u16,
+        batch: u16,
+    ) -> RunningWorker {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             worker
-                .run(1, batch, async {
+                .run(concurrency, batch, async {
                     let _ = stopped.await;
                 })
                 .await

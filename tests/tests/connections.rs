@@ -141,6 +141,54 @@ async fn a_kept_alive_connection_is_closed_when_it_sends_no_next_request_within_
     assert!(idle >= Duration::from_millis(950), "closed after {idle:?}");
 }
 
+#[tokio::test]
+async fn a_body_that_stalls_is_answered_400_and_its_connection_freed() {
+    let app = TestApp::spawn().await;
+    let org = app.org().await;
+    let token = app.pos_token(org, "pos").await;
+    let (addr, _server) = serve(
+        ingest::app(app.state.clone()),
+        limits(30, 100),
+        std::future::pending(),
+    )
+    .await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // A head promising 1000 bytes, one byte of them, then nothing.
+    let head = format!(
+        "POST /api/v2/receipts HTTP/1.1\r\nHost: ingest\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let sent = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0_u8; 1024];
+    let deadline = sent + ingest::edge::BODY_STALL_TIMEOUT + Duration::from_secs(5);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let waited = sent.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "after {waited:?}: {answer}"
+    );
+    assert!(answer.contains(r#""code":"bad_request""#), "{answer}");
+    assert!(
+        waited >= ingest::edge::BODY_STALL_TIMEOUT - Duration::from_millis(100),
+        "answered after {waited:?}, before the body stalled that long"
+    );
+    let queue = app
+        .state
+        .broker
+        .topology()
+        .main(loyalty::queue::Stream::Receipts);
+    let published = app.queue_depth(&queue).await;
+    assert_eq!(published, 0, "a cut-off receipt is never published");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_bound_are_closed_at_once_and_the_server_answers_when_they_go() {
     let app = TestApp::spawn().await;

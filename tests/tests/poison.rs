@@ -114,6 +114,7 @@ async fn an_absurd_total_dies_alone_and_the_hundred_receipts_in_its_batch_apply_
     let started = Instant::now();
     let _worker = app.run_worker(
         workers::Worker::new(app.db.pool.clone(), app.state.broker.clone()),
+        1,
         250,
     );
     let took = hundred_applied(&app, batch.org, started).await;
@@ -131,7 +132,7 @@ async fn a_panic_in_the_apply_step_kills_only_its_receipt_and_the_hundred_beside
     let worker = workers::Worker::new(app.db.pool.clone(), app.state.broker.clone())
         .panicking_on(|message| message.event["id"] == "ev-poison");
     let started = Instant::now();
-    let _worker = app.run_worker(worker, 250);
+    let _worker = app.run_worker(worker, 1, 250);
     let took = hundred_applied(&app, batch.org, started).await;
     eprintln!("100 good receipts applied {took:?} after the worker started");
     assert_dead_alone(&app, &batch, "panic: injected fault applying ev-poison").await;
