@@ -135,6 +135,7 @@ pub static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
     refine(&mut doc);
     add_shared_answers(&mut doc);
     refuse_nul_in_text(&mut doc);
+    add_any_json(&mut doc);
     add_links(&mut doc);
     doc
 });
@@ -275,7 +276,8 @@ fn add_shared_answers(doc: &mut Value) {
 }
 
 /// PostgreSQL cannot store U+0000, and every text the API takes ends up there: a NUL anywhere is
-/// refused (422). Every string without a pattern of its own says so, and `\S` (not blank) is
+/// refused (422). Every string without a pattern of its own says so, so do the keys of every object
+/// open to keys of the client's choosing, and `\S` (not blank) is
 /// spelled out as the white space `str::trim` knows.
 fn refuse_nul_in_text(value: &mut Value) {
     match value {
@@ -293,11 +295,73 @@ fn refuse_nul_in_text(value: &mut Value) {
             } else if is_string && !constrained {
                 map.insert("pattern".into(), json!(NO_NUL));
             }
+            // An object's keys are text too, where it takes keys of the client's choosing.
+            let is_object = map.get("type").is_some_and(|t| t == "object")
+                || map.contains_key("properties")
+                || map.contains_key("additionalProperties");
+            let closed = map.get("additionalProperties") == Some(&Value::Bool(false));
+            if is_object && !closed && !map.contains_key("propertyNames") {
+                map.insert("propertyNames".into(), json!({ "pattern": NO_NUL }));
+            }
+            // What a client may put there, and any property documented as any JSON, is JSON
+            // without a NUL, all the way down.
+            if is_object
+                && matches!(
+                    map.get("additionalProperties"),
+                    None | Some(Value::Bool(true))
+                )
+            {
+                map.insert(
+                    "additionalProperties".into(),
+                    json!({ "$ref": ANY_JSON_REF }),
+                );
+            }
+            if let Some(Value::Object(properties)) = map.get_mut("properties") {
+                for property in properties.values_mut() {
+                    if is_any_json(property) {
+                        property["$ref"] = json!(ANY_JSON_REF);
+                    }
+                }
+            }
             map.values_mut().for_each(refuse_nul_in_text);
         }
         Value::Array(items) => items.iter_mut().for_each(refuse_nul_in_text),
         _ => {}
     }
+}
+
+const ANY_JSON_REF: &str = "#/components/schemas/AnyJson";
+
+/// A property's schema that admits any JSON value (`serde_json::Value`).
+fn is_any_json(schema: &Value) -> bool {
+    const SHAPES: [&str; 9] = [
+        "type",
+        "$ref",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "enum",
+        "const",
+        "properties",
+        "items",
+    ];
+    schema
+        .as_object()
+        .is_some_and(|map| !SHAPES.iter().any(|k| map.contains_key(*k)))
+}
+
+/// Any JSON value with no U+0000 in a text or a key, at any depth.
+fn add_any_json(doc: &mut Value) {
+    doc["components"]["schemas"]["AnyJson"] = json!({
+        "description": "Any JSON value without U+0000 in its texts and keys, nested at most 32 levels.",
+        "anyOf": [
+            { "type": "string", "pattern": NO_NUL },
+            { "type": ["number", "boolean", "null"] },
+            { "type": "array", "items": { "$ref": ANY_JSON_REF } },
+            { "type": "object", "propertyNames": { "pattern": NO_NUL },
+              "additionalProperties": { "$ref": ANY_JSON_REF } }
+        ]
+    });
 }
 
 /// The created thing's id, and the organization of the request that created it.
@@ -549,8 +613,8 @@ pub mod pos_shapes {
         DecimalSchema {
             lowest: Lowest::MinusMax,
             max: 1_000_000_000_000,
-            places: None,
+            places: Some(loyalty::receipts::QUANTITY_PLACES),
         }
-        .schema("A quantity within ±10^12.")
+        .schema("A quantity within ±10^12, with at most 6 decimals.")
     }
 }

@@ -110,10 +110,20 @@ fn signed_money<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
     Ok(value.normalize())
 }
 
-/// A number within `MAX_AMOUNT` either way: nothing computed from it can overflow.
+/// A number within `MAX_AMOUNT` either way, with at most [`QUANTITY_PLACES`] decimals (a register
+/// weighs in grams): nothing computed from it can overflow.
 fn quantity<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-    bounded(deserialize_decimal(d)?).map_err(serde::de::Error::custom)
+    let value = bounded(deserialize_decimal(d)?).map_err(serde::de::Error::custom)?;
+    if value.normalize().scale() > QUANTITY_PLACES {
+        return Err(serde::de::Error::custom(MoneyError::TooPrecise(
+            QUANTITY_PLACES,
+        )));
+    }
+    Ok(value)
 }
+
+/// Most decimals of a receipt line's quantity.
+pub const QUANTITY_PLACES: u32 = 6;
 
 /// A bill id sent as a string or a number; blank means none.
 fn optional_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
