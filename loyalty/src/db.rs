@@ -15,19 +15,28 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
             .connect(url)
     };
     connect
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(5))
-                .with_max_times(15)
-                .with_jitter(),
-        )
+        .retry(start_up_retry())
         .notify(|err, wait| tracing::warn!(error = %err, ?wait, "PostgreSQL not reachable yet; retrying"))
         .await
 }
 
+/// How a service waits at start for a database that is not there yet or drops its connection:
+/// about a minute, with backoff.
+pub fn start_up_retry() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(15)
+        .with_jitter()
+}
+
 /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while migrating, so several
 /// services starting at once apply each migration exactly once.
+/// A connection the database drops meanwhile (a restart) is waited for like the first one.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    sqlx::migrate!("../migrations").run(pool).await
+    let run = || sqlx::migrate!("../migrations").run(pool);
+    run.retry(start_up_retry())
+        .when(|err| matches!(err, sqlx::migrate::MigrateError::Execute(_)))
+        .notify(|err, wait| tracing::warn!(error = %err, ?wait, "migrating failed; retrying"))
+        .await
 }

@@ -1,6 +1,7 @@
 //! Organizations (tenants): contacts, time zone, bonus settings, the Telegram bot token, and the POS
 //! integrations that act for them.
 
+use backon::Retryable;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -427,6 +428,24 @@ pub async fn bot_token(
 /// a key other than the first are sealed again under the first: this is the rotation's
 /// re-encryption. Returns how many were resealed.
 pub async fn prepare_bot_tokens(
+    pool: &sqlx::PgPool,
+    keys: &TokenKeys,
+    reseal: bool,
+) -> anyhow::Result<usize> {
+    // A database that drops the connection (a restart, a terminated backend) is waited for; a
+    // token no listed key opens is the operator's to fix, at once.
+    let prepare = || prepare_bot_tokens_once(pool, keys, reseal);
+    prepare
+        .retry(crate::db::start_up_retry())
+        .when(|err| {
+            err.downcast_ref::<sqlx::Error>().is_some()
+                || matches!(err.downcast_ref::<Error>(), Some(Error::Db(_)))
+        })
+        .notify(|err, wait| tracing::warn!(error = %err, ?wait, "reading the bot tokens failed; retrying"))
+        .await
+}
+
+async fn prepare_bot_tokens_once(
     pool: &sqlx::PgPool,
     keys: &TokenKeys,
     reseal: bool,

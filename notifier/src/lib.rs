@@ -411,17 +411,30 @@ impl Notifier {
     }
 
     async fn finish(&self, id: i64, status: &str, error: Option<&str>, message_id: Option<i64>) {
-        let recorded = sqlx::query(
-            "update outbox set status = $2, last_error = $3, telegram_message_id = $4,
-                    sent_at = case when $2 = 'sent' then now() else sent_at end, updated_at = now()
-             where id = $1",
-        )
-        .bind(id)
-        .bind(status)
-        .bind(error)
-        .bind(message_id)
-        .execute(&self.db)
-        .await;
+        // The message is out: a dropped database connection must not leave its row 'sending', so
+        // recording is retried for a few seconds.
+        let record = || {
+            sqlx::query(
+                "update outbox set status = $2, last_error = $3, telegram_message_id = $4,
+                        sent_at = case when $2 = 'sent' then now() else sent_at end, updated_at = now()
+                 where id = $1",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(error)
+            .bind(message_id)
+            .execute(&self.db)
+        };
+        let recorded = record
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(8)
+                    .with_jitter(),
+            )
+            .notify(|err, wait| tracing::warn!(outbox = id, error = %err, ?wait, "recording a notification's outcome failed; retrying"))
+            .await;
         if let Err(err) = recorded {
             // The row stays 'sending': a redelivery marks it uncertain instead of resending.
             tracing::error!(outbox = id, error = %err, "could not record a notification's outcome");
