@@ -250,7 +250,9 @@ fn add_shared_answers(doc: &mut Value) {
             if secured {
                 shared.push(("401", "missing or invalid credentials"));
             }
-            if in_path {
+            // The Mini App's only path id is its organization: an unknown one is the same 401 as a
+            // bad signature, so ids cannot be probed.
+            if in_path && !path.starts_with("/app/") {
                 shared.push(("404", "nothing with this id (or a malformed id)"));
             }
             if path.starts_with("/app/") {
