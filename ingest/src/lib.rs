@@ -12,7 +12,7 @@ pub mod management;
 pub mod miniapp;
 pub mod openapi;
 pub mod pos;
-pub mod server;
+pub use loyalty::server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -18,6 +18,7 @@ pub mod queue;
 pub mod receipts;
 pub mod rules;
 pub mod schema;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

@@ -69,7 +69,12 @@ pub async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
         "/metrics",
         axum::routing::get(|| async { metrics().render() }),
     );
-    axum::serve(listener, app).await?;
+    // A scraper needs few connections; silent ones are closed like ingest's.
+    let limits = crate::server::HttpLimits {
+        header_timeout_secs: 30,
+        max_connections: 64,
+    };
+    crate::server::serve(listener, app, &limits, std::future::pending()).await;
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! The HTTP server under the API and the metrics. `axum::serve` sets no timer and detects HTTP/1
+//! The HTTP server under ingest's API and every service's metrics. `axum::serve` sets no timer and detects HTTP/1
 //! or 2 by waiting for a connection's first bytes without a deadline, so silent connections stayed
 //! open forever: ~20,000 of them once exhausted the descriptors and `/healthz` stopped answering.
 //! Here every connection must send a complete request head within `HTTP_HEADER_TIMEOUT`, and at
@@ -64,10 +64,10 @@ pub async fn serve(
         // Over the bound the connection is closed at once: a refused client retries, while one
         // left waiting in the accept queue would hold the queue's slots and the client's timer.
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!("ingest_http_connections_refused_total").increment(1);
+            metrics::counter!("loyalty_http_connections_refused_total").increment(1);
             continue;
         };
-        metrics::gauge!("ingest_http_connections").increment(1);
+        metrics::gauge!("loyalty_http_connections").increment(1);
         let http = http.clone();
         let mut stopping = stopping.clone();
         let service = TowerToHyperService::new(app.clone());
@@ -83,7 +83,7 @@ pub async fn serve(
                     let _ = conn.await;
                 }
             }
-            metrics::gauge!("ingest_http_connections").decrement(1);
+            metrics::gauge!("loyalty_http_connections").decrement(1);
             drop(permit);
         });
     }
