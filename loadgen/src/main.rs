@@ -71,20 +71,8 @@ pub struct Args {
     /// Duration of the pgbench run, in seconds.
     #[arg(long, default_value_t = 15)]
     pub pgbench_seconds: u32,
-    /// PostgreSQL server (any database on it; scratch databases are created next to it).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    pub database_url: String,
-    /// RabbitMQ connection URL.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub servers: crate::setup::Servers,
     /// Where the JSON report goes (default: the workspace's `target/loadgen-report.json`).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -151,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("--http-client wrk: wrk is not on PATH");
     }
 
-    let scratch = Scratch::new(&args.database_url, &args.amqp_url)?;
+    let scratch = Scratch::new(&args.servers.database_url, &args.servers.amqp_url)?;
     let outcome = tokio::select! {
         outcome = run(&args, &scratch) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -214,7 +202,7 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
             args.rounds
         );
         let ceiling = broker::ceiling(
-            &args.amqp_url,
+            &args.servers.amqp_url,
             &scratch.ceiling_queue,
             &shop,
             &sample,
@@ -250,7 +238,7 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
             ingest.0.throughput.per_second() / ceiling.0.per_second()
         );
         if !last {
-            let purged = broker::purge(&args.amqp_url, &receipts_queue).await?;
+            let purged = broker::purge(&args.servers.amqp_url, &receipts_queue).await?;
             if usize::try_from(purged)? != n {
                 bail!(
                     "round {round}: the receipts queue held {purged} messages after ingest accepted {n}"
@@ -261,7 +249,11 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
     }
     let (ceiling, ingest) = report::median_round(rounds.clone());
     let (ceiling, ceiling_cpu) = ceiling;
-    let depth = broker::depth(&args.amqp_url, &scratch.topology.main(Stream::Receipts)).await?;
+    let depth = broker::depth(
+        &args.servers.amqp_url,
+        &scratch.topology.main(Stream::Receipts),
+    )
+    .await?;
     if usize::try_from(depth)? != n {
         bail!("the receipts queue holds {depth} messages after ingest accepted {n}");
     }
@@ -283,7 +275,7 @@ async fn run(args: &Args, scratch: &Scratch) -> anyhow::Result<Report> {
     checkpoint(&env.db).await;
     eprintln!("[5/6] worker: {n} queued receipts, concurrency {worker_concurrency}");
     let broker = Arc::new(Broker::new(
-        args.amqp_url.clone(),
+        args.servers.amqp_url.clone(),
         Topology::new(scratch.prefix.clone()),
     ));
     let worker_pool =

@@ -149,7 +149,7 @@ impl Environment {
             "--database-url",
             &db_url,
             "--amqp-url",
-            &args.amqp_url,
+            &args.servers.amqp_url,
             "--admin-token",
             &admin_token,
             "--addr",
@@ -336,4 +336,23 @@ impl Operator {
             bills,
         })
     }
+}
+
+/// The PostgreSQL and RabbitMQ servers a run uses (scratch databases and queues are made on them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Servers {
+    /// PostgreSQL server (any database on it; scratch databases are created next to it).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    /// RabbitMQ connection URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
 }

@@ -412,6 +412,17 @@ impl TestApp {
         }
     }
 
+    /// Receipts of `org` applied so far.
+    pub async fn processed(&self, org: i64) -> i64 {
+        sqlx::query_scalar(
+            "select count(*) from receipts where org_id = $1 and status = 'processed'",
+        )
+        .bind(org)
+        .fetch_one(&self.db.pool)
+        .await
+        .expect("count")
+    }
+
     /// Messages waiting in one of this test's queues.
     pub async fn queue_depth(&self, queue: &str) -> u32 {
         let channel = self.state.broker.channel().await.expect("broker");

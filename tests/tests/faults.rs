@@ -38,17 +38,9 @@ async fn post_until_accepted(app: &TestApp, token: &str, event: &serde_json::Val
     panic!("receipt {} never accepted", event["id"]);
 }
 
-async fn processed(app: &TestApp, org: i64) -> i64 {
-    sqlx::query_scalar("select count(*) from receipts where org_id = $1 and status = 'processed'")
-        .bind(org)
-        .fetch_one(&app.db.pool)
-        .await
-        .expect("count")
-}
-
 async fn assert_applied_exactly_once(app: &TestApp, org: i64, customer: &str, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while processed(app, org).await < n as i64 {
+    while app.processed(org).await < n as i64 {
         if std::time::Instant::now() > deadline {
             let by_status: Vec<(String, i64)> = sqlx::query_as(
                 "select status || coalesce(': ' || reason, ''), count(*) from receipts group by 1",
@@ -65,7 +57,7 @@ async fn assert_applied_exactly_once(app: &TestApp, org: i64, customer: &str, n:
                 .await;
             panic!(
                 "only {} of {n} processed: {by_status:?}, queue {main}, dead {dead}",
-                processed(app, org).await
+                app.processed(org).await
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -112,7 +104,7 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
         .spawn()
         .expect("worker starts");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while processed(&app, org).await < 30 {
+    while app.processed(org).await < 30 {
         assert!(
             std::time::Instant::now() < deadline,
             "the worker process applied nothing"
@@ -121,7 +113,7 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
     }
     worker.kill().expect("SIGKILL");
     worker.wait().expect("reaped");
-    let at_kill = processed(&app, org).await;
+    let at_kill = app.processed(org).await;
     assert!(
         at_kill < n as i64,
         "killed mid-stream, not after the end ({at_kill})"

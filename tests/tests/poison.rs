@@ -58,22 +58,14 @@ async fn hundred_receipts_and_one(app: &TestApp, poison: impl Fn(i64) -> Value) 
     }
 }
 
-async fn processed(app: &TestApp, org: i64) -> i64 {
-    sqlx::query_scalar("select count(*) from receipts where org_id = $1 and status = 'processed'")
-        .bind(org)
-        .fetch_one(&app.db.pool)
-        .await
-        .expect("count")
-}
-
 /// Waits until the 100 good receipts are applied; returns how long it took.
 async fn hundred_applied(app: &TestApp, org: i64, started: Instant) -> Duration {
     let deadline = started + Duration::from_secs(20);
-    while processed(app, org).await < 100 {
+    while app.processed(org).await < 100 {
         assert!(
             Instant::now() < deadline,
             "only {} of the 100 good receipts applied after 20 s",
-            processed(app, org).await
+            app.processed(org).await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -66,20 +66,8 @@ pub struct SoakArgs {
     /// Where the ingest, workers and notifier binaries are (default: beside this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
-    /// PostgreSQL server (the scratch database is created next to it).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    pub database_url: String,
-    /// RabbitMQ connection URL.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub servers: crate::setup::Servers,
 }
 
 /// The registers give up on a receipt after this long without a final answer.
@@ -97,7 +85,7 @@ pub async fn main(args: SoakArgs) -> anyhow::Result<()> {
     {
         bail!("--fault-interval and --rate must be positive, --resend-share within 0..=1");
     }
-    let scratch = Scratch::new(&args.database_url, &args.amqp_url)?;
+    let scratch = Scratch::new(&args.servers.database_url, &args.servers.amqp_url)?;
     let logs = crate::target_dir().join(format!("soak-{}", scratch.tag));
     let outcome = tokio::select! {
         outcome = run(&args, &scratch, logs) => outcome,
@@ -161,7 +149,7 @@ async fn run(args: &SoakArgs, scratch: &Scratch, logs: PathBuf) -> anyhow::Resul
             bin_dir,
             logs: logs.clone(),
             db_url,
-            amqp_url: args.amqp_url.clone(),
+            amqp_url: args.servers.amqp_url.clone(),
             prefix: scratch.prefix.clone(),
             admin_token: admin_token.clone(),
             telegram_api_url: fake_bot.url.clone(),
@@ -257,7 +245,7 @@ async fn run(args: &SoakArgs, scratch: &Scratch, logs: PathBuf) -> anyhow::Resul
         })
         .collect();
     broker::publish_all(
-        &args.amqp_url,
+        &args.servers.amqp_url,
         &scratch.topology.main(Stream::Receipts),
         shop.org,
         &direct,
@@ -316,8 +304,11 @@ async fn run(args: &SoakArgs, scratch: &Scratch, logs: PathBuf) -> anyhow::Resul
     let crashed = services.crashed.clone();
     let logs = services.logs().to_path_buf();
     services.stop(Duration::from_secs(15)).await;
-    let dead_letters =
-        broker::peek(&args.amqp_url, &scratch.topology.dead(Stream::Receipts)).await?;
+    let dead_letters = broker::peek(
+        &args.servers.amqp_url,
+        &scratch.topology.dead(Stream::Receipts),
+    )
+    .await?;
     let queues: Vec<(String, u64, u64)> = faults::queues(&scratch.prefix)
         .await?
         .into_iter()
