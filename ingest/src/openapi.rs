@@ -51,7 +51,7 @@ pub struct MiniAppProfile {
     #[serde(flatten)]
     pub customer: loyalty::legacy::LegacyCustomer,
     pub organization: loyalty::orgs::OrgDetails,
-    pub bonus_program_settings: loyalty::orgs::BonusProgramSettings,
+    pub bonus_program_settings: loyalty::rules::BonusProgramSettings,
 }
 
 /// What creating an organization takes: the fields of a change, with the name required.

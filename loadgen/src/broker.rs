@@ -63,12 +63,8 @@ pub async fn ceiling(
             let mut event = sample.clone();
             event["id"] = Value::String(id.clone());
             event["data"]["id"] = Value::String(format!("ceiling-rc-{i}"));
-            let message = ReceiptMessage {
-                org_id: shop.org,
-                integration_id: shop.integration,
-                received_at: chrono::Utc::now(),
-                event,
-            };
+            let message =
+                ReceiptMessage::new(shop.org, shop.integration, chrono::Utc::now(), event);
             Ok((id, serde_json::to_vec(&message)?))
         })
         .collect::<anyhow::Result<_>>()?;

@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::PgConnection;
 
-use crate::error::{Error, Result, violated_constraint};
+use crate::error::{ConflictCode, Error, Result, violated_constraint};
 use crate::ledger::{self, Wallet};
 use crate::money::{
     Amount, MAX_AMOUNT, Money, MoneyError, Percent, Quantity, round_money, serialize_decimal,
@@ -144,6 +144,42 @@ pub struct BillBonusPayment {
     pub wallet: Wallet,
 }
 
+/// Where a bill stands (the `status` column, and the API's `status`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum BillStatus {
+    /// Waiting at the register; its bonus payment is held.
+    Open,
+    /// A sale receipt paid it.
+    Paid,
+    Cancelled,
+}
+
+impl BillStatus {
+    pub const ALL: [BillStatus; 3] = [BillStatus::Open, BillStatus::Paid, BillStatus::Cancelled];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BillStatus::Open => "open",
+            BillStatus::Paid => "paid",
+            BillStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for BillStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A bill as operators see it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Bill {
@@ -152,8 +188,7 @@ pub struct Bill {
     #[serde(serialize_with = "crate::legacy::id_as_string")]
     #[schema(value_type = String)]
     pub customer_id: i64,
-    /// open, paid or cancelled.
-    pub status: String,
+    pub status: BillStatus,
     pub items: Vec<BillItem>,
     #[serde(serialize_with = "serialize_decimal")]
     #[schema(value_type = f64)]
@@ -170,11 +205,11 @@ pub struct BillRow {
     pub id: i64,
     pub number: String,
     pub customer_id: i64,
-    pub status: String,
+    pub status: BillStatus,
     pub items: sqlx::types::Json<Vec<BillItem>>,
     pub total: Decimal,
     pub bonus_payment: Decimal,
-    pub bonus_wallet: Option<String>,
+    pub bonus_wallet: Option<Wallet>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -188,11 +223,7 @@ impl BillRow {
             status: self.status,
             items: self.items.0,
             total: self.total,
-            bonus_payment: self
-                .bonus_wallet
-                .as_deref()
-                .and_then(Wallet::parse)
-                .map(|wallet| BillBonusPayment {
+            bonus_payment: self.bonus_wallet.map(|wallet| BillBonusPayment {
                     amount: self.bonus_payment,
                     wallet,
                 }),
@@ -310,11 +341,11 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
     .bind(sqlx::types::Json(&items))
     .bind(total)
     .bind(new.bonus_payment.map_or(Decimal::ZERO, |p| p.amount.get()))
-    .bind(new.bonus_payment.map(|p| p.wallet.as_str()))
+    .bind(new.bonus_payment.map(|p| p.wallet))
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| match violated_constraint(&e) {
-        Some("bills_org_id_number_key") => Error::conflict("bill_number_taken", "this organization already has a bill with this number"),
+        Some("bills_org_id_number_key") => Error::conflict(ConflictCode::BillNumberTaken, "this organization already has a bill with this number"),
         _ => e.into(),
     })?;
     let zone = zone_of(conn, org_id).await?;
@@ -339,7 +370,7 @@ async fn hold(
     .await
     .map_err(|e| match ledger::insufficient(&e) {
         Some(wallet) => Error::conflict(
-            "insufficient_balance",
+            ConflictCode::InsufficientBalance,
             format!("the {wallet} holds less than {amount} once other open bills are counted"),
         ),
         None => e.into(),
@@ -385,11 +416,12 @@ pub async fn list(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<Bill>> {
-    if let Some(s) = status {
-        if !matches!(s, "open" | "paid" | "cancelled") {
-            return Err(Error::invalid("status", "must be open, paid or cancelled"));
-        }
-    }
+    let status = status
+        .map(|s| {
+            BillStatus::parse(s)
+                .ok_or_else(|| Error::invalid("status", "must be open, paid or cancelled"))
+        })
+        .transpose()?;
     let zone = zone_of(conn, org_id).await?;
     let rows: Vec<BillRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {BILL_COLUMNS} from bills where org_id = $1 and ($2::text is null or status = $2)
@@ -425,7 +457,7 @@ pub async fn get(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bill> 
 pub async fn cancel(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bill> {
     let bill = get(conn, org_id, id).await?;
     crate::customers::lock(conn, org_id, bill.customer_id).await?;
-    let cancelled: Option<(Decimal, Option<String>)> = sqlx::query_as(
+    let cancelled: Option<(Decimal, Option<Wallet>)> = sqlx::query_as(
         "update bills set status = 'cancelled', closed_at = now()
          where org_id = $1 and id = $2 and status = 'open' and customer_id = $3
          returning bonus_payment, bonus_wallet",
@@ -437,21 +469,85 @@ pub async fn cancel(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bil
     .await?;
     let Some((amount, wallet)) = cancelled else {
         let now = get(conn, org_id, id).await?;
-        if now.status == "open" {
+        if now.status == BillStatus::Open {
             return Err(Error::conflict(
-                crate::error::RACE,
+                ConflictCode::ReceiptRace,
                 "the bill moved to another customer; run again",
             ));
         }
         return Err(Error::conflict(
-            "bill_closed",
+            ConflictCode::BillClosed,
             format!("the bill is {}, not open", now.status),
         ));
     };
-    if let Some(wallet) = wallet.as_deref().and_then(Wallet::parse) {
+    if let Some(wallet) = wallet {
         release(conn, org_id, bill.customer_id, wallet, amount).await?;
     }
     get(conn, org_id, id).await
+}
+
+/// A bill as a receipt finds it: locked, with what applying the receipt needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReceiptBill {
+    pub org_id: i64,
+    pub id: i64,
+    pub customer_id: i64,
+    pub status: BillStatus,
+    /// The bonus payment held while the bill is open.
+    pub bonus_payment: Decimal,
+    pub bonus_wallet: Option<Wallet>,
+    /// The sale receipt that paid it.
+    pub paid_by_receipt: Option<String>,
+}
+
+/// The bill id a receipt's `extras.billId` names, or why it names none of ours.
+pub fn named_bill_id(bill_ref: Option<&str>) -> std::result::Result<i64, String> {
+    let bill_ref = bill_ref.ok_or("the receipt names no bill (extras.billId)")?;
+    bill_ref
+        .parse()
+        .map_err(|_| format!("bill {bill_ref:?} is not one of ours"))
+}
+
+/// The bills receipts name, each `(organization, extras.billId)`, locked in id order (the
+/// program's lock order, `crate::locks`: their customers first). Each is the bill, or the reason
+/// it is none of this organization's, in the order asked.
+pub async fn lock_named(
+    conn: &mut PgConnection,
+    named: &[(i64, Option<&str>)],
+) -> Result<Vec<std::result::Result<ReceiptBill, String>>> {
+    let ids: Vec<std::result::Result<(i64, i64), String>> = named
+        .iter()
+        .map(|(org, bill_ref)| named_bill_id(*bill_ref).map(|id| (*org, id)))
+        .collect();
+    let mut keys: Vec<(i64, i64)> = ids.iter().filter_map(|k| k.clone().ok()).collect();
+    keys.sort_unstable_by_key(|&(org, id)| (id, org));
+    keys.dedup();
+    let found: Vec<ReceiptBill> = if keys.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "select b.org_id, b.id, b.customer_id, b.status, b.bonus_payment, b.bonus_wallet, b.paid_by_receipt
+             from bills b join unnest($1::bigint[], $2::bigint[]) as k(org_id, id)
+               on b.org_id = k.org_id and b.id = k.id
+             order by b.id for update of b",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?
+    };
+    let found: std::collections::HashMap<(i64, i64), ReceiptBill> =
+        found.into_iter().map(|b| ((b.org_id, b.id), b)).collect();
+    Ok(ids
+        .into_iter()
+        .map(|key| {
+            let (org, id) = key?;
+            found
+                .get(&(org, id))
+                .cloned()
+                .ok_or_else(|| format!("no bill {id} in this organization"))
+        })
+        .collect())
 }
 
 /// A bill as the POS protocol shows it, with its customer's name.

@@ -5,11 +5,12 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use crate::error::{Error, Result};
+use crate::error::{ConflictCode, Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
 use crate::money::{Amount, serialize_decimal};
 use crate::notifications::{self, Note};
 use crate::orgs::Organization;
+use crate::rules;
 use crate::time::Stamp;
 
 /// A customer as the operator API creates one.
@@ -121,7 +122,7 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewCustomer) -> 
             Ok(None) => continue,
             Err(err) if crate::error::violated_constraint(&err) == Some("customers_telegram") => {
                 return Err(Error::conflict(
-                    "telegram_id_taken",
+                    ConflictCode::TelegramIdTaken,
                     "another customer of this organization has this telegram_id",
                 ));
             }
@@ -269,38 +270,20 @@ pub async fn apply_promo(
     {
         return Err(Error::NotFound("customer"));
     }
-    let (referred_by, first_purchase_made): (Option<i64>, bool) = sqlx::query_as(
+    let (referred_by, has_made_first_purchase): (Option<i64>, bool) = sqlx::query_as(
         "select referred_by, has_made_first_purchase from customers where org_id = $1 and id = $2",
     )
     .bind(org.id)
     .bind(id)
     .fetch_one(&mut *conn)
     .await?;
-    let unknown = || {
-        Error::invalid(
-            "code",
-            "no customer of this organization has this promo code",
-        )
+    let state = rules::PromoState {
+        referred_by,
+        has_made_first_purchase,
     };
-    let referrer = parse_promo_code(code).ok_or_else(unknown)?;
-    if referrer == id {
-        return Err(Error::invalid(
-            "code",
-            "this is the customer's own promo code",
-        ));
-    }
-    if referred_by.is_some() {
-        return Err(Error::conflict(
-            "already_referred",
-            "the customer has already entered a friend's promo code",
-        ));
-    }
-    if first_purchase_made {
-        return Err(Error::conflict(
-            "after_first_purchase",
-            "a promo code can only be entered before the first purchase",
-        ));
-    }
+    let effects =
+        rules::promo_effects(&org.bonus_program_settings, id, parse_promo_code(code), &state)?;
+    let referrer = effects.referrer;
     // The referrer must exist and must not have been referred, directly or through friends, by
     // this customer: referrals form no loop.
     let chain: Option<bool> = sqlx::query_scalar(
@@ -318,7 +301,7 @@ pub async fn apply_promo(
     .fetch_one(&mut *conn)
     .await?;
     match chain {
-        None => return Err(unknown()),
+        None => return Err(rules::unknown_promo_code()),
         Some(true) => {
             return Err(Error::invalid(
                 "code",
@@ -336,8 +319,7 @@ pub async fn apply_promo(
     .bind(referrer)
     .execute(&mut *conn)
     .await?;
-    let bonus = org.bonus_program_settings.referral_promo_bonus.get();
-    if let Ok(amount) = Amount::new(bonus) {
+    if let Some(amount) = effects.bonus {
         ledger::post(
             conn,
             &NewEntry {
@@ -453,11 +435,8 @@ pub async fn visit(
         };
         match create(conn, org.id, &new).await {
             // A concurrent first visit created it: this request is a returning visit.
-            Ok(_)
-            | Err(Error::Conflict {
-                code: "telegram_id_taken",
-                ..
-            }) => {}
+            Ok(_) => {}
+            Err(e) if e.conflict_code() == Some(ConflictCode::TelegramIdTaken) => {}
             Err(other) => return Err(other),
         }
         found = sqlx::query_as(find)
@@ -560,7 +539,7 @@ pub async fn merge(conn: &mut PgConnection, org_id: i64, into: i64, from: i64) -
             "the surviving customer was itself merged"
         };
         return Err(Error::conflict(
-            "already_merged",
+            ConflictCode::AlreadyMerged,
             format!("{whom} into another"),
         ));
     }

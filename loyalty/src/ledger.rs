@@ -5,13 +5,16 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use crate::error::{Error, Result, violated_constraint};
+use crate::error::{ConflictCode, Error, Result, violated_constraint};
 use crate::money::Amount;
 use crate::time::Stamp;
 
-/// The three wallets of a customer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+/// The three wallets of a customer (the `wallet` column, and the API's `wallet`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Wallet {
     /// Bonuses earned on purchases (`bonuses`, `history`).
     Main,
@@ -49,8 +52,10 @@ impl Wallet {
     }
 }
 
-/// The legacy `type` of an entry: what it does to its wallet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The legacy `type` of an entry: what it does to its wallet (the `kind` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum EntryKind {
     /// Adds to the wallet (bonuses earned, debt taken).
     Accrual,
@@ -88,8 +93,10 @@ impl EntryKind {
     }
 }
 
-/// Who or what moved the money.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who or what moved the money (the `source` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Source {
     Import,
     Operator,
@@ -190,11 +197,11 @@ pub async fn post_many(conn: &mut PgConnection, entries: &[NewEntry<'_>]) -> Res
     )
     .bind(entries.iter().map(|e| e.org_id).collect::<Vec<_>>())
     .bind(entries.iter().map(|e| e.customer_id).collect::<Vec<_>>())
-    .bind(column(|e| e.wallet.as_str().to_owned()))
-    .bind(column(|e| e.kind.as_str().to_owned()))
+    .bind(entries.iter().map(|e| e.wallet).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.kind).collect::<Vec<_>>())
     .bind(entries.iter().map(|e| e.amount.get()).collect::<Vec<_>>())
     .bind(column(|e| e.description.to_owned()))
-    .bind(column(|e| e.source.as_str().to_owned()))
+    .bind(entries.iter().map(|e| e.source).collect::<Vec<_>>())
     .bind(
         entries
             .iter()
@@ -213,7 +220,7 @@ pub async fn post_many(conn: &mut PgConnection, entries: &[NewEntry<'_>]) -> Res
     .await;
     result.map(|_| ()).map_err(|err| match insufficient(&err) {
         Some(wallet) => Error::conflict(
-            "insufficient_balance",
+            ConflictCode::InsufficientBalance,
             format!("the {wallet} holds less than the amount (after what open bills reserve)"),
         ),
         None => Error::Db(err),
@@ -228,6 +235,51 @@ pub fn insufficient(err: &sqlx::Error) -> Option<&'static str> {
         "debt_not_negative" => Some("debt"),
         _ => None,
     }
+}
+
+/// What one receipt's entries did to one customer's wallets, read back typed: what a refund of
+/// it reverses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReceiptMovements {
+    /// Bonuses the receipt accrued to the main wallet.
+    pub accrued: Decimal,
+    /// The bonus payment it took, and from which wallet.
+    pub paid: Option<(Wallet, Decimal)>,
+}
+
+/// The movements `source_ref` (a receipt id) made, as a sale, in `customer_id`'s wallets.
+pub async fn receipt_movements(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customer_id: i64,
+    receipt_id: &str,
+) -> Result<ReceiptMovements> {
+    let rows: Vec<(Wallet, EntryKind, Decimal)> = sqlx::query_as(
+        "select wallet, kind, amount from ledger_entries
+         where org_id = $1 and customer_id = $2 and source = $3 and source_ref = $4
+         order by seq",
+    )
+    .bind(org_id)
+    .bind(customer_id)
+    .bind(Source::Receipt)
+    .bind(receipt_id)
+    .fetch_all(conn)
+    .await?;
+    let mut movements = ReceiptMovements::default();
+    for (wallet, kind, amount) in rows {
+        match (wallet, kind) {
+            (Wallet::Main, EntryKind::Accrual) => {
+                movements.accrued = movements.accrued.checked_add(amount).ok_or_else(|| {
+                    Error::invalid("amount", crate::money::MoneyError::Overflow.to_string())
+                })?;
+            }
+            (_, EntryKind::Deduction) if movements.paid.is_none() => {
+                movements.paid = Some((wallet, amount));
+            }
+            _ => {}
+        }
+    }
+    Ok(movements)
 }
 
 /// A stored entry as read back for the legacy shape.

@@ -13,7 +13,8 @@ use sqlx::PgConnection;
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, EntryRow, HistoryEntry, Wallet};
 use crate::money::{bounded, deserialize_decimal, parse_decimal, round_money, serialize_decimal};
-use crate::orgs::{self, BonusProgramSettings, OrgChanges, OrgDetails};
+use crate::orgs::{self, OrgChanges, OrgDetails};
+use crate::rules::BonusProgramSettings;
 use crate::time::{OrgTimeZone, Stamp};
 
 /// Customer ids are numbers stored as such, and strings in the legacy shape.

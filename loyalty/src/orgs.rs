@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
 use crate::crypto::{Sealed, TokenKeys};
-use crate::error::{Error, Result};
+use crate::error::{ConflictCode, Error, Result};
 use crate::money::{Money, Percent};
-use crate::rules::BonusSettings;
+use crate::rules::BonusProgramSettings;
 use crate::time::OrgTimeZone;
 
 /// The legacy `organization_details`.
@@ -25,38 +25,6 @@ pub struct OrgDetails {
     pub whatsapp_link: String,
     #[serde(default)]
     pub telegram_link: String,
-}
-
-/// The legacy `bonus_program_settings`, plus the accrual rule for bills paid with bonuses.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BonusProgramSettings {
-    pub invoice_bonus_percentage: Percent,
-    pub referral_promo_bonus: Money,
-    pub referrer_first_purchase_percentage: Percent,
-    #[serde(default)]
-    pub accrue_when_paying_with_bonuses: bool,
-}
-
-impl Default for BonusProgramSettings {
-    fn default() -> Self {
-        Self {
-            invoice_bonus_percentage: Percent::ZERO,
-            referral_promo_bonus: Money::ZERO,
-            referrer_first_purchase_percentage: Percent::ZERO,
-            accrue_when_paying_with_bonuses: false,
-        }
-    }
-}
-
-impl From<BonusProgramSettings> for BonusSettings {
-    fn from(s: BonusProgramSettings) -> Self {
-        BonusSettings {
-            invoice_bonus_percentage: s.invoice_bonus_percentage,
-            referral_promo_bonus: s.referral_promo_bonus,
-            referrer_first_purchase_percentage: s.referrer_first_purchase_percentage,
-            accrue_when_paying_with_bonuses: s.accrue_when_paying_with_bonuses,
-        }
-    }
 }
 
 /// An organization as operators see it. The bot token is never read back, only whether it is set.
@@ -295,7 +263,7 @@ async fn set_bot_token(
     } else {
         Some(keys.seal(id, token).map_err(|_| {
             Error::conflict(
-                "token_keys_missing",
+                ConflictCode::TokenKeysMissing,
                 "bot tokens are stored encrypted and this server has no TOKEN_KEYS; set it and restart",
             )
         })?)

@@ -411,11 +411,7 @@ impl Worker {
 }
 
 fn event_id(message: &ReceiptMessage) -> &str {
-    message
-        .event
-        .get("id")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
+    message.event_id()
 }
 
 /// Connects, migrates, declares the topology and consumes until SIGTERM or Ctrl-C.

@@ -6,7 +6,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use loyalty::bills::deserialize_id;
-use loyalty::receipts::{self, Attached};
+use loyalty::receipts::{self, Attached, ReceiptStatus};
 use serde::{Deserialize, Serialize};
 
 use super::{Listing, Page};
@@ -59,7 +59,7 @@ pub async fn attach_receipt(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ReceiptQuery {
-    /// processed, duplicate, unmatched, ignored, retrying or dead; all when absent.
+    /// processing, processed, duplicate, unmatched, ignored, retrying or dead; all when absent.
     pub status: Option<String>,
     /// 1 to 500, default 50.
     #[param(minimum = 1, maximum = 500)]
@@ -77,7 +77,7 @@ pub struct ReceiptRecord {
     pub receipt_id: Option<String>,
     pub event_type: String,
     pub receipt_type: Option<String>,
-    pub status: String,
+    pub status: ReceiptStatus,
     pub reason: Option<String>,
     pub bill_id: Option<i64>,
     pub customer_id: Option<i64>,
@@ -230,14 +230,7 @@ async fn notifications_of(
 }
 
 /// Every status a receipt's record can have, in the order the dashboard shows them.
-pub const RECEIPT_STATUSES: [&str; 6] = [
-    "processed",
-    "duplicate",
-    "unmatched",
-    "ignored",
-    "retrying",
-    "dead",
-];
+pub const RECEIPT_STATUSES: [&str; 7] = ReceiptStatus::NAMES;
 
 /// Every status a notification can have, in the order the dashboard shows them.
 pub const NOTIFICATION_STATUSES: [&str; 8] = [

@@ -10,19 +10,18 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::PgConnection;
 
+use super::refund::payback;
 use super::sale::{SaleInput, apply_sales};
-use super::{
-    EventHead, OpenBill, Outcome, RECEIPT_CREATED, Receipt, ReceiptCreated, ReceiptMessage,
-    has_nul, payback, race, read_event,
-};
+use super::{EventHead, Outcome, Receipt, ReceiptKind, ReceiptMessage, race};
+use crate::bills::{self, BillStatus};
 use crate::error::{Error, Result, violated_constraint};
-use crate::ledger::Wallet;
 use crate::orgs::{self, Organization};
 
+/// A message of the batch, as it was read when it was decoded.
 struct Parsed<'a> {
     message: &'a ReceiptMessage,
-    head: EventHead,
-    receipt: Option<Receipt>,
+    head: &'a EventHead,
+    receipt: Option<&'a Receipt>,
 }
 
 impl Parsed<'_> {
@@ -68,7 +67,7 @@ pub async fn apply_batch(
                 let key = (p.message.org_id, r.id.clone());
                 if applied.contains(&key) || !receipts_seen.insert(key) {
                     Some(Outcome::Duplicate)
-                } else if !matches!(r.kind.as_str(), "SELL" | "PAYBACK") {
+                } else if !matches!(r.kind, ReceiptKind::Sell | ReceiptKind::Payback) {
                     Some(Outcome::Ignored)
                 } else {
                     None
@@ -84,7 +83,7 @@ pub async fn apply_batch(
         .filter_map(|i| {
             Some((
                 parsed[i].message.org_id,
-                bill_id(parsed[i].receipt.as_ref()?).ok()?,
+                parsed[i].receipt?.bill_id().ok()?,
             ))
         })
         .collect();
@@ -92,8 +91,9 @@ pub async fn apply_batch(
     sell(conn, &parsed, &mut outcomes).await?;
     // Refunds one by one, after the sales: the refund of a sale in the same batch sees it.
     for i in 0..parsed.len() {
-        if let (None, Some(r)) = (&outcomes[i], &parsed[i].receipt) {
-            outcomes[i] = Some(payback(conn, parsed[i].message, &parsed[i].head.id, r).await?);
+        if let (None, Some(r)) = (&outcomes[i], parsed[i].receipt) {
+            let p = &parsed[i];
+            outcomes[i] = Some(payback(conn, p.message.org_id, &p.head.id, r).await?);
         }
     }
     let outcomes: Vec<Outcome> = outcomes
@@ -104,32 +104,13 @@ pub async fn apply_batch(
     Ok(outcomes)
 }
 
-/// Everything that can be refused without the database is refused before anything is written.
+/// Every message as it was read; one that can never apply fails the batch before anything is
+/// written (the worker then applies the others one by one, and refuses that one).
 fn parse(messages: &[ReceiptMessage]) -> Result<Vec<Parsed<'_>>> {
     messages
         .iter()
         .map(|message| {
-            if has_nul(&message.event) {
-                return Err(Error::invalid(
-                    "event",
-                    "a text holds a NUL character (\\u0000), which cannot be stored",
-                ));
-            }
-            let head: EventHead = read_event(&message.event)?;
-            let receipt = if head.event_type == RECEIPT_CREATED {
-                let event: ReceiptCreated = read_event(&message.event)?;
-                if event.data.kind == "SELL"
-                    && event.data.total_amount <= rust_decimal::Decimal::ZERO
-                {
-                    return Err(Error::invalid(
-                        "data.totalAmount",
-                        "a sale must have a positive total",
-                    ));
-                }
-                Some(event.data)
-            } else {
-                None
-            };
+            let (head, receipt) = message.read()?;
             Ok(Parsed {
                 message,
                 head,
@@ -183,7 +164,6 @@ async fn applied_receipts(
         .filter_map(|&i| {
             parsed[i]
                 .receipt
-                .as_ref()
                 .map(|r| (parsed[i].message.org_id, r.id.clone()))
         })
         .collect();
@@ -200,18 +180,6 @@ async fn applied_receipts(
     Ok(found.into_iter().collect())
 }
 
-/// The bill a receipt names, if it names one of ours.
-fn bill_id(receipt: &Receipt) -> std::result::Result<i64, String> {
-    let bill_ref = receipt
-        .extras
-        .bill_id
-        .as_deref()
-        .ok_or("the receipt names no bill (extras.billId)")?;
-    bill_ref
-        .parse()
-        .map_err(|_| format!("bill {bill_ref:?} is not one of ours"))
-}
-
 /// Applies the batch's sales: each pays its open bill; the rest are unmatched.
 async fn sell(
     conn: &mut PgConnection,
@@ -220,56 +188,22 @@ async fn sell(
 ) -> Result<()> {
     let sales: Vec<usize> = (0..parsed.len())
         .filter(|&i| {
-            outcomes[i].is_none() && parsed[i].receipt.as_ref().is_some_and(|r| r.kind == "SELL")
+            outcomes[i].is_none() && parsed[i].receipt.is_some_and(|r| r.kind == ReceiptKind::Sell)
         })
         .collect();
     if sales.is_empty() {
         return Ok(());
     }
-    let receipt = |i: usize| parsed[i].receipt.as_ref().ok_or(Error::NotFound("receipt"));
-    let mut ids: Vec<i64> = sales
+    let named: Vec<(i64, Option<&str>)> = sales
         .iter()
-        .filter_map(|&i| receipt(i).ok().and_then(|r| bill_id(r).ok()))
+        .map(|&i| {
+            let bill_ref = parsed[i]
+                .receipt
+                .and_then(|r| r.extras.bill_id.as_deref());
+            (parsed[i].message.org_id, bill_ref)
+        })
         .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let bills: Vec<(i64, OpenBill)> = sqlx::query_as::<
-        _,
-        (
-            i64,
-            i64,
-            i64,
-            String,
-            rust_decimal::Decimal,
-            Option<String>,
-            Option<String>,
-        ),
-    >(
-        "select org_id, id, customer_id, status, bonus_payment, bonus_wallet, paid_by_receipt
-         from bills where id = any($1) order by id for update",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(
-        |(org_id, id, customer_id, status, bonus_payment, bonus_wallet, paid_by_receipt)| {
-            (
-                org_id,
-                OpenBill {
-                    id,
-                    customer_id,
-                    status,
-                    bonus_payment,
-                    bonus_wallet,
-                    paid_by_receipt,
-                },
-            )
-        },
-    )
-    .collect();
-    let bills: HashMap<(i64, i64), &OpenBill> =
-        bills.iter().map(|(org, b)| ((*org, b.id), b)).collect();
+    let bills = bills::lock_named(conn, &named).await?;
 
     let mut orgs: HashMap<i64, Organization> = HashMap::new();
     for &i in &sales {
@@ -281,34 +215,27 @@ async fn sell(
     let mut paying: HashSet<i64> = HashSet::new();
     let mut inputs = Vec::new();
     let mut applied_to: Vec<(usize, i64, i64)> = Vec::new();
-    for &i in &sales {
+    for (&i, bill) in sales.iter().zip(&bills) {
         let p = &parsed[i];
-        let r = receipt(i)?;
-        let bill = match bill_id(r) {
-            Err(reason) => Err(reason),
-            Ok(id) => bills
-                .get(&(p.message.org_id, id))
-                .copied()
-                .ok_or_else(|| format!("no bill {id} in this organization")),
-        };
+        let r = p.receipt.ok_or(Error::NotFound("receipt"))?;
         let bill = match bill {
-            Ok(b) if b.status == "open" && paying.insert(b.id) => b,
+            Ok(b) if b.status == BillStatus::Open && paying.insert(b.id) => b,
             Ok(b) => {
+                // A second sale of the same bill in this batch finds it paid by the first.
+                let status = if b.status == BillStatus::Open {
+                    BillStatus::Paid
+                } else {
+                    b.status
+                };
                 outcomes[i] = Some(Outcome::Unmatched {
-                    reason: format!(
-                        "bill {} is {}",
-                        b.id,
-                        if b.status == "open" {
-                            "paid"
-                        } else {
-                            &b.status
-                        }
-                    ),
+                    reason: format!("bill {} is {status}", b.id),
                 });
                 continue;
             }
             Err(reason) => {
-                outcomes[i] = Some(Outcome::Unmatched { reason });
+                outcomes[i] = Some(Outcome::Unmatched {
+                    reason: reason.clone(),
+                });
                 continue;
             }
         };
@@ -320,11 +247,7 @@ async fn sell(
             customer_id: bill.customer_id,
             total: r.total_amount,
             items: &r.items,
-            hold: bill
-                .bonus_wallet
-                .as_deref()
-                .and_then(Wallet::parse)
-                .map(|w| (w, bill.bonus_payment)),
+            hold: bill.bonus_wallet.map(|w| (w, bill.bonus_payment)),
             receipt_id: &r.id,
             event_id: &p.head.id,
         });
@@ -360,7 +283,7 @@ async fn save(
     rows: &[usize],
     outcomes: &[Outcome],
 ) -> Result<()> {
-    let field = |i: usize, f: fn(&Receipt) -> String| parsed[i].receipt.as_ref().map(f);
+    let field = |i: usize, f: fn(&Receipt) -> String| parsed[i].receipt.map(f);
     let customer = |o: &Outcome| {
         if let Outcome::Processed { customer_id, .. } = o {
             Some(*customer_id)
@@ -394,14 +317,14 @@ async fn save(
     )
     .bind(rows.iter().map(|&i| parsed[i].message.org_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|&i| parsed[i].head.id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|&i| outcomes[i].status().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| outcomes[i].receipt_status()).collect::<Vec<_>>())
     .bind(rows.iter().map(|&i| reason(&outcomes[i])).collect::<Vec<_>>())
     .bind(rows.iter().map(|&i| field(i, |r| r.id.clone())).collect::<Vec<_>>())
-    .bind(rows.iter().map(|&i| field(i, |r| r.kind.clone())).collect::<Vec<_>>())
-    .bind(rows.iter().map(|&i| parsed[i].receipt.as_ref().and_then(|r| bill_id(r).ok())).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| parsed[i].receipt.map(|r| r.kind.clone())).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| parsed[i].receipt.and_then(|r| r.bill_id().ok())).collect::<Vec<_>>())
     .bind(rows.iter().map(|&i| customer(&outcomes[i])).collect::<Vec<_>>())
     .bind(rows.iter().map(|&i| invoice(&outcomes[i])).collect::<Vec<_>>())
-    .bind(rows.iter().map(|&i| parsed[i].receipt.as_ref().map(|r| r.total_amount)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| parsed[i].receipt.map(|r| r.total_amount)).collect::<Vec<_>>())
     .execute(conn)
     .await
     .map_err(|e| match violated_constraint(&e) {

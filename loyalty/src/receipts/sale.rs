@@ -6,14 +6,14 @@ use std::collections::{HashMap, HashSet};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
-use super::ReceiptItem;
+use super::{ReceiptItem, out_of_range};
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
 use crate::legacy::money_json;
 use crate::money::Amount;
 use crate::notifications::{self, Note};
 use crate::orgs::Organization;
-use crate::rules::{self, BonusSettings};
+use crate::rules::{self, BatchSale};
 use crate::time::Stamp;
 
 /// One sale to apply.
@@ -83,24 +83,46 @@ pub(super) async fn apply_sales(
         })
         .collect();
 
+    let effects = rules::batch_sale_effects(
+        &sales
+            .iter()
+            .map(|sale| {
+                let key = (sale.org.id, sale.customer_id);
+                let buyer = by_key.get(&key).ok_or(Error::NotFound("customer"))?;
+                Ok(BatchSale {
+                    buyer_key: key,
+                    settings: &sale.org.bonus_program_settings,
+                    sale: rules::Sale {
+                        total: sale.total,
+                        hold: sale.hold,
+                    },
+                    buyer: rules::Buyer {
+                        has_made_first_purchase: buyer.has_made_first_purchase,
+                        referred_by: buyer.referred_by,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    )
+    .map_err(out_of_range)?;
+
     let mut entries = Vec::new();
     let mut releases: Vec<(i64, i64, Wallet, Decimal)> = Vec::new();
     let mut notes = Vec::new();
     let mut first_purchases = Vec::new();
-    let mut bought: HashSet<(i64, i64)> = HashSet::new();
-    for (i, sale) in sales.iter().enumerate() {
-        let key = (sale.org.id, sale.customer_id);
-        let settings: BonusSettings = sale.org.bonus_program_settings.into();
-        let entry = |customer_id, wallet, kind, amount, description| NewEntry {
-            org_id: sale.org.id,
-            customer_id,
-            wallet,
-            kind,
-            amount,
-            description,
-            source: Source::Receipt,
-            source_ref: Some(sale.receipt_id),
-            at: stamps[i],
+    for (i, (sale, effects)) in sales.iter().zip(&effects).enumerate() {
+        let entry = |customer_id, wallet, kind, amount: Decimal, description| {
+            Ok::<_, Error>(NewEntry {
+                org_id: sale.org.id,
+                customer_id,
+                wallet,
+                kind,
+                amount: Amount::new(amount).map_err(out_of_range)?,
+                description,
+                source: Source::Receipt,
+                source_ref: Some(sale.receipt_id),
+                at: stamps[i],
+            })
         };
         let note = |customer_id, kind: &'static str, amount: Decimal| Note {
             org_id: sale.org.id,
@@ -109,48 +131,39 @@ pub(super) async fn apply_sales(
             payload: serde_json::json!({ "amount": amount.to_string(), "invoice_id": invoices[i] }),
             trace_id: sale.event_id,
         };
-        let mut paid_with_bonuses = Decimal::ZERO;
-        if let Some((wallet, held)) = sale.hold {
-            if let Ok(amount) = Amount::new(held) {
-                releases.push((sale.org.id, sale.customer_id, wallet, held));
-                entries.push(entry(
-                    sale.customer_id,
-                    wallet,
-                    EntryKind::Deduction,
-                    amount,
-                    texts[i][0].as_str(),
-                ));
-                notes.push(note(sale.customer_id, "bonus_payment", held));
-                paid_with_bonuses = held;
-            }
+        if let Some((wallet, paid)) = effects.payment {
+            releases.push((sale.org.id, sale.customer_id, wallet, paid));
+            entries.push(entry(
+                sale.customer_id,
+                wallet,
+                EntryKind::Deduction,
+                paid,
+                texts[i][0].as_str(),
+            )?);
+            notes.push(note(sale.customer_id, "bonus_payment", paid));
         }
-        let accrual = rules::purchase_accrual(&settings, sale.total, paid_with_bonuses)
-            .map_err(out_of_range)?;
-        if let Ok(amount) = Amount::new(accrual) {
+        if let Some(accrual) = effects.accrual {
             entries.push(entry(
                 sale.customer_id,
                 Wallet::Main,
                 EntryKind::Accrual,
-                amount,
+                accrual,
                 texts[i][1].as_str(),
-            ));
+            )?);
             notes.push(note(sale.customer_id, "purchase_accrual", accrual));
         }
-        let buyer = by_key.get(&key).ok_or(Error::NotFound("customer"))?;
-        if !buyer.has_made_first_purchase && bought.insert(key) {
-            first_purchases.push(key);
-            let reward =
-                rules::referral_reward(&settings, sale.total, true).map_err(out_of_range)?;
-            if let (Some(referrer), Ok(amount)) = (buyer.referred_by, Amount::new(reward)) {
-                entries.push(entry(
-                    referrer,
-                    Wallet::Referral,
-                    EntryKind::Accrual,
-                    amount,
-                    texts[i][2].as_str(),
-                ));
-                notes.push(note(referrer, "referral_reward", reward));
-            }
+        if effects.first_purchase {
+            first_purchases.push((sale.org.id, sale.customer_id));
+        }
+        if let Some(reward) = effects.referral {
+            entries.push(entry(
+                reward.referrer,
+                Wallet::Referral,
+                EntryKind::Accrual,
+                reward.amount,
+                texts[i][2].as_str(),
+            )?);
+            notes.push(note(reward.referrer, "referral_reward", reward.amount));
         }
     }
 
@@ -170,11 +183,6 @@ pub(super) async fn apply_sales(
     }
     notifications::queue(conn, &notes).await?;
     Ok(invoices)
-}
-
-/// A total no rule can compute with: the receipt's own fault, so it is refused, not retried.
-fn out_of_range(e: crate::money::MoneyError) -> Error {
-    Error::invalid("data.totalAmount", e.to_string())
 }
 
 /// Locks the buyers and the referrers whose wallets their first purchase may move, together, in
@@ -306,7 +314,7 @@ async fn insert_invoices(
     .bind(sales.iter().map(|s| s.total).collect::<Vec<_>>())
     .bind(items)
     .bind(sales.iter().map(|s| s.hold.map_or(Decimal::ZERO, |(_, held)| held)).collect::<Vec<_>>())
-    .bind(sales.iter().map(|s| s.hold.map(|(w, _)| w.as_str().to_owned())).collect::<Vec<_>>())
+    .bind(sales.iter().map(|s| s.hold.map(|(w, _)| w)).collect::<Vec<_>>())
     .bind(sales.iter().map(|s| s.receipt_id.to_owned()).collect::<Vec<_>>())
     .execute(conn)
     .await?;

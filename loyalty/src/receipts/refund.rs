@@ -1,0 +1,147 @@
+//! A refund (`PAYBACK`) of an earlier sale, possibly partial: [`rules::refund_effects`] decides
+//! what goes back and what is taken back; this applies it and records it.
+
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+
+use super::{Outcome, Receipt, out_of_range};
+use crate::bills::{self, BillStatus};
+use crate::customers;
+use crate::error::{Error, Result};
+use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
+use crate::money::Amount;
+use crate::notifications::{self, Note};
+use crate::orgs;
+use crate::rules::{self, RefundedBefore};
+use crate::time::Stamp;
+
+/// Applies the refund `receipt` (of event `event_id`) of organization `org_id`. If the customer has
+/// already spent the accrual, the wallet stops at zero and the shortfall is recorded for operators.
+pub(super) async fn payback(
+    conn: &mut PgConnection,
+    org_id: i64,
+    event_id: &str,
+    receipt: &Receipt,
+) -> Result<Outcome> {
+    let named = bills::lock_named(conn, &[(org_id, receipt.extras.bill_id.as_deref())]).await?;
+    let bill = match named.into_iter().next() {
+        Some(Ok(bill)) => bill,
+        Some(Err(reason)) => return Ok(Outcome::Unmatched { reason }),
+        None => return Err(Error::NotFound("bill")),
+    };
+    let Some(sale_receipt) = bill
+        .paid_by_receipt
+        .as_deref()
+        .filter(|_| bill.status == BillStatus::Paid)
+    else {
+        return Ok(Outcome::Unmatched {
+            reason: format!(
+                "bill {} is {}; there is no sale to refund",
+                bill.id, bill.status
+            ),
+        });
+    };
+    let Some(refunded) = rules::refund_amount(receipt.total_amount) else {
+        return Err(Error::invalid(
+            "data.totalAmount",
+            "a refund must have a non-zero total",
+        ));
+    };
+    let (customer_id, invoice_id, sale_total): (i64, String, Decimal) = sqlx::query_as(
+        "select customer_id, invoice_id, total_amount from receipts
+         where org_id = $1 and receipt_id = $2 and status = 'processed'",
+    )
+    .bind(org_id)
+    .bind(sale_receipt)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::invalid("data.extras.billId", "the bill's sale is not recorded"))?;
+    let org = orgs::get(conn, org_id).await?;
+    let available = customers::lock(conn, org.id, customer_id)
+        .await?
+        .bonuses_available;
+    let (refunded_before, accrual_reversed, payment_returned): (Decimal, Decimal, Decimal) = sqlx::query_as(
+        "select coalesce(sum(refunded_amount), 0), coalesce(sum(accrual_due), 0), coalesce(sum(payment_returned), 0)
+         from refunds where org_id = $1 and sale_receipt_id = $2",
+    )
+    .bind(org.id)
+    .bind(sale_receipt)
+    .fetch_one(&mut *conn)
+    .await?;
+    let before = RefundedBefore {
+        refunded: refunded_before,
+        accrual_reversed,
+        payment_returned,
+    };
+    let sale_moved = ledger::receipt_movements(conn, org.id, customer_id, sale_receipt).await?;
+    let effects = rules::refund_effects(sale_total, &sale_moved, &before, refunded, available)
+        .map_err(out_of_range)?;
+
+    let at = Stamp::now_in(org.time_zone);
+    let payment_text = describe::refund_payment(&invoice_id);
+    let reversal_text = describe::refund_reversal(&invoice_id);
+    let entry = |wallet, kind, amount: Decimal, description| {
+        Ok::<_, Error>(NewEntry {
+            org_id: org.id,
+            customer_id,
+            wallet,
+            kind,
+            amount: Amount::new(amount).map_err(out_of_range)?,
+            description,
+            source: Source::Refund,
+            source_ref: Some(receipt.id.as_str()),
+            at,
+        })
+    };
+    // The payment goes back first: what it returns to the main wallet is there to be taken back.
+    let mut entries = Vec::new();
+    if let Some((wallet, back)) = effects.given_back {
+        entries.push(entry(wallet, EntryKind::Accrual, back, payment_text.as_str())?);
+    }
+    if let Some(taken) = effects.taken_back {
+        entries.push(entry(
+            Wallet::Main,
+            EntryKind::Deduction,
+            taken,
+            reversal_text.as_str(),
+        )?);
+    }
+    ledger::post_many(conn, &entries).await?;
+    if effects.shortfall > Decimal::ZERO {
+        tracing::warn!(org = org.id, customer = customer_id, receipt = %receipt.id, shortfall = %effects.shortfall, "refund shortfall: bonuses already spent");
+    }
+    sqlx::query(
+        "insert into refunds (org_id, receipt_id, sale_receipt_id, customer_id, invoice_id, refunded_amount, accrual_due,
+                              accrual_taken, payment_returned)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(org.id)
+    .bind(&receipt.id)
+    .bind(sale_receipt)
+    .bind(customer_id)
+    .bind(&invoice_id)
+    .bind(refunded)
+    .bind(effects.accrual_due)
+    .bind(effects.accrual_taken())
+    .bind(effects.payment_returned())
+    .execute(&mut *conn)
+    .await?;
+    let payload = serde_json::json!({
+        "invoice_id": invoice_id,
+        "refunded": refunded.to_string(),
+        "returned": effects.payment_returned().to_string(),
+        "taken": effects.accrual_taken().to_string(),
+    });
+    let note = Note {
+        org_id: org.id,
+        customer_id,
+        kind: "refund",
+        payload,
+        trace_id: event_id,
+    };
+    notifications::queue(conn, std::slice::from_ref(&note)).await?;
+    Ok(Outcome::Processed {
+        customer_id,
+        invoice_id,
+    })
+}
