@@ -224,9 +224,9 @@ impl BillRow {
             items: self.items.0,
             total: self.total,
             bonus_payment: self.bonus_wallet.map(|wallet| BillBonusPayment {
-                    amount: self.bonus_payment,
-                    wallet,
-                }),
+                amount: self.bonus_payment,
+                wallet,
+            }),
             created_at: at.rfc3339(),
             date: at.local_str(),
         }
@@ -303,13 +303,7 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
     }
     crate::customers::lock(conn, org_id, new.customer_id)
         .await
-        .map_err(|e| match e {
-            Error::NotFound(_) => Error::invalid(
-                "customer_id",
-                "no customer of this organization has this id",
-            ),
-            other => other,
-        })?;
+        .map_err(crate::customers::unknown_in_request)?;
     if let Some(payment) = &new.bonus_payment {
         if payment.amount.get() > total {
             return Err(Error::invalid(

@@ -234,6 +234,18 @@ pub async fn lock(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Balan
     .ok_or(Error::NotFound("customer"))
 }
 
+/// A customer a request names by `customer_id` and this organization does not have: the
+/// request's fault (422), not a missing resource (404).
+pub fn unknown_in_request(err: Error) -> Error {
+    match err {
+        Error::NotFound(_) => Error::invalid(
+            "customer_id",
+            "no customer of this organization has this id",
+        ),
+        other => other,
+    }
+}
+
 /// Parses `PROMO<id>` (any case, surrounding blanks ignored) into the referrer's id.
 pub fn parse_promo_code(code: &str) -> Option<i64> {
     let code = code.trim();
@@ -281,8 +293,12 @@ pub async fn apply_promo(
         referred_by,
         has_made_first_purchase,
     };
-    let effects =
-        rules::promo_effects(&org.bonus_program_settings, id, parse_promo_code(code), &state)?;
+    let effects = rules::promo_effects(
+        &org.bonus_program_settings,
+        id,
+        parse_promo_code(code),
+        &state,
+    )?;
     let referrer = effects.referrer;
     // The referrer must exist and must not have been referred, directly or through friends, by
     // this customer: referrals form no loop.

@@ -131,7 +131,10 @@ mod tests {
         for code in ConflictCode::ALL {
             assert_eq!(ConflictCode::from_code(code.as_str()), Some(code));
         }
-        assert_eq!(ConflictCode::from_code("receipt_race"), Some(ConflictCode::ReceiptRace));
+        assert_eq!(
+            ConflictCode::from_code("receipt_race"),
+            Some(ConflictCode::ReceiptRace)
+        );
         assert_eq!(ConflictCode::from_code("nope"), None);
     }
 }

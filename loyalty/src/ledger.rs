@@ -33,15 +33,6 @@ impl Wallet {
         }
     }
 
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "main" => Some(Wallet::Main),
-            "referral" => Some(Wallet::Referral),
-            "debt" => Some(Wallet::Debt),
-            _ => None,
-        }
-    }
-
     /// The legacy `transaction_type` of the wallet's entries.
     pub fn transaction_type(self) -> &'static str {
         match self {
@@ -74,13 +65,10 @@ impl EntryKind {
         }
     }
 
+    pub const ALL: [EntryKind; 3] = [EntryKind::Accrual, EntryKind::Deduction, EntryKind::Payment];
+
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "accrual" => Some(EntryKind::Accrual),
-            "deduction" => Some(EntryKind::Deduction),
-            "payment" => Some(EntryKind::Payment),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
     }
 
     /// The kind that takes money out of `wallet`.
@@ -287,8 +275,8 @@ pub async fn receipt_movements(
 pub struct EntryRow {
     pub seq: i64,
     pub customer_id: i64,
-    pub wallet: String,
-    pub kind: String,
+    pub wallet: Wallet,
+    pub kind: EntryKind,
     pub amount: Decimal,
     pub description: String,
     pub transaction_type: Option<String>,
@@ -300,7 +288,7 @@ impl EntryRow {
     pub fn to_history(&self) -> HistoryEntry {
         let at = Stamp::from_parts(self.occurred_at, self.utc_offset_seconds);
         HistoryEntry {
-            kind: self.kind.clone(),
+            kind: self.kind.as_str().to_owned(),
             amount: self.amount,
             description: self.description.clone(),
             date: at.rfc3339(),

@@ -217,7 +217,7 @@ pub async fn customers(
         let mine = entries_of.remove(&c.id).unwrap_or_default();
         let wallet = |w: Wallet| -> Vec<HistoryEntry> {
             mine.iter()
-                .filter(|e| e.wallet == w.as_str())
+                .filter(|e| e.wallet == w)
                 .map(|e| e.to_history())
                 .collect()
         };

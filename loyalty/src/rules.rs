@@ -265,9 +265,7 @@ pub fn refund_effects(
         given_back,
         accrual_due,
         taken_back: entry(taken),
-        shortfall: accrual_due
-            .checked_sub(taken)
-            .ok_or(MoneyError::Overflow)?,
+        shortfall: accrual_due.checked_sub(taken).ok_or(MoneyError::Overflow)?,
     })
 }
 
@@ -542,7 +540,10 @@ mod tests {
         assert_eq!(effects.referral.map(|r| r.amount), Some(d("0.01")));
         // 1 % of 0.49 is 0.0049: nothing, and no entry of zero.
         let effects = sale_effects(&one, &sale("0.49"), &NEW_FRIEND).expect("in range");
-        assert_eq!(purchase_accrual(&one, d("0.49"), Decimal::ZERO), Ok(d("0.00")));
+        assert_eq!(
+            purchase_accrual(&one, d("0.49"), Decimal::ZERO),
+            Ok(d("0.00"))
+        );
         assert_eq!(effects.accrual, None);
         assert_eq!(effects.referral, None);
     }
@@ -585,9 +586,8 @@ mod tests {
         refunds
             .iter()
             .map(|r| {
-                let effects =
-                    refund_effects(d(total), sale_moved, &before, d(r), available)
-                        .expect("in range");
+                let effects = refund_effects(d(total), sale_moved, &before, d(r), available)
+                    .expect("in range");
                 before.refunded += d(r);
                 before.accrual_reversed += effects.accrual_due;
                 before.payment_returned += effects.payment_returned();
@@ -615,7 +615,10 @@ mod tests {
     fn uneven_partial_refunds_add_up_to_exactly_the_sale() {
         let sale_moved = moved("200", Some((Wallet::Main, "100")));
         let effects = refund_all("10000", &sale_moved, &["2500", "7500"], d("1000"));
-        let back: Vec<Decimal> = effects.iter().map(RefundEffects::payment_returned).collect();
+        let back: Vec<Decimal> = effects
+            .iter()
+            .map(RefundEffects::payment_returned)
+            .collect();
         let taken: Vec<Decimal> = effects.iter().map(RefundEffects::accrual_taken).collect();
         assert_eq!(back, [d("25"), d("75")]);
         assert_eq!(taken, [d("50"), d("150")]);
@@ -686,7 +689,11 @@ mod tests {
     fn bonuses_given_back_to_the_main_wallet_count_towards_what_is_taken_back() {
         let sale_moved = moved("200", Some((Wallet::Main, "100")));
         let effects = refund_all("10000", &sale_moved, &["10000"], d("50"));
-        assert_eq!(effects[0].accrual_taken(), d("150"), "50 there, 100 given back");
+        assert_eq!(
+            effects[0].accrual_taken(),
+            d("150"),
+            "50 there, 100 given back"
+        );
         assert_eq!(effects[0].shortfall, d("50"));
         // Given back to the referral wallet, they do not.
         let sale_moved = moved("200", Some((Wallet::Referral, "100")));
@@ -696,8 +703,8 @@ mod tests {
 
     #[test]
     fn a_promo_code_credits_the_program_bonus_and_makes_the_friend_the_referrer() {
-        let effects = promo_effects(&legacy(false), 1, Some(2), &PromoState::default())
-            .expect("accepted");
+        let effects =
+            promo_effects(&legacy(false), 1, Some(2), &PromoState::default()).expect("accepted");
         assert_eq!(
             effects,
             PromoEffects {
@@ -716,13 +723,15 @@ mod tests {
     #[test]
     fn a_promo_code_is_refused_when_unknown_own_after_a_referral_or_after_a_purchase() {
         let program = legacy(false);
-        let refused = |referrer, state: PromoState| {
-            match promo_effects(&program, 1, referrer, &state) {
+        let refused =
+            |referrer, state: PromoState| match promo_effects(&program, 1, referrer, &state) {
                 Err(Error::Invalid { message, .. }) => message,
-                Err(other) => other.conflict_code().map(|c| c.to_string()).unwrap_or_default(),
+                Err(other) => other
+                    .conflict_code()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
                 Ok(_) => String::new(),
-            }
-        };
+            };
         assert!(refused(None, PromoState::default()).contains("no customer"));
         assert!(refused(Some(1), PromoState::default()).contains("own promo code"));
         let referred = PromoState {

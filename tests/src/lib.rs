@@ -369,8 +369,7 @@ impl TestApp {
     pub async fn bury_receipt(&self, org: i64, event: Value, error: &str) -> Vec<u8> {
         use loyalty::queue::{Stream, header_table, headers};
         let event_id = event["id"].as_str().expect("event id").to_owned();
-        let message =
-            loyalty::receipts::ReceiptMessage::new(org, 1, chrono::Utc::now(), event);
+        let message = loyalty::receipts::ReceiptMessage::new(org, 1, chrono::Utc::now(), event);
         let mut conn = self.db.pool.acquire().await.expect("connection");
         loyalty::receipts::record_failure(&mut conn, &message, 6, error, true)
             .await

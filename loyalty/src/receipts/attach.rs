@@ -3,9 +3,9 @@
 use serde::Serialize;
 use sqlx::PgConnection;
 
+use super::ReceiptStatus;
 use super::event::{ReceiptCreated, ReceiptKind, read_event};
 use super::sale::{self, SaleInput, apply_sales};
-use super::ReceiptStatus;
 use crate::error::{ConflictCode, Error, Result};
 use crate::orgs;
 
@@ -25,7 +25,12 @@ pub async fn attach(
     receipt_id: &str,
     customer_id: i64,
 ) -> Result<Attached> {
-    let row: Option<(String, ReceiptStatus, Option<ReceiptKind>, serde_json::Value)> = sqlx::query_as(
+    let row: Option<(
+        String,
+        ReceiptStatus,
+        Option<ReceiptKind>,
+        serde_json::Value,
+    )> = sqlx::query_as(
         "select event_id, status, receipt_type, payload from receipts
          where org_id = $1 and receipt_id = $2 and status in ('unmatched', 'processed', 'ignored')
          for update",
@@ -52,13 +57,7 @@ pub async fn attach(
     // The customer and their referrer, in the program's lock order, before `apply_sales` needs them.
     sale::lock_buyers(conn, vec![(org_id, customer_id)])
         .await
-        .map_err(|e| match e {
-            Error::NotFound(_) => Error::invalid(
-                "customer_id",
-                "no customer of this organization has this id",
-            ),
-            other => other,
-        })?;
+        .map_err(crate::customers::unknown_in_request)?;
     let sale = SaleInput {
         org: &org,
         customer_id,

@@ -80,12 +80,7 @@ pub async fn apply_batch(
     // order (`crate::locks`): customers, then bills.
     let named: Vec<(i64, i64)> = (0..parsed.len())
         .filter(|&i| outcomes[i].is_none())
-        .filter_map(|i| {
-            Some((
-                parsed[i].message.org_id,
-                parsed[i].receipt?.bill_id().ok()?,
-            ))
-        })
+        .filter_map(|i| Some((parsed[i].message.org_id, parsed[i].receipt?.bill_id().ok()?)))
         .collect();
     super::locking::lock_bills_and_customers(conn, named).await?;
     sell(conn, &parsed, &mut outcomes).await?;
@@ -188,7 +183,10 @@ async fn sell(
 ) -> Result<()> {
     let sales: Vec<usize> = (0..parsed.len())
         .filter(|&i| {
-            outcomes[i].is_none() && parsed[i].receipt.is_some_and(|r| r.kind == ReceiptKind::Sell)
+            outcomes[i].is_none()
+                && parsed[i]
+                    .receipt
+                    .is_some_and(|r| r.kind == ReceiptKind::Sell)
         })
         .collect();
     if sales.is_empty() {
@@ -197,9 +195,7 @@ async fn sell(
     let named: Vec<(i64, Option<&str>)> = sales
         .iter()
         .map(|&i| {
-            let bill_ref = parsed[i]
-                .receipt
-                .and_then(|r| r.extras.bill_id.as_deref());
+            let bill_ref = parsed[i].receipt.and_then(|r| r.extras.bill_id.as_deref());
             (parsed[i].message.org_id, bill_ref)
         })
         .collect();

@@ -478,10 +478,12 @@ mod tests {
         assert!(message.contains("NUL"));
         let (field, _) = refused(r#"{"type": "X"}"#);
         assert_eq!(field, "event");
-        let message = decode(
-            r#"{"id": "e6", "type": "ReceiptCreated", "data": {"totalAmount": "x"}}"#,
+        let message =
+            decode(r#"{"id": "e6", "type": "ReceiptCreated", "data": {"totalAmount": "x"}}"#);
+        assert_eq!(
+            message.head().map(|h| h.event_type.as_str()),
+            Some(RECEIPT_CREATED)
         );
-        assert_eq!(message.head().map(|h| h.event_type.as_str()), Some(RECEIPT_CREATED));
         assert_eq!(message.event_id(), "e6");
     }
 }

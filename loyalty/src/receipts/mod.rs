@@ -137,9 +137,7 @@ mod tests {
     #[test]
     fn receipt_statuses_are_the_migrations_check_constraint() {
         let migration = include_str!("../../../migrations/20261124000004_receipt_claims.sql");
-        let listed = ReceiptStatus::NAMES
-            .map(|s| format!("'{s}'"))
-            .join(", ");
+        let listed = ReceiptStatus::NAMES.map(|s| format!("'{s}'")).join(", ");
         assert!(
             migration.contains(&format!("check (status in ({listed}))")),
             "{listed}"

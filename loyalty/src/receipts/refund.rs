@@ -96,7 +96,12 @@ pub(super) async fn payback(
     // The payment goes back first: what it returns to the main wallet is there to be taken back.
     let mut entries = Vec::new();
     if let Some((wallet, back)) = effects.given_back {
-        entries.push(entry(wallet, EntryKind::Accrual, back, payment_text.as_str())?);
+        entries.push(entry(
+            wallet,
+            EntryKind::Accrual,
+            back,
+            payment_text.as_str(),
+        )?);
     }
     if let Some(taken) = effects.taken_back {
         entries.push(entry(
