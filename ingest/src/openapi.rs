@@ -153,7 +153,7 @@ fn error_answer(description: &str) -> Value {
 
 /// What the derives cannot say: the values handlers check against a list, and a rule across fields.
 fn refine(doc: &mut Value) {
-    let bill_statuses = ["open", "paid", "cancelled"];
+    let bill_statuses = loyalty::bills::BillStatus::ALL.map(loyalty::bills::BillStatus::as_str);
     let streams = ["receipts", "notifications"];
     let listed: [(&str, &str, &[&str]); 6] = [
         ("list_receipts", "status", &receipts::RECEIPT_STATUSES),
