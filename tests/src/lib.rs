@@ -295,10 +295,15 @@ impl Drop for RunningWorker {
 }
 
 impl TestApp {
+    /// A worker on this test's database and queues, not running: a test steps it
+    /// (`worker().consumer(..).run_until_empty()`) or runs it (`run_worker`).
+    pub fn worker(&self) -> workers::Worker {
+        workers::Worker::new(self.db.pool.clone(), self.state.broker.clone())
+    }
+
     /// Starts a worker on this test's database and queues.
     pub fn start_worker(&self) -> RunningWorker {
-        let worker = workers::Worker::new(self.db.pool.clone(), self.state.broker.clone());
-        self.run_worker(worker, 4, 100)
+        self.run_worker(self.worker(), 4, 100)
     }
 
     /// A POS integration of `org`; returns its token.
@@ -367,7 +372,7 @@ impl TestApp {
     /// Puts a receipt where a worker leaves one that failed every attempt: in the dead-letter
     /// queue (6 attempts, `error` as its last error) and recorded as dead. Returns what was published.
     pub async fn bury_receipt(&self, org: i64, event: Value, error: &str) -> Vec<u8> {
-        use loyalty::queue::{Stream, header_table, headers};
+        use loyalty::queue::{Stream, contract};
         let event_id = event["id"].as_str().expect("event id").to_owned();
         let message = loyalty::receipts::ReceiptMessage {
             org_id: org,
@@ -380,13 +385,15 @@ impl TestApp {
             .await
             .expect("recorded");
         let body = serde_json::to_vec(&message).expect("json");
-        let properties = lapin::BasicProperties::default()
-            .with_message_id(event_id.into())
-            .with_headers(header_table(&[
-                (headers::ATTEMPT, "6".into()),
-                (headers::LAST_ERROR, error.into()),
-            ]));
-        let dead = self.state.broker.topology().dead(Stream::Receipts);
+        let topology = self.state.broker.topology();
+        let properties = contract::passed_on(
+            &contract::receipt_properties(&event_id, org),
+            6,
+            error,
+            &topology.main(Stream::Receipts),
+            None,
+        );
+        let dead = topology.dead(Stream::Receipts);
         self.state
             .broker
             .publish(&dead, &body, properties)
@@ -660,14 +667,9 @@ impl TestApp {
     /// Publishes `event` (raw JSON text) to the receipts queue as ingest would, bypassing ingest's
     /// checks: what a faulty or older ingest, or a hand-made message, puts there.
     pub async fn publish_raw_receipt(&self, org: i64, message_id: &str, event: &[u8]) {
-        use loyalty::queue::{Stream, header_table, headers};
+        use loyalty::queue::{Stream, contract};
         let body = loyalty::receipts::ReceiptMessage::encode_raw(org, 1, chrono::Utc::now(), event);
-        let properties = lapin::BasicProperties::default()
-            .with_message_id(message_id.into())
-            .with_headers(header_table(&[
-                (headers::ORG, org.to_string()),
-                (headers::ATTEMPT, "1".into()),
-            ]));
+        let properties = contract::receipt_properties(message_id, org);
         let main = self.state.broker.topology().main(Stream::Receipts);
         self.state
             .broker

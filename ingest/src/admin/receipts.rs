@@ -240,16 +240,7 @@ pub const RECEIPT_STATUSES: [&str; 6] = [
 ];
 
 /// Every status a notification can have, in the order the dashboard shows them.
-pub const NOTIFICATION_STATUSES: [&str; 8] = [
-    "pending",
-    "sending",
-    "sent",
-    "skipped",
-    "unreachable",
-    "retrying",
-    "dead",
-    "uncertain",
-];
+pub const NOTIFICATION_STATUSES: [&str; 8] = loyalty::notifications::STATUSES;
 
 /// Receipts of one organization (or all), with one of `statuses` (or any), latest change first.
 pub async fn receipt_rows(

@@ -534,7 +534,7 @@ async fn payback(
     let note = Note {
         org_id: org.id,
         customer_id,
-        kind: "refund",
+        kind: notifications::NotificationKind::Refund,
         payload,
         trace_id: event_id,
     };

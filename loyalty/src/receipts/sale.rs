@@ -102,7 +102,7 @@ pub(super) async fn apply_sales(
             source_ref: Some(sale.receipt_id),
             at: stamps[i],
         };
-        let note = |customer_id, kind: &'static str, amount: Decimal| Note {
+        let note = |customer_id, kind: notifications::NotificationKind, amount: Decimal| Note {
             org_id: sale.org.id,
             customer_id,
             kind,
@@ -120,7 +120,7 @@ pub(super) async fn apply_sales(
                     amount,
                     texts[i][0].as_str(),
                 ));
-                notes.push(note(sale.customer_id, "bonus_payment", held));
+                notes.push(note(sale.customer_id, notifications::NotificationKind::BonusPayment, held));
                 paid_with_bonuses = held;
             }
         }
@@ -134,7 +134,7 @@ pub(super) async fn apply_sales(
                 amount,
                 texts[i][1].as_str(),
             ));
-            notes.push(note(sale.customer_id, "purchase_accrual", accrual));
+            notes.push(note(sale.customer_id, notifications::NotificationKind::PurchaseAccrual, accrual));
         }
         let buyer = by_key.get(&key).ok_or(Error::NotFound("customer"))?;
         if !buyer.has_made_first_purchase && bought.insert(key) {
@@ -149,7 +149,7 @@ pub(super) async fn apply_sales(
                     amount,
                     texts[i][2].as_str(),
                 ));
-                notes.push(note(referrer, "referral_reward", reward));
+                notes.push(note(referrer, notifications::NotificationKind::ReferralReward, reward));
             }
         }
     }
