@@ -355,6 +355,48 @@ pub async fn record(
     Ok(())
 }
 
+/// A notification and its delivery state, as operators list them.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct NotificationRecord {
+    pub id: i64,
+    pub org_id: i64,
+    pub customer_id: i64,
+    pub kind: NotificationKind,
+    pub payload: serde_json::Value,
+    /// The receipt's event id (or the operator request's key) behind it.
+    pub trace_id: Option<String>,
+    pub status: NotificationStatus,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub telegram_message_id: Option<i64>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub published_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Notifications of one organization (or all), with one of `statuses` (or any), latest first.
+pub async fn list<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    org: Option<i64>,
+    statuses: Option<&[&str]>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<NotificationRecord>> {
+    sqlx::query_as(
+        "select id, org_id, customer_id, kind, payload, trace_id, status, attempts, last_error,
+                telegram_message_id, created_at, published_at, sent_at, updated_at
+         from outbox where ($1::bigint is null or org_id = $1) and ($2::text[] is null or status = any($2))
+         order by id desc limit $3 offset $4",
+    )
+    .bind(org)
+    .bind(statuses)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -498,7 +498,10 @@ pub struct TelegramSender {
 }
 
 /// The organization as a Telegram sender, if it exists.
-pub async fn telegram_sender(conn: &mut PgConnection, org_id: i64) -> Result<Option<TelegramSender>> {
+pub async fn telegram_sender(
+    conn: &mut PgConnection,
+    org_id: i64,
+) -> Result<Option<TelegramSender>> {
     Ok(sqlx::query_as(
         "select name, id, telegram_bot_token, telegram_bot_token_key, telegram_bot_token_sealed,
                 currency_symbol, notification_templates

@@ -348,12 +348,16 @@ impl Notifier {
             _ if recipient.unreachable => Some("the customer is unreachable on Telegram"),
             _ => None,
         };
-        let verdict =
-            verdict.or(unsendable.map(|reason| (NotificationStatus::Skipped, reason)));
+        let verdict = verdict.or(unsendable.map(|reason| (NotificationStatus::Skipped, reason)));
         if let Some((status, reason)) = verdict {
             notifications::record(&mut tx, id, status, Some(reason), None).await?;
             tx.commit().await?;
-            tracing::info!(outbox = id, status = status.as_str(), reason, "notification not sent");
+            tracing::info!(
+                outbox = id,
+                status = status.as_str(),
+                reason,
+                "notification not sent"
+            );
             return Ok(Err(if status == NotificationStatus::Uncertain {
                 Delivered::Uncertain(reason.to_owned())
             } else {
@@ -488,7 +492,10 @@ fn text_of(queued: &Queued, recipient: &TelegramRecipient, sender: &TelegramSend
         ("returned", amount("returned")),
         ("taken", amount("taken")),
         ("balance", format_amount(recipient.bonuses)),
-        ("referral_balance", format_amount(recipient.referral_bonuses)),
+        (
+            "referral_balance",
+            format_amount(recipient.referral_bonuses),
+        ),
         ("invoice", text("invoice_id")),
         ("shop", sender.name.clone()),
         ("promo_code", text("promo_code")),

@@ -52,11 +52,8 @@ pub trait Step: Send + Sync + 'static {
 
     /// A failed message was passed on (to its retry queue, or to the dead letters when
     /// `failure.dead`): records it for operators. Runs in the message's span.
-    fn failed(
-        &self,
-        message: &Self::Message,
-        failure: &Failure,
-    ) -> impl Future<Output = ()> + Send;
+    fn failed(&self, message: &Self::Message, failure: &Failure)
+    -> impl Future<Output = ()> + Send;
 
     /// A message that could not be read was passed to the dead letters: records it for
     /// operators. Runs in the message's span.
@@ -75,7 +72,10 @@ pub trait Step: Send + Sync + 'static {
 pub enum Verdict<T> {
     Done(T),
     /// Not done: tried again later, unless `permanent` (no retry can help) or out of attempts.
-    Failed { error: String, permanent: bool },
+    Failed {
+        error: String,
+        permanent: bool,
+    },
 }
 
 impl<T> Verdict<T> {
@@ -121,9 +121,14 @@ impl Failure {
 pub enum Handled<T> {
     Done(T),
     /// Failed; scheduled for another attempt.
-    Retrying { attempt: u32, error: String },
+    Retrying {
+        attempt: u32,
+        error: String,
+    },
     /// Failed for the last time, or can never succeed; in the dead-letter queue.
-    Dead { error: String },
+    Dead {
+        error: String,
+    },
 }
 
 /// How much a consumer takes at once.
@@ -210,7 +215,8 @@ impl<S: Step> Consumer<S> {
             results[i] = Some(match verdict {
                 Verdict::Done(done) => Ok(Handled::Done(done)),
                 Verdict::Failed { error, permanent } => {
-                    let failure = Failure::decide(contract::attempt_of(properties), error, permanent);
+                    let failure =
+                        Failure::decide(contract::attempt_of(properties), error, permanent);
                     self.fail(message, body, properties, failure)
                         .instrument(span.clone())
                         .await
@@ -234,7 +240,14 @@ impl<S: Step> Consumer<S> {
         let failure = Failure::decide(contract::attempt_of(properties), error, true);
         tracing::error!(attempt = failure.attempt, error = %failure.error, "unreadable {} message is dead", item(S::STREAM));
         self.broker
-            .pass_on(S::STREAM, body, properties, failure.attempt, &failure.error, true)
+            .pass_on(
+                S::STREAM,
+                body,
+                properties,
+                failure.attempt,
+                &failure.error,
+                true,
+            )
             .await?;
         count_failure(S::STREAM, true, false);
         self.step.unreadable(body, properties, &failure).await;
@@ -279,7 +292,10 @@ impl<S: Step> Consumer<S> {
     }
 
     /// Handles deliveries and acknowledges those that were handled or passed on.
-    async fn settle(&self, deliveries: Vec<Delivery>) -> Vec<Result<Handled<S::Done>, PublishError>> {
+    async fn settle(
+        &self,
+        deliveries: Vec<Delivery>,
+    ) -> Vec<Result<Handled<S::Done>, PublishError>> {
         let batch: Vec<(&[u8], &BasicProperties)> = deliveries
             .iter()
             .map(|d| (d.data.as_slice(), &d.properties))
@@ -353,7 +369,10 @@ impl<S: Step> Consumer<S> {
             };
             let channel = conn.create_channel().await?;
             channel
-                .basic_qos(concurrency.saturating_mul(batch), BasicQosOptions::default())
+                .basic_qos(
+                    concurrency.saturating_mul(batch),
+                    BasicQosOptions::default(),
+                )
                 .await?;
             let tag = ShortString::from(format!("{}-{}", S::NAME, std::process::id()));
             let mut consumer = channel
@@ -401,8 +420,17 @@ impl<S: Step> Consumer<S> {
 
     /// Stops consuming, waits for the batches in flight to be processed and acknowledged, and
     /// closes the connection.
-    async fn stop(&self, conn: &Connection, channel: &Channel, tag: ShortString, permits: &Semaphore) {
-        if let Err(err) = channel.basic_cancel(tag, BasicCancelOptions::default()).await {
+    async fn stop(
+        &self,
+        conn: &Connection,
+        channel: &Channel,
+        tag: ShortString,
+        permits: &Semaphore,
+    ) {
+        if let Err(err) = channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+        {
             // Closing the connection below ends the consumer too.
             tracing::warn!(stream = S::STREAM.name(), error = %err, "cancelling the consumer failed");
         }
@@ -474,12 +502,18 @@ impl Broker {
         let origin = self.topology().main(stream);
         let (queue, properties) = if dead {
             let dead_queue = self.topology().dead(stream);
-            (dead_queue, contract::passed_on(properties, attempt, error, &origin, None))
+            (
+                dead_queue,
+                contract::passed_on(properties, attempt, error, &origin, None),
+            )
         } else {
             let next = attempt + 1;
             let delay = Some(retry_delay(next));
             let retry = self.topology().retry(stream, next);
-            (retry, contract::passed_on(properties, next, error, &origin, delay))
+            (
+                retry,
+                contract::passed_on(properties, next, error, &origin, delay),
+            )
         };
         self.publish(&queue, body, properties).await
     }

@@ -234,7 +234,13 @@ mod tests {
     fn a_passed_on_message_keeps_its_headers_and_a_replay_starts_over() {
         let first = receipt_properties("ev-1", 7);
         let long = "x".repeat(5000);
-        let retried = passed_on(&first, 3, &long, "receipts", Some(Duration::from_millis(1500)));
+        let retried = passed_on(
+            &first,
+            3,
+            &long,
+            "receipts",
+            Some(Duration::from_millis(1500)),
+        );
         assert_eq!(attempt_of(&retried), 3);
         assert_eq!(org_of(&retried), Some(7));
         assert_eq!(trace_of(&retried).as_deref(), Some("ev-1"));
@@ -242,7 +248,10 @@ mod tests {
             header(&retried, headers::LAST_ERROR).map(|e| e.len()),
             Some(LAST_ERROR_MAX_CHARS)
         );
-        assert_eq!(header(&retried, headers::ORIGIN).as_deref(), Some("receipts"));
+        assert_eq!(
+            header(&retried, headers::ORIGIN).as_deref(),
+            Some("receipts")
+        );
         assert_eq!(
             retried.expiration().as_ref().map(|e| e.as_str()),
             Some("1500")

@@ -216,10 +216,7 @@ pub(super) async fn take(
     queue: &str,
 ) -> lapin::Result<Option<lapin::message::BasicGetMessage>> {
     channel
-        .basic_get(
-            ShortString::from(queue),
-            BasicGetOptions { no_ack: false },
-        )
+        .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false })
         .await
 }
 

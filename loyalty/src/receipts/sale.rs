@@ -120,7 +120,11 @@ pub(super) async fn apply_sales(
                     amount,
                     texts[i][0].as_str(),
                 ));
-                notes.push(note(sale.customer_id, notifications::NotificationKind::BonusPayment, held));
+                notes.push(note(
+                    sale.customer_id,
+                    notifications::NotificationKind::BonusPayment,
+                    held,
+                ));
                 paid_with_bonuses = held;
             }
         }
@@ -134,7 +138,11 @@ pub(super) async fn apply_sales(
                 amount,
                 texts[i][1].as_str(),
             ));
-            notes.push(note(sale.customer_id, notifications::NotificationKind::PurchaseAccrual, accrual));
+            notes.push(note(
+                sale.customer_id,
+                notifications::NotificationKind::PurchaseAccrual,
+                accrual,
+            ));
         }
         let buyer = by_key.get(&key).ok_or(Error::NotFound("customer"))?;
         if !buyer.has_made_first_purchase && bought.insert(key) {
@@ -149,7 +157,11 @@ pub(super) async fn apply_sales(
                     amount,
                     texts[i][2].as_str(),
                 ));
-                notes.push(note(referrer, notifications::NotificationKind::ReferralReward, reward));
+                notes.push(note(
+                    referrer,
+                    notifications::NotificationKind::ReferralReward,
+                    reward,
+                ));
             }
         }
     }
