@@ -52,16 +52,21 @@ impl NotificationKind {
     }
 }
 
+/// The names of every value of an enum that has `ALL` and a `const fn as_str`, as a constant.
+macro_rules! names_of {
+    ($type:ty) => {{
+        let mut names = [""; <$type>::ALL.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = <$type>::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    }};
+}
+
 /// The kinds' names (the keys an organization's templates may have).
-pub const KINDS: [&str; 7] = {
-    let mut names = [""; 7];
-    let mut i = 0;
-    while i < names.len() {
-        names[i] = NotificationKind::ALL[i].as_str();
-        i += 1;
-    }
-    names
-};
+pub const KINDS: [&str; 7] = names_of!(NotificationKind);
 
 /// Where a notification's delivery stands (the `outbox.status` check constraint's values).
 #[derive(
@@ -122,15 +127,7 @@ impl NotificationStatus {
 }
 
 /// The statuses' names, in the order the dashboard shows them.
-pub const STATUSES: [&str; 8] = {
-    let mut names = [""; 8];
-    let mut i = 0;
-    while i < names.len() {
-        names[i] = NotificationStatus::ALL[i].as_str();
-        i += 1;
-    }
-    names
-};
+pub const STATUSES: [&str; 8] = names_of!(NotificationStatus);
 
 /// The schema of an organization's templates: by kind, at most 3000 characters each.
 pub fn templates_schema() -> utoipa::openapi::schema::Object {

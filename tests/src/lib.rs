@@ -47,7 +47,9 @@ pub async fn amqp_url() -> &'static str {
         .get_or_init(|| async {
             let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
             if let Ok(conn) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await {
-                let _ = conn.close(200, "probe".into()).await;
+                if let Err(err) = conn.close(200, "probe".into()).await {
+                    eprintln!("closing the RabbitMQ probe failed: {err}");
+                }
                 return url;
             }
             containers::rabbitmq().await.unwrap_or_else(|| {
@@ -125,22 +127,25 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let (server, name) = (self.server.clone(), self.name.clone());
         // The pool's connections live on the test's runtime; `with (force)` ends them from outside.
-        let _ = std::thread::spawn(move || {
+        let dropped = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                if let Ok(mut admin) = PgConnection::connect(&server).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "drop database if exists {name} with (force)"
-                    )))
-                    .execute(&mut admin)
-                    .await;
-                }
-            });
+                let mut admin = PgConnection::connect(&server).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "drop database if exists {name} with (force)"
+                )))
+                .execute(&mut admin)
+                .await
+                .map(drop)
+            })
         })
         .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("a test database was not dropped: {dropped:?}");
+        }
     }
 }
 
@@ -281,10 +286,13 @@ pub struct RunningWorker {
 impl RunningWorker {
     /// Stops consuming and waits for in-flight receipts to be acknowledged.
     pub async fn stop(mut self) {
+        // A worker that already ended has nothing to stop.
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            stop.send(()).ok();
         }
-        let _ = (&mut self.task).await;
+        if let Err(err) = (&mut self.task).await {
+            eprintln!("the worker ended badly: {err}");
+        }
     }
 }
 
@@ -483,31 +491,30 @@ impl Drop for TestApp {
         // Each test's queues go with it.
         let url = self.state.config.backends.amqp_url.clone();
         let queues = self.state.broker.topology().queues();
-        let _ = std::thread::spawn(move || {
+        let deleted = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let Ok(conn) =
-                    lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = conn.create_channel().await {
-                    for queue in queues {
-                        let _ = channel
-                            .queue_delete(
-                                queue.as_str().into(),
-                                lapin::options::QueueDeleteOptions::default(),
-                            )
-                            .await;
-                    }
+                let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+                    .await?;
+                let channel = conn.create_channel().await?;
+                for queue in queues {
+                    channel
+                        .queue_delete(
+                            queue.as_str().into(),
+                            lapin::options::QueueDeleteOptions::default(),
+                        )
+                        .await?;
                 }
-                let _ = conn.close(200, "done".into()).await;
-            });
+                conn.close(200, "done".into()).await
+            })
         })
         .join();
+        if !matches!(deleted, Ok(Ok(()))) {
+            eprintln!("a test's queues were not deleted: {deleted:?}");
+        }
     }
 }
 
@@ -653,7 +660,8 @@ impl TestApp {
         let task = tokio::spawn(async move {
             worker
                 .run(concurrency, batch, async {
-                    let _ = stopped.await;
+                    // Dropped without a word: the test is over.
+                    stopped.await.ok();
                 })
                 .await
                 .expect("worker runs");

@@ -375,8 +375,9 @@ struct TelegramTestApi {
 
 impl Drop for TelegramTestApi {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Err(err) = self.child.kill().and_then(|()| self.child.wait().map(drop)) {
+            eprintln!("telegram-test-api did not stop: {err}");
+        }
     }
 }
 
