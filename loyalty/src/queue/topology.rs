@@ -209,6 +209,6 @@ mod tests {
         assert_eq!(t.dead(Stream::Notifications), "t1.notifications.dead");
         assert_eq!(t.queues().len(), 2 * (1 + (MAX_ATTEMPTS as usize - 1) + 1));
         assert_eq!(t.queues()[0], "t1.receipts");
-        assert_eq!(t.queues()[7], "t1.receipts.dead");
+        assert_eq!(t.queues()[6], "t1.receipts.dead");
     }
 }
