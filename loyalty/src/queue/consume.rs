@@ -450,10 +450,12 @@ async fn close(conn: &Connection, why: &str) {
 }
 
 /// The log span of one message: its stream, organization and trace (the receipt's event id).
+/// At the error level, so that a filter that keeps only warnings and errors (`RUST_LOG=warn`)
+/// still writes the ids on them; a span writes no line of its own.
 fn span_of(stream: Stream, properties: &BasicProperties) -> Span {
     let trace = contract::trace_of(properties).unwrap_or_default();
     let org = contract::org_of(properties);
-    tracing::info_span!("message", stream = stream.name(), org, event = %trace)
+    tracing::error_span!("message", stream = stream.name(), org, event = %trace)
 }
 
 /// What one message of a stream is called in the logs.
