@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
 use crate::legacy::money_json;
 use crate::money::Amount;
-use crate::notifications::{self, Note};
+use crate::notifications::{self, Note, NotificationKind};
 use crate::orgs::Organization;
 use crate::rules::{self, BonusSettings};
 use crate::time::Stamp;
@@ -102,7 +102,7 @@ pub(super) async fn apply_sales(
             source_ref: Some(sale.receipt_id),
             at: stamps[i],
         };
-        let note = |customer_id, kind: notifications::NotificationKind, amount: Decimal| Note {
+        let note = |customer_id, kind: NotificationKind, amount: Decimal| Note {
             org_id: sale.org.id,
             customer_id,
             kind,
@@ -120,11 +120,7 @@ pub(super) async fn apply_sales(
                     amount,
                     texts[i][0].as_str(),
                 ));
-                notes.push(note(
-                    sale.customer_id,
-                    notifications::NotificationKind::BonusPayment,
-                    held,
-                ));
+                notes.push(note(sale.customer_id, NotificationKind::BonusPayment, held));
                 paid_with_bonuses = held;
             }
         }
@@ -140,7 +136,7 @@ pub(super) async fn apply_sales(
             ));
             notes.push(note(
                 sale.customer_id,
-                notifications::NotificationKind::PurchaseAccrual,
+                NotificationKind::PurchaseAccrual,
                 accrual,
             ));
         }
@@ -157,11 +153,7 @@ pub(super) async fn apply_sales(
                     amount,
                     texts[i][2].as_str(),
                 ));
-                notes.push(note(
-                    referrer,
-                    notifications::NotificationKind::ReferralReward,
-                    reward,
-                ));
+                notes.push(note(referrer, NotificationKind::ReferralReward, reward));
             }
         }
     }
