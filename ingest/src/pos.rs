@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use loyalty::bills::{self, PosBill};
 use loyalty::orgs::{self, Integration};
-use loyalty::queue::{self, Stream, headers};
+use loyalty::queue::{Stream, contract};
 use loyalty::receipts::{IncomingEvent, RECEIPT_CREATED, Receipt, ReceiptMessage};
 use loyalty::time::{OrgTimeZone, Stamp};
 use serde::Deserialize;
@@ -210,12 +210,7 @@ async fn accept_receipt(
         })?;
     }
     let payload = ReceiptMessage::encode_raw(pos.org_id, pos.id, chrono::Utc::now(), body);
-    let properties = lapin::BasicProperties::default()
-        .with_message_id(lapin::types::ShortString::from(head.id.as_str()))
-        .with_headers(queue::header_table(&[
-            (headers::ORG, pos.org_id.to_string()),
-            (headers::ATTEMPT, "1".into()),
-        ]));
+    let properties = contract::receipt_properties(&head.id, pos.org_id);
     let queue = state.broker.topology().main(Stream::Receipts);
     let published = tokio::time::timeout(
         PUBLISH_TIMEOUT,

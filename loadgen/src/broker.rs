@@ -12,7 +12,7 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
 use loyalty::queue::{self, headers};
 use loyalty::receipts::ReceiptMessage;
 use serde_json::Value;
@@ -70,21 +70,21 @@ pub async fn ceiling(
         .collect::<anyhow::Result<_>>()?;
     let messages = Arc::new(messages);
     let next = Arc::new(AtomicUsize::new(0));
-    let org = shop.org.to_string();
+    let org = shop.org;
 
     let cpu = cpu::Sample::now();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..publishers.min(count) {
         let (channel, messages, next) = (channel.clone(), messages.clone(), next.clone());
-        let (queue, org) = (queue.to_owned(), org.clone());
+        let queue = queue.to_owned();
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((id, body)) = messages.get(i) else {
                     break;
                 };
-                publish(&channel, &queue, id, &org, body).await?;
+                publish(&channel, &queue, id, org, body).await?;
             }
             anyhow::Ok(())
         });
@@ -115,17 +115,10 @@ async fn publish(
     channel: &Channel,
     queue: &str,
     id: &str,
-    org: &str,
+    org: i64,
     body: &[u8],
 ) -> anyhow::Result<()> {
-    let properties = BasicProperties::default()
-        .with_message_id(ShortString::from(id))
-        .with_headers(queue::header_table(&[
-            (headers::ORG, org.to_owned()),
-            (headers::ATTEMPT, "1".into()),
-        ]))
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into());
+    let properties = queue::contract::receipt_properties(id, org);
     let confirm = channel
         .basic_publish(
             "".into(),
@@ -186,9 +179,8 @@ pub async fn publish_all(
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let org = org.to_string();
     for (id, body) in messages {
-        publish(&channel, queue, id, &org, body).await?;
+        publish(&channel, queue, id, org, body).await?;
     }
     let _ = conn.close(200, "done".into()).await;
     Ok(())

@@ -354,7 +354,7 @@ pub async fn apply_promo(
         let note = Note {
             org_id: org.id,
             customer_id: id,
-            kind: "promo_bonus",
+            kind: notifications::NotificationKind::PromoBonus,
             payload: serde_json::json!({ "amount": amount.get().to_string() }),
             trace_id: code,
         };
@@ -415,7 +415,7 @@ pub async fn operator_move(
         let note = Note {
             org_id: org.id,
             customer_id: id,
-            kind: "operator_accrual",
+            kind: notifications::NotificationKind::OperatorAccrual,
             payload: serde_json::json!({ "amount": m.amount.get().to_string(), "wallet": m.wallet.as_str() }),
             trace_id: m.reference.unwrap_or_default(),
         };
@@ -482,7 +482,7 @@ pub async fn visit(
         let note = Note {
             org_id: org.id,
             customer_id: id,
-            kind: "welcome",
+            kind: notifications::NotificationKind::Welcome,
             payload: serde_json::json!({ "promo_code": code }),
             trace_id: &code,
         };
@@ -630,6 +630,54 @@ pub async fn merge(conn: &mut PgConnection, org_id: i64, into: i64, from: i64) -
         referrals_moved: i64::try_from(referrals.rows_affected()).unwrap_or(i64::MAX),
         balances: lock(conn, org_id, into).await?,
     })
+}
+
+// ---- For the notifier: a customer as a Telegram recipient. ----
+
+/// What the notifier needs of a customer to write to them.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TelegramRecipient {
+    pub telegram_id: Option<i64>,
+    /// Telegram refused the chat; not written to until they come back through the Mini App.
+    pub unreachable: bool,
+    pub bonuses: Decimal,
+    pub referral_bonuses: Decimal,
+}
+
+/// The customer as a Telegram recipient, if they exist.
+pub async fn telegram_recipient(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customer_id: i64,
+) -> Result<Option<TelegramRecipient>> {
+    Ok(sqlx::query_as(
+        "select telegram_id, telegram_unreachable_at is not null as unreachable, bonuses, referral_bonuses
+         from customers where org_id = $1 and id = $2",
+    )
+    .bind(org_id)
+    .bind(customer_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Telegram refused the chat for good: the customer is not written to again until they come
+/// back through the Mini App.
+pub async fn mark_telegram_unreachable(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customer_id: i64,
+    reason: &str,
+) -> Result<()> {
+    sqlx::query(
+        "update customers set telegram_unreachable_at = now(), telegram_unreachable_reason = $3
+         where org_id = $1 and id = $2",
+    )
+    .bind(org_id)
+    .bind(customer_id)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

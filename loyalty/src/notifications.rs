@@ -1,24 +1,133 @@
 //! Notifications to customers: written to the outbox in the transaction that moved their money,
 //! rendered from the organization's templates (Russian by default) for Telegram's HTML parse mode.
+//! This module owns the `outbox` table: every statement on it is here.
 
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::error::Result;
 use crate::money::round_money;
 
-/// What a notification is about; each has a template.
-pub const KINDS: [&str; 7] = [
-    "purchase_accrual",
-    "referral_reward",
-    "promo_bonus",
-    "operator_accrual",
-    "bonus_payment",
-    "refund",
-    "welcome",
-];
+/// What a notification is about; each has a template. Stored as its snake_case name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum NotificationKind {
+    PurchaseAccrual,
+    ReferralReward,
+    PromoBonus,
+    OperatorAccrual,
+    BonusPayment,
+    Refund,
+    Welcome,
+}
+
+impl NotificationKind {
+    pub const ALL: [NotificationKind; 7] = [
+        NotificationKind::PurchaseAccrual,
+        NotificationKind::ReferralReward,
+        NotificationKind::PromoBonus,
+        NotificationKind::OperatorAccrual,
+        NotificationKind::BonusPayment,
+        NotificationKind::Refund,
+        NotificationKind::Welcome,
+    ];
+
+    /// Its name, as stored and as the organizations' templates are keyed.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::PurchaseAccrual => "purchase_accrual",
+            NotificationKind::ReferralReward => "referral_reward",
+            NotificationKind::PromoBonus => "promo_bonus",
+            NotificationKind::OperatorAccrual => "operator_accrual",
+            NotificationKind::BonusPayment => "bonus_payment",
+            NotificationKind::Refund => "refund",
+            NotificationKind::Welcome => "welcome",
+        }
+    }
+}
+
+/// The names of every value of an enum that has `ALL` and a `const fn as_str`, as a constant.
+macro_rules! names_of {
+    ($type:ty) => {{
+        let mut names = [""; <$type>::ALL.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = <$type>::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    }};
+}
+
+/// The kinds' names (the keys an organization's templates may have).
+pub const KINDS: [&str; 7] = names_of!(NotificationKind);
+
+/// Where a notification's delivery stands (the `outbox.status` check constraint's values).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum NotificationStatus {
+    /// Waiting to be sent.
+    Pending,
+    /// Handed to Telegram; if the notifier dies here the outcome is unknown (then `uncertain`).
+    Sending,
+    Sent,
+    /// Not sent: no `telegram_id`, no bot token, or an unreachable customer.
+    Skipped,
+    /// Telegram refused the chat (blocked, deactivated, chat not found).
+    Unreachable,
+    Retrying,
+    Dead,
+    /// Possibly delivered by an attempt that did not finish; left for an operator, not resent.
+    Uncertain,
+}
+
+impl NotificationStatus {
+    /// Every status, in the order the dashboard shows them.
+    pub const ALL: [NotificationStatus; 8] = [
+        NotificationStatus::Pending,
+        NotificationStatus::Sending,
+        NotificationStatus::Sent,
+        NotificationStatus::Skipped,
+        NotificationStatus::Unreachable,
+        NotificationStatus::Retrying,
+        NotificationStatus::Dead,
+        NotificationStatus::Uncertain,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NotificationStatus::Pending => "pending",
+            NotificationStatus::Sending => "sending",
+            NotificationStatus::Sent => "sent",
+            NotificationStatus::Skipped => "skipped",
+            NotificationStatus::Unreachable => "unreachable",
+            NotificationStatus::Retrying => "retrying",
+            NotificationStatus::Dead => "dead",
+            NotificationStatus::Uncertain => "uncertain",
+        }
+    }
+
+    /// Whether a (re)delivered message may still send it: a dead one comes back only when an
+    /// operator replays it.
+    pub fn may_send(self) -> bool {
+        matches!(
+            self,
+            NotificationStatus::Pending | NotificationStatus::Retrying | NotificationStatus::Dead
+        )
+    }
+}
+
+/// The statuses' names, in the order the dashboard shows them.
+pub const STATUSES: [&str; 8] = names_of!(NotificationStatus);
 
 /// The schema of an organization's templates: by kind, at most 3000 characters each.
 pub fn templates_schema() -> utoipa::openapi::schema::Object {
@@ -44,30 +153,29 @@ pub fn templates_schema() -> utoipa::openapi::schema::Object {
 
 /// The default template of a kind. Placeholders: `{amount}`, `{balance}`, `{referral_balance}`,
 /// `{invoice}`, `{shop}`, `{currency}`, `{promo_code}`, and for refunds `{returned}`, `{taken}`.
-pub fn default_template(kind: &str) -> &'static str {
+pub fn default_template(kind: NotificationKind) -> &'static str {
     match kind {
-        "purchase_accrual" => {
+        NotificationKind::PurchaseAccrual => {
             "🎁 Начислено {amount} {currency} бонусов за покупку по накладной #{invoice} в «{shop}».\nБаланс: {balance} {currency}."
         }
-        "referral_reward" => {
+        NotificationKind::ReferralReward => {
             "🤝 Ваш друг совершил первую покупку в «{shop}»: на реферальный счёт начислено {amount} {currency}.\nРеферальный баланс: {referral_balance} {currency}."
         }
-        "promo_bonus" => {
+        NotificationKind::PromoBonus => {
             "🎉 Промокод принят: «{shop}» начислил вам {amount} {currency} бонусов.\nБаланс: {balance} {currency}."
         }
-        "operator_accrual" => {
+        NotificationKind::OperatorAccrual => {
             "🎁 «{shop}» начислил вам {amount} {currency} бонусов.\nБаланс: {balance} {currency}."
         }
-        "bonus_payment" => {
+        NotificationKind::BonusPayment => {
             "💳 Списано {amount} {currency} бонусов в оплату накладной #{invoice} в «{shop}».\nБаланс: {balance} {currency}."
         }
-        "welcome" => {
+        NotificationKind::Welcome => {
             "👋 Добро пожаловать в бонусную программу «{shop}»!\nВаш промокод для друзей: {promo_code}. Друг получит бонус, а вы — процент с его первой покупки."
         }
-        "refund" => {
+        NotificationKind::Refund => {
             "↩️ Возврат по накладной #{invoice} в «{shop}»: возвращено {returned} {currency}, списано {taken} {currency}.\nБаланс: {balance} {currency}."
         }
-        _ => "«{shop}»: баланс {balance} {currency}.",
     }
 }
 
@@ -127,7 +235,7 @@ pub fn render(template: &str, values: &BTreeMap<&str, String>) -> String {
 pub struct Note<'a> {
     pub org_id: i64,
     pub customer_id: i64,
-    pub kind: &'static str,
+    pub kind: NotificationKind,
     pub payload: serde_json::Value,
     /// The receipt's event id (or the request's key), so one grep follows it to its message.
     pub trace_id: &'a str,
@@ -143,7 +251,7 @@ pub async fn queue(conn: &mut PgConnection, notes: &[Note<'_>]) -> Result<()> {
     )
     .bind(notes.iter().map(|n| n.org_id).collect::<Vec<_>>())
     .bind(notes.iter().map(|n| n.customer_id).collect::<Vec<_>>())
-    .bind(notes.iter().map(|n| n.kind.to_owned()).collect::<Vec<_>>())
+    .bind(notes.iter().map(|n| n.kind).collect::<Vec<_>>())
     .bind(notes.iter().map(|n| n.payload.clone()).collect::<Vec<_>>())
     .bind(
         notes
@@ -154,6 +262,136 @@ pub async fn queue(conn: &mut PgConnection, notes: &[Note<'_>]) -> Result<()> {
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// An outbox row the relay has yet to publish.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Unpublished {
+    pub id: i64,
+    pub org_id: i64,
+    /// The receipt's event id (or the request's key) behind it.
+    pub trace_id: Option<String>,
+}
+
+/// Up to `limit` rows not yet published, oldest first, locked for this transaction (another
+/// relay skips them).
+pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<Unpublished>> {
+    Ok(sqlx::query_as(
+        "select id, org_id, trace_id from outbox where published_at is null
+         order by id limit $1 for update skip locked",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Marks rows published (once the broker confirmed them).
+pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<()> {
+    sqlx::query("update outbox set published_at = now() where id = any($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A notification as the sender reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Queued {
+    pub status: NotificationStatus,
+    pub org_id: i64,
+    pub customer_id: i64,
+    pub kind: NotificationKind,
+    pub payload: serde_json::Value,
+    pub trace_id: Option<String>,
+}
+
+/// The notification, locked until the transaction ends (one delivery of it at a time).
+pub async fn lock(conn: &mut PgConnection, id: i64) -> Result<Option<Queued>> {
+    Ok(sqlx::query_as(
+        "select status, org_id, customer_id, kind, payload, trace_id from outbox
+         where id = $1 for update",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Takes the notification for sending: `sending`, one more attempt.
+pub async fn start_sending(conn: &mut PgConnection, id: i64) -> Result<()> {
+    sqlx::query(
+        "update outbox set status = $2, attempts = attempts + 1, updated_at = now() where id = $1",
+    )
+    .bind(id)
+    .bind(NotificationStatus::Sending)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records where a notification stands: its status, the last error, and Telegram's message id
+/// (the time it was sent, when `sent`).
+pub async fn record(
+    conn: &mut PgConnection,
+    id: i64,
+    status: NotificationStatus,
+    error: Option<&str>,
+    telegram_message_id: Option<i64>,
+) -> Result<()> {
+    sqlx::query(
+        "update outbox set status = $2, last_error = $3,
+                telegram_message_id = $4,
+                sent_at = case when $2 = 'sent' then now() else sent_at end, updated_at = now()
+         where id = $1",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(error)
+    .bind(telegram_message_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A notification and its delivery state, as operators list them.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct NotificationRecord {
+    pub id: i64,
+    pub org_id: i64,
+    pub customer_id: i64,
+    pub kind: NotificationKind,
+    pub payload: serde_json::Value,
+    /// The receipt's event id (or the operator request's key) behind it.
+    pub trace_id: Option<String>,
+    pub status: NotificationStatus,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub telegram_message_id: Option<i64>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub published_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Notifications of one organization (or all), with one of `statuses` (or any), latest first.
+pub async fn list<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    org: Option<i64>,
+    statuses: Option<&[&str]>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<NotificationRecord>> {
+    sqlx::query_as(
+        "select id, org_id, customer_id, kind, payload, trace_id, status, attempts, last_error,
+                telegram_message_id, created_at, published_at, sent_at, updated_at
+         from outbox where ($1::bigint is null or org_id = $1) and ($2::text[] is null or status = any($2))
+         order by id desc limit $3 offset $4",
+    )
+    .bind(org)
+    .bind(statuses)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await
 }
 
 #[cfg(test)]
@@ -187,9 +425,27 @@ mod tests {
     }
 
     #[test]
+    fn kinds_and_statuses_have_one_name_each() {
+        for kind in NotificationKind::ALL {
+            assert_eq!(
+                serde_json::to_value(kind).expect("json"),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        for status in NotificationStatus::ALL {
+            assert_eq!(
+                serde_json::to_value(status).expect("json"),
+                serde_json::json!(status.as_str())
+            );
+        }
+        assert_eq!(KINDS[0], "purchase_accrual");
+        assert_eq!(STATUSES[7], "uncertain");
+    }
+
+    #[test]
     fn every_kind_has_a_russian_default() {
-        for kind in KINDS {
-            assert!(default_template(kind).contains("{shop}"), "{kind}");
+        for kind in NotificationKind::ALL {
+            assert!(default_template(kind).contains("{shop}"), "{kind:?}");
         }
     }
 }

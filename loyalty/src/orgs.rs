@@ -450,3 +450,32 @@ async fn prepare_bot_tokens_once(
     tx.commit().await?;
     Ok(resealed)
 }
+
+// ---- For the notifier: an organization as the sender of Telegram messages. ----
+
+/// What the notifier needs of an organization to send its messages.
+#[derive(sqlx::FromRow)]
+pub struct TelegramSender {
+    /// The shop's name, as the templates show it.
+    pub name: String,
+    #[sqlx(flatten)]
+    pub token: StoredToken,
+    pub currency_symbol: String,
+    /// Kind → template; kinds not listed use the defaults.
+    pub notification_templates: serde_json::Value,
+}
+
+/// The organization as a Telegram sender, if it exists.
+pub async fn telegram_sender(
+    conn: &mut PgConnection,
+    org_id: i64,
+) -> Result<Option<TelegramSender>> {
+    Ok(sqlx::query_as(
+        "select name, id, telegram_bot_token, telegram_bot_token_key, telegram_bot_token_sealed,
+                currency_symbol, notification_templates
+         from organizations where id = $1",
+    )
+    .bind(org_id)
+    .fetch_optional(conn)
+    .await?)
+}

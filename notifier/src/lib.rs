@@ -2,9 +2,9 @@
 //! - the relay publishes outbox rows (written in the ledger's transactions) to the `notifications`
 //!   queue and marks them published only after the broker confirmed, so a broker that is down when a
 //!   worker commits delays a message but never loses it;
-//! - the sender consumes the queue and calls `sendMessage`, within Telegram's limits (≈1 message a
-//!   second per chat, ≈30 per bot; a 429 pauses the bot for `retry_after`), recording each
-//!   notification's state so a restart never resends what was sent.
+//! - the sender, a step of the queue's consumer, calls `sendMessage` within Telegram's limits
+//!   (≈1 message a second per chat, ≈30 per bot; a 429 pauses the bot for `retry_after`), recording
+//!   each notification's state so a restart never resends what was sent.
 
 pub mod telegram;
 
@@ -14,19 +14,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use futures::StreamExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, message::Delivery};
-use loyalty::notifications::{default_template, format_amount, render};
-use loyalty::queue::{self, Broker, MAX_ATTEMPTS, PublishError, Stream, headers};
+use loyalty::customers::{self, TelegramRecipient};
+use loyalty::notifications::{
+    self, NotificationStatus, Queued, default_template, format_amount, render,
+};
+use loyalty::orgs::{self, TelegramSender};
+use loyalty::queue::contract::{self, NotificationMessage};
+use loyalty::queue::{Broker, Consumer, Failure, Settings, Step, Stream, Verdict};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
+use tracing::{Instrument, Span};
 
 use crate::telegram::Answer;
+
+/// Notifications sent at once (each waits for Telegram's limits and answer).
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+/// Outbox rows the relay publishes in one transaction.
+pub const DEFAULT_RELAY_BATCH: u16 = 500;
+/// How long the relay waits when it found nothing to publish (or failed).
+pub const DEFAULT_RELAY_INTERVAL_MS: u64 = 200;
+/// PostgreSQL connections of one notifier: the relay's and the senders' short transactions.
+const DATABASE_CONNECTIONS: u32 = 8;
+/// Recording an outcome after Telegram answered is retried, from this delay…
+const RECORD_FIRST_DELAY: Duration = Duration::from_millis(50);
+/// …up to this delay between tries…
+const RECORD_MAX_DELAY: Duration = Duration::from_secs(2);
+/// …this many times (some seconds in all).
+const RECORD_RETRIES: usize = 8;
 
 /// Configuration, from the environment (see `notifier --help`).
 #[derive(Debug, Clone, clap::Parser)]
@@ -52,15 +68,36 @@ pub struct Config {
     /// Messages a second per chat.
     #[arg(long, env = "TELEGRAM_CHAT_RATE", default_value_t = 1)]
     pub chat_rate: u32,
+    /// Notifications sent at once (also the consumer's prefetch).
+    #[arg(long, env = "NOTIFIER_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
+    pub concurrency: u16,
+    /// Outbox rows the relay publishes in one transaction.
+    #[arg(long, env = "NOTIFIER_RELAY_BATCH", default_value_t = DEFAULT_RELAY_BATCH)]
+    pub relay_batch: u16,
+    /// Milliseconds the relay waits when the outbox had nothing to publish.
+    #[arg(long, env = "NOTIFIER_RELAY_INTERVAL_MS", default_value_t = DEFAULT_RELAY_INTERVAL_MS)]
+    pub relay_interval_ms: u64,
 }
 
-/// The message the relay publishes: only the outbox row's id; the sender reloads the rest.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct NotificationMessage {
-    pub outbox_id: i64,
+/// How the relay moves the outbox to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relay {
+    /// Rows published in one transaction.
+    pub batch: u16,
+    /// The pause when there was nothing to publish (or publishing failed).
+    pub interval: Duration,
 }
 
-/// What became of one notification.
+impl Default for Relay {
+    fn default() -> Self {
+        Self {
+            batch: DEFAULT_RELAY_BATCH,
+            interval: Duration::from_millis(DEFAULT_RELAY_INTERVAL_MS),
+        }
+    }
+}
+
+/// What became of a notification the sender handled (failures are the consumer's `Handled`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivered {
     Sent {
@@ -70,20 +107,8 @@ pub enum Delivered {
     Duplicate,
     Skipped(String),
     Unreachable(String),
-    Retrying(String),
-    Dead(String),
     /// Possibly delivered by an attempt that did not finish; left for an operator, not resent.
     Uncertain(String),
-}
-
-/// A notification taken for sending.
-struct Claimed {
-    org_id: i64,
-    customer_id: i64,
-    token: String,
-    chat_id: i64,
-    text: String,
-    trace: String,
 }
 
 impl Delivered {
@@ -94,11 +119,18 @@ impl Delivered {
             Delivered::Duplicate => "duplicate",
             Delivered::Skipped(_) => "skipped",
             Delivered::Unreachable(_) => "unreachable",
-            Delivered::Retrying(_) => "retrying",
-            Delivered::Dead(_) => "dead",
             Delivered::Uncertain(_) => "uncertain",
         }
     }
+}
+
+/// A notification taken for sending.
+struct Claimed {
+    org_id: i64,
+    customer_id: i64,
+    token: String,
+    chat_id: i64,
+    text: String,
 }
 
 #[derive(Clone)]
@@ -113,25 +145,7 @@ pub struct Notifier {
     paused: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
     /// Open the organizations' sealed bot tokens.
     token_keys: Arc<loyalty::crypto::TokenKeys>,
-}
-
-#[derive(sqlx::FromRow)]
-struct Pending {
-    status: String,
-    org_id: i64,
-    customer_id: i64,
-    kind: String,
-    payload: serde_json::Value,
-    trace_id: Option<String>,
-    telegram_id: Option<i64>,
-    unreachable: bool,
-    bonuses: Decimal,
-    referral_bonuses: Decimal,
-    shop: String,
-    #[sqlx(flatten)]
-    token: loyalty::orgs::StoredToken,
-    currency_symbol: String,
-    templates: serde_json::Value,
+    relay: Relay,
 }
 
 impl Notifier {
@@ -153,231 +167,215 @@ impl Notifier {
             per_chat: Arc::new(RateLimiter::keyed(rate(chat_rate))),
             paused: Arc::new(Mutex::new(HashMap::new())),
             token_keys: Arc::new(token_keys),
+            relay: Relay::default(),
         }
     }
 
-    /// Publishes up to 500 unpublished outbox rows; returns how many. Rows are marked published
-    /// in the same transaction, after the broker confirmed each; on any failure none is marked
-    /// and they go again (the sender tells a repeat from a first time).
+    /// The relay's batch and pause (the defaults otherwise).
+    pub fn relaying(mut self, relay: Relay) -> Self {
+        self.relay = relay;
+        self
+    }
+
+    /// Publishes up to a relay batch of unpublished outbox rows; returns how many. Rows are marked
+    /// published in the same transaction, after the broker confirmed each; on any failure none is
+    /// marked and they go again (the sender tells a repeat from a first time).
     pub async fn relay_once(&self) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "select id, org_id from outbox where published_at is null order by id limit 500 for update skip locked",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = notifications::unpublished(&mut tx, i64::from(self.relay.batch.max(1))).await?;
         if rows.is_empty() {
             return Ok(0);
         }
         let queue = self.broker.topology().main(Stream::Notifications);
-        let publishes = rows.iter().map(|(id, org)| {
-            let body =
-                serde_json::to_vec(&NotificationMessage { outbox_id: *id }).unwrap_or_default();
-            let properties = BasicProperties::default()
-                .with_message_id(ShortString::from(format!("outbox-{id}")))
-                .with_headers(queue::header_table(&[
-                    (headers::ORG, org.to_string()),
-                    (headers::ATTEMPT, "1".into()),
-                ]));
-            let queue = queue.clone();
-            async move { self.broker.publish(&queue, &body, properties).await }
+        let publishes = rows.iter().map(|row| {
+            let message = NotificationMessage { outbox_id: row.id };
+            let properties =
+                contract::notification_properties(&message, row.org_id, row.trace_id.as_deref());
+            let queue = &queue;
+            async move {
+                let body = serde_json::to_vec(&message)?;
+                self.broker.publish(queue, &body, properties).await?;
+                anyhow::Ok(())
+            }
         });
         for result in futures::future::join_all(publishes).await {
             result?;
         }
-        sqlx::query("update outbox set published_at = now() where id = any($1)")
-            .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        notifications::mark_published(&mut tx, &ids).await?;
         tx.commit().await?;
         Ok(rows.len())
     }
 
-    /// Sends the notification a message names, or records why not. Returns an error only when a
-    /// failed message could not be passed on (it must then stay unacked).
-    pub async fn process(
+    /// Relays until aborted.
+    async fn relay_forever(self) {
+        loop {
+            match self.relay_once().await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "outbox relay failed; retrying"),
+            }
+            tokio::time::sleep(self.relay.interval).await;
+        }
+    }
+
+    /// The sender as a consumer of the notifications queue, `concurrency` messages at once.
+    pub fn consumer(&self, concurrency: u16) -> Consumer<Notifier> {
+        Consumer::new(
+            self.broker.clone(),
+            self.clone(),
+            Settings {
+                concurrency,
+                batch: 1,
+            },
+        )
+    }
+
+    /// Relays and sends until `shutdown` resolves.
+    pub async fn run(
         &self,
-        body: &[u8],
-        properties: &BasicProperties,
-    ) -> Result<Delivered, PublishError> {
-        let attempt = queue::attempt_of(properties);
-        let Ok(message) = serde_json::from_slice::<NotificationMessage>(body) else {
-            let error = "not a notification message".to_owned();
-            self.broker
-                .pass_on(
-                    Stream::Notifications,
-                    body,
-                    properties,
-                    attempt,
-                    &error,
-                    true,
-                )
-                .await?;
-            return Ok(Delivered::Dead(error));
-        };
-        let id = message.outbox_id;
-        let prepared = match self.claim(id).await {
-            Ok(Ok(prepared)) => prepared,
+        concurrency: u16,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let relay = tokio::spawn(self.clone().relay_forever());
+        let result = self.consumer(concurrency).run(shutdown).await;
+        relay.abort();
+        result
+    }
+
+    /// Sends the notification, or says why not.
+    async fn deliver(&self, id: i64) -> Verdict<Delivered> {
+        let claimed = match self.claim(id).await {
+            Ok(Ok(claimed)) => claimed,
             Ok(Err(done)) => {
                 metrics::counter!("loyalty_notifications_total", "outcome" => done.label())
                     .increment(1);
-                return Ok(done);
+                return Verdict::Done(done);
             }
-            Err(err) => {
-                let error = format!("database: {err}");
-                return self
-                    .retry_or_dead(id, body, properties, attempt, error, false)
-                    .await;
-            }
+            Err(err) => return Verdict::transient(format!("database: {err}")),
         };
-        let Claimed {
-            org_id,
-            customer_id,
-            token,
-            chat_id,
-            text,
-            trace,
-        } = prepared;
         let answer = loop {
-            self.wait_for_turn(&token, chat_id).await;
+            self.wait_for_turn(&claimed.token, claimed.chat_id).await;
             let started = std::time::Instant::now();
-            let answer =
-                telegram::send_message(&self.http, &self.api_url, &token, chat_id, &text).await;
+            let answer = telegram::send_message(
+                &self.http,
+                &self.api_url,
+                &claimed.token,
+                claimed.chat_id,
+                &claimed.text,
+            )
+            .await;
             metrics::histogram!("loyalty_telegram_seconds").record(started.elapsed().as_secs_f64());
             match answer {
                 Answer::RetryAfter(wait) => {
                     metrics::counter!("loyalty_notifications_throttled_total").increment(1);
-                    tracing::warn!(outbox = id, trace = %trace, ?wait, "Telegram asked the bot to wait");
+                    tracing::warn!(outbox = id, ?wait, "Telegram asked the bot to wait");
                     self.paused
                         .lock()
                         .await
-                        .insert(token.clone(), tokio::time::Instant::now() + wait);
+                        .insert(claimed.token.clone(), tokio::time::Instant::now() + wait);
                 }
                 other => break other,
             }
         };
-        let failure = match answer {
+        let outcome = match answer {
             Answer::Sent { message_id } => {
-                self.finish(id, "sent", None, Some(message_id)).await;
-                Ok(Delivered::Sent { message_id })
+                self.finish(id, NotificationStatus::Sent, None, Some(message_id))
+                    .await;
+                Delivered::Sent { message_id }
             }
             Answer::Unreachable(reason) => {
-                self.finish(id, "unreachable", Some(&reason), None).await;
-                self.mark_unreachable(org_id, customer_id, &reason).await;
-                Ok(Delivered::Unreachable(reason))
+                self.finish(id, NotificationStatus::Unreachable, Some(&reason), None)
+                    .await;
+                self.mark_unreachable(claimed.org_id, claimed.customer_id, &reason)
+                    .await;
+                Delivered::Unreachable(reason)
             }
             Answer::Uncertain(reason) => {
-                self.finish(id, "uncertain", Some(&reason), None).await;
-                Ok(Delivered::Uncertain(reason))
+                self.finish(id, NotificationStatus::Uncertain, Some(&reason), None)
+                    .await;
+                Delivered::Uncertain(reason)
             }
             Answer::Rejected(reason) => {
-                Err((format!("Telegram refused the message: {reason}"), true))
+                return Verdict::permanent(format!("Telegram refused the message: {reason}"));
             }
             Answer::BadToken(reason) => {
                 tracing::error!(
                     outbox = id,
                     "the organization's bot token was refused by Telegram"
                 );
-                Err((format!("bot token refused: {reason}"), false))
+                return Verdict::transient(format!("bot token refused: {reason}"));
             }
-            Answer::Transient(reason) => Err((reason, false)),
+            Answer::Transient(reason) => return Verdict::transient(reason),
             // The loop above waits out every 429; should one come through, it is retried later.
-            Answer::RetryAfter(wait) => Err((format!("throttled for {wait:?}"), false)),
-        };
-        let outcome = match failure {
-            Ok(outcome) => outcome,
-            Err((error, permanent)) => {
-                return self
-                    .retry_or_dead(id, body, properties, attempt, error, permanent)
-                    .await;
+            Answer::RetryAfter(wait) => {
+                return Verdict::transient(format!("throttled for {wait:?}"));
             }
         };
-        tracing::info!(outbox = id, trace = %trace, outcome = ?outcome, "notification handled");
+        tracing::info!(outbox = id, outcome = ?outcome, "notification handled");
         metrics::counter!("loyalty_notifications_total", "outcome" => outcome.label()).increment(1);
-        Ok(outcome)
+        Verdict::Done(outcome)
     }
 
     /// Takes the notification for sending: `pending`/`retrying` → `sending`, committed before the
     /// call to Telegram. A row found `sending` was handed to Telegram by an attempt that never
     /// recorded its outcome: it may have been delivered, so it is marked uncertain, not resent.
-    async fn claim(&self, id: i64) -> Result<Result<Claimed, Delivered>, sqlx::Error> {
+    async fn claim(&self, id: i64) -> loyalty::Result<Result<Claimed, Delivered>> {
         let mut tx = self.db.begin().await?;
-        let row: Option<Pending> = sqlx::query_as(
-            "select o.status, o.org_id, o.customer_id, o.kind, o.payload, o.trace_id, c.telegram_id,
-                    c.telegram_unreachable_at is not null as unreachable, c.bonuses, c.referral_bonuses,
-                    g.name as shop, g.id, g.telegram_bot_token, g.telegram_bot_token_key, g.telegram_bot_token_sealed,
-                    g.currency_symbol,
-                    g.notification_templates as templates
-             from outbox o
-             join customers c on c.org_id = o.org_id and c.id = o.customer_id
-             join organizations g on g.id = o.org_id
-             where o.id = $1
-             for update of o",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(queued) = notifications::lock(&mut tx, id).await? else {
+            return Ok(Err(Delivered::Duplicate));
+        };
+        let recipient =
+            customers::telegram_recipient(&mut tx, queued.org_id, queued.customer_id).await?;
+        let sender = orgs::telegram_sender(&mut tx, queued.org_id).await?;
+        let (Some(recipient), Some(sender)) = (recipient, sender) else {
             return Ok(Err(Delivered::Duplicate));
         };
         // A token this process cannot open fails the attempt (retried, then dead for a replay once
         // TOKEN_KEYS is right); the error names the key, never the token.
-        let bot_token = row.token.open(&self.token_keys)?;
-        let settle = |status: &'static str, reason: String| (status, reason);
-        let verdict = match row.status.as_str() {
-            // A dead one comes back only when an operator replays it.
-            "pending" | "retrying" | "dead" => None,
-            "sending" => Some(settle(
-                "uncertain",
-                "redelivered while being sent: it may have been delivered".into(),
+        let bot_token = sender.token.open(&self.token_keys)?;
+        let verdict = match queued.status {
+            NotificationStatus::Sending => Some((
+                NotificationStatus::Uncertain,
+                "redelivered while being sent: it may have been delivered",
             )),
+            status if status.may_send() => None,
             _ => return Ok(Err(Delivered::Duplicate)),
         };
-        let verdict = verdict.or_else(|| match (&row.telegram_id, &bot_token) {
-            (None, _) => Some(settle("skipped", "the customer has no telegram_id".into())),
-            (_, None) => Some(settle(
-                "skipped",
-                "the organization has no Telegram bot token".into(),
-            )),
-            _ if row.unreachable => Some(settle(
-                "skipped",
-                "the customer is unreachable on Telegram".into(),
-            )),
+        let unsendable = match (&recipient.telegram_id, &bot_token) {
+            (None, _) => Some("the customer has no telegram_id"),
+            (_, None) => Some("the organization has no Telegram bot token"),
+            _ if recipient.unreachable => Some("the customer is unreachable on Telegram"),
             _ => None,
-        });
+        };
+        let verdict = verdict.or(unsendable.map(|reason| (NotificationStatus::Skipped, reason)));
         if let Some((status, reason)) = verdict {
-            sqlx::query(
-                "update outbox set status = $2, last_error = $3, updated_at = now() where id = $1",
-            )
-            .bind(id)
-            .bind(status)
-            .bind(&reason)
-            .execute(&mut *tx)
-            .await?;
+            notifications::record(&mut tx, id, status, Some(reason), None).await?;
             tx.commit().await?;
-            tracing::info!(outbox = id, status, reason = %reason, "notification not sent");
-            return Ok(Err(if status == "uncertain" {
-                Delivered::Uncertain(reason)
+            tracing::info!(
+                outbox = id,
+                status = status.as_str(),
+                reason,
+                "notification not sent"
+            );
+            return Ok(Err(if status == NotificationStatus::Uncertain {
+                Delivered::Uncertain(reason.to_owned())
             } else {
-                Delivered::Skipped(reason)
+                Delivered::Skipped(reason.to_owned())
             }));
         }
-        sqlx::query("update outbox set status = 'sending', attempts = attempts + 1, updated_at = now() where id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        notifications::start_sending(&mut tx, id).await?;
         tx.commit().await?;
-        let text = text_of(&row);
-        let (Some(chat), Some(token)) = (row.telegram_id, bot_token) else {
+        let text = text_of(&queued, &recipient, &sender);
+        let (Some(chat_id), Some(token)) = (recipient.telegram_id, bot_token) else {
             return Ok(Err(Delivered::Duplicate));
         };
         Ok(Ok(Claimed {
-            org_id: row.org_id,
-            customer_id: row.customer_id,
+            org_id: queued.org_id,
+            customer_id: queued.customer_id,
             token,
-            chat_id: chat,
+            chat_id,
             text,
-            trace: row.trace_id.unwrap_or_default(),
         }))
     }
 
@@ -396,41 +394,34 @@ impl Notifier {
     /// Telegram refused the chat for good: the customer is not written to again until they come
     /// back through the Mini App.
     async fn mark_unreachable(&self, org_id: i64, customer_id: i64, reason: &str) {
-        let marked = sqlx::query(
-            "update customers set telegram_unreachable_at = now(), telegram_unreachable_reason = $3
-             where org_id = $1 and id = $2",
-        )
-        .bind(org_id)
-        .bind(customer_id)
-        .bind(reason)
-        .execute(&self.db)
-        .await;
-        if let Err(err) = marked {
+        let marked = async {
+            let mut conn = self.db.acquire().await?;
+            customers::mark_telegram_unreachable(&mut conn, org_id, customer_id, reason).await
+        };
+        if let Err(err) = marked.await {
             tracing::error!(customer = customer_id, error = %err, "could not mark the customer unreachable");
         }
     }
 
-    async fn finish(&self, id: i64, status: &str, error: Option<&str>, message_id: Option<i64>) {
-        // The message is out: a dropped database connection must not leave its row 'sending', so
-        // recording is retried for a few seconds.
-        let record = || {
-            sqlx::query(
-                "update outbox set status = $2, last_error = $3, telegram_message_id = $4,
-                        sent_at = case when $2 = 'sent' then now() else sent_at end, updated_at = now()
-                 where id = $1",
-            )
-            .bind(id)
-            .bind(status)
-            .bind(error)
-            .bind(message_id)
-            .execute(&self.db)
+    /// Records a notification's state. The message may be out: a dropped database connection
+    /// must not leave its row `sending`, so recording is retried for a few seconds.
+    async fn finish(
+        &self,
+        id: i64,
+        status: NotificationStatus,
+        error: Option<&str>,
+        message_id: Option<i64>,
+    ) {
+        let record = || async {
+            let mut conn = self.db.acquire().await?;
+            notifications::record(&mut conn, id, status, error, message_id).await
         };
         let recorded = record
             .retry(
                 ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(2))
-                    .with_max_times(8)
+                    .with_min_delay(RECORD_FIRST_DELAY)
+                    .with_max_delay(RECORD_MAX_DELAY)
+                    .with_max_times(RECORD_RETRIES)
                     .with_jitter(),
             )
             .notify(|err, wait| tracing::warn!(outbox = id, error = %err, ?wait, "recording a notification's outcome failed; retrying"))
@@ -440,138 +431,59 @@ impl Notifier {
             tracing::error!(outbox = id, error = %err, "could not record a notification's outcome");
         }
     }
+}
 
-    async fn retry_or_dead(
+impl Step for Notifier {
+    type Message = NotificationMessage;
+    type Done = Delivered;
+    const STREAM: Stream = Stream::Notifications;
+    const NAME: &'static str = "notifier";
+
+    fn decode(&self, body: &[u8]) -> Result<NotificationMessage, String> {
+        serde_json::from_slice(body).map_err(|_| "not a notification message".to_owned())
+    }
+
+    async fn process(
         &self,
-        id: i64,
-        body: &[u8],
-        properties: &BasicProperties,
-        attempt: u32,
-        error: String,
-        permanent: bool,
-    ) -> Result<Delivered, PublishError> {
-        let dead = permanent || attempt >= MAX_ATTEMPTS;
-        self.broker
-            .pass_on(
-                Stream::Notifications,
-                body,
-                properties,
-                attempt,
-                &error,
-                dead,
-            )
-            .await?;
-        self.finish(
-            id,
-            if dead { "dead" } else { "retrying" },
-            Some(&error),
-            None,
-        )
-        .await;
-        tracing::warn!(outbox = id, attempt, dead, error = %error, "notification not delivered");
-        let delivered = if dead {
-            Delivered::Dead(error)
+        messages: &[NotificationMessage],
+        spans: &[Span],
+    ) -> Vec<Verdict<Delivered>> {
+        let sends = messages
+            .iter()
+            .zip(spans)
+            .map(|(message, span)| self.deliver(message.outbox_id).instrument(span.clone()));
+        futures::future::join_all(sends).await
+    }
+
+    async fn failed(&self, message: &NotificationMessage, failure: &Failure) {
+        let status = if failure.dead {
+            NotificationStatus::Dead
         } else {
-            Delivered::Retrying(error)
+            NotificationStatus::Retrying
         };
-        metrics::counter!("loyalty_notifications_total", "outcome" => delivered.label())
-            .increment(1);
-        Ok(delivered)
-    }
-
-    /// Relays and sends until `shutdown` resolves.
-    pub async fn run(
-        &self,
-        concurrency: u16,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<()> {
-        tokio::pin!(shutdown);
-        let relay = {
-            let this = self.clone();
-            tokio::spawn(async move {
-                loop {
-                    match this.relay_once().await {
-                        Ok(n) if n > 0 => continue,
-                        Ok(_) => {}
-                        Err(err) => tracing::warn!(error = %err, "outbox relay failed; retrying"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            })
-        };
-        let permits = Arc::new(Semaphore::new(usize::from(concurrency.max(1))));
-        let result = async {
-            loop {
-                let connect = || self.broker.connect();
-                let conn = tokio::select! {
-                    conn = connect.retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(10)).without_max_times().with_jitter())
-                        .notify(|err, wait| tracing::warn!(error = %err, ?wait, "RabbitMQ not reachable; retrying")) => conn?,
-                    () = &mut shutdown => return anyhow::Ok(()),
-                };
-                let channel = conn.create_channel().await?;
-                channel.basic_qos(concurrency.max(1), BasicQosOptions::default()).await?;
-                let tag = ShortString::from(format!("notifier-{}", std::process::id()));
-                let queue = self.broker.topology().main(Stream::Notifications);
-                let mut consumer = channel.basic_consume(queue.as_str().into(), tag.clone(), BasicConsumeOptions::default(), FieldTable::default()).await?;
-                loop {
-                    let next = tokio::select! {
-                        next = consumer.next() => next,
-                        () = &mut shutdown => {
-                            let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
-                            let _ = permits.acquire_many(u32::from(concurrency.max(1))).await;
-                            let _ = conn.close(200, "shutdown".into()).await;
-                            return Ok(());
-                        }
-                    };
-                    match next {
-                        Some(Ok(delivery)) => {
-                            let permit = permits.clone().acquire_owned().await?;
-                            let this = self.clone();
-                            tokio::spawn(async move {
-                                this.handle(delivery).await;
-                                drop(permit);
-                            });
-                        }
-                        Some(Err(err)) => {
-                            tracing::warn!(error = %err, "consumer lost its connection; reconnecting");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-            }
-        }
-        .await;
-        relay.abort();
-        result
-    }
-
-    async fn handle(&self, delivery: Delivery) {
-        match self.process(&delivery.data, &delivery.properties).await {
-            Ok(_) => {
-                if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(error = %err, "ack failed; the redelivery will be a duplicate");
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "could not pass a failed notification on; it will be redelivered")
-            }
-        }
+        self.finish(message.outbox_id, status, Some(&failure.error), None)
+            .await;
     }
 }
 
 /// The message text: the organization's template for the kind (or the default), filled in.
-fn text_of(row: &Pending) -> String {
-    let template = row
-        .templates
-        .get(&row.kind)
+fn text_of(queued: &Queued, recipient: &TelegramRecipient, sender: &TelegramSender) -> String {
+    let template = sender
+        .notification_templates
+        .get(queued.kind.as_str())
         .and_then(|t| t.as_str())
-        .unwrap_or_else(|| default_template(&row.kind));
-    let amount = |key: &str| -> String {
-        row.payload
+        .unwrap_or_else(|| default_template(queued.kind));
+    let text = |key: &str| -> String {
+        queued
+            .payload
             .get(key)
             .and_then(|v| v.as_str())
-            .and_then(|s| s.parse::<Decimal>().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let amount = |key: &str| -> String {
+        text(key)
+            .parse::<Decimal>()
             .map(format_amount)
             .unwrap_or_default()
     };
@@ -579,33 +491,22 @@ fn text_of(row: &Pending) -> String {
         ("amount", amount("amount")),
         ("returned", amount("returned")),
         ("taken", amount("taken")),
-        ("balance", format_amount(row.bonuses)),
-        ("referral_balance", format_amount(row.referral_bonuses)),
+        ("balance", format_amount(recipient.bonuses)),
         (
-            "invoice",
-            row.payload
-                .get("invoice_id")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned(),
+            "referral_balance",
+            format_amount(recipient.referral_bonuses),
         ),
-        ("shop", row.shop.clone()),
-        (
-            "promo_code",
-            row.payload
-                .get("promo_code")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-        ),
-        ("currency", row.currency_symbol.clone()),
+        ("invoice", text("invoice_id")),
+        ("shop", sender.name.clone()),
+        ("promo_code", text("promo_code")),
+        ("currency", sender.currency_symbol.clone()),
     ]);
     render(template, &values)
 }
 
 /// Connects, migrates, declares the topology, relays and sends until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let db = config.backends.database(8).await?;
+    let db = config.backends.database(DATABASE_CONNECTIONS).await?;
     // Refuses to start unable to read the bot tokens (ingest is the one that reseals them).
     loyalty::orgs::prepare_bot_tokens(&db, &config.secrets.token_keys, false).await?;
     let broker = Arc::new(config.backends.broker());
@@ -618,6 +519,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.chat_rate,
         config.secrets.token_keys,
     )
-    .run(16, loyalty::shutdown::signal())
+    .relaying(Relay {
+        batch: config.relay_batch,
+        interval: Duration::from_millis(config.relay_interval_ms),
+    })
+    .run(config.concurrency, loyalty::shutdown::signal())
     .await
 }

@@ -6,6 +6,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
+/// How long a `sendMessage` call may take; later, it may or may not have been delivered.
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+/// The bounds of a 429's `retry_after`, in seconds (1 when Telegram gives none).
+const RETRY_AFTER_SECS: (u64, u64) = (1, 3600);
+
 /// What Telegram's answer means for the notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -56,7 +61,7 @@ pub async fn send_message(
     let sent = http
         .post(url)
         .json(&json!({ "chat_id": chat_id, "text": text, "parse_mode": "HTML", "link_preview_options": {"is_disabled": true} }))
-        .timeout(Duration::from_secs(15))
+        .timeout(SEND_TIMEOUT)
         .send()
         .await;
     let response = match sent {
@@ -95,8 +100,10 @@ fn classify(status: u16, reply: Option<Reply>) -> Answer {
             let seconds = reply
                 .and_then(|r| r.parameters)
                 .and_then(|p| p.retry_after)
-                .unwrap_or(1);
-            Answer::RetryAfter(Duration::from_secs(seconds.clamp(1, 3600)))
+                .unwrap_or(RETRY_AFTER_SECS.0);
+            Answer::RetryAfter(Duration::from_secs(
+                seconds.clamp(RETRY_AFTER_SECS.0, RETRY_AFTER_SECS.1),
+            ))
         }
         (403, _) => Answer::Unreachable(description),
         (400, _) if description.to_ascii_lowercase().contains("chat not found") => {

@@ -47,7 +47,9 @@ pub async fn amqp_url() -> &'static str {
         .get_or_init(|| async {
             let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
             if let Ok(conn) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await {
-                let _ = conn.close(200, "probe".into()).await;
+                if let Err(err) = conn.close(200, "probe".into()).await {
+                    eprintln!("closing the RabbitMQ probe failed: {err}");
+                }
                 return url;
             }
             containers::rabbitmq().await.unwrap_or_else(|| {
@@ -125,22 +127,25 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let (server, name) = (self.server.clone(), self.name.clone());
         // The pool's connections live on the test's runtime; `with (force)` ends them from outside.
-        let _ = std::thread::spawn(move || {
+        let dropped = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                if let Ok(mut admin) = PgConnection::connect(&server).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "drop database if exists {name} with (force)"
-                    )))
-                    .execute(&mut admin)
-                    .await;
-                }
-            });
+                let mut admin = PgConnection::connect(&server).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "drop database if exists {name} with (force)"
+                )))
+                .execute(&mut admin)
+                .await
+                .map(drop)
+            })
         })
         .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("a test database was not dropped: {dropped:?}");
+        }
     }
 }
 
@@ -281,10 +286,13 @@ pub struct RunningWorker {
 impl RunningWorker {
     /// Stops consuming and waits for in-flight receipts to be acknowledged.
     pub async fn stop(mut self) {
+        // A worker that already ended has nothing to stop.
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            stop.send(()).ok();
         }
-        let _ = (&mut self.task).await;
+        if let Err(err) = (&mut self.task).await {
+            eprintln!("the worker ended badly: {err}");
+        }
     }
 }
 
@@ -295,10 +303,15 @@ impl Drop for RunningWorker {
 }
 
 impl TestApp {
+    /// A worker on this test's database and queues, not running: a test steps it
+    /// (`worker().consumer(..).run_until_empty()`) or runs it (`run_worker`).
+    pub fn worker(&self) -> workers::Worker {
+        workers::Worker::new(self.db.pool.clone(), self.state.broker.clone())
+    }
+
     /// Starts a worker on this test's database and queues.
     pub fn start_worker(&self) -> RunningWorker {
-        let worker = workers::Worker::new(self.db.pool.clone(), self.state.broker.clone());
-        self.run_worker(worker, 4, 100)
+        self.run_worker(self.worker(), 4, 100)
     }
 
     /// A POS integration of `org`; returns its token.
@@ -367,7 +380,7 @@ impl TestApp {
     /// Puts a receipt where a worker leaves one that failed every attempt: in the dead-letter
     /// queue (6 attempts, `error` as its last error) and recorded as dead. Returns what was published.
     pub async fn bury_receipt(&self, org: i64, event: Value, error: &str) -> Vec<u8> {
-        use loyalty::queue::{Stream, header_table, headers};
+        use loyalty::queue::{Stream, contract};
         let event_id = event["id"].as_str().expect("event id").to_owned();
         let message = loyalty::receipts::ReceiptMessage::new(org, 1, chrono::Utc::now(), event);
         let mut conn = self.db.pool.acquire().await.expect("connection");
@@ -375,13 +388,15 @@ impl TestApp {
             .await
             .expect("recorded");
         let body = serde_json::to_vec(&message).expect("json");
-        let properties = lapin::BasicProperties::default()
-            .with_message_id(event_id.into())
-            .with_headers(header_table(&[
-                (headers::ATTEMPT, "6".into()),
-                (headers::LAST_ERROR, error.into()),
-            ]));
-        let dead = self.state.broker.topology().dead(Stream::Receipts);
+        let topology = self.state.broker.topology();
+        let properties = contract::passed_on(
+            &contract::receipt_properties(&event_id, org),
+            6,
+            error,
+            &topology.main(Stream::Receipts),
+            None,
+        );
+        let dead = topology.dead(Stream::Receipts);
         self.state
             .broker
             .publish(&dead, &body, properties)
@@ -471,31 +486,30 @@ impl Drop for TestApp {
         // Each test's queues go with it.
         let url = self.state.config.backends.amqp_url.clone();
         let queues = self.state.broker.topology().queues();
-        let _ = std::thread::spawn(move || {
+        let deleted = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let Ok(conn) =
-                    lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = conn.create_channel().await {
-                    for queue in queues {
-                        let _ = channel
-                            .queue_delete(
-                                queue.as_str().into(),
-                                lapin::options::QueueDeleteOptions::default(),
-                            )
-                            .await;
-                    }
+                let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+                    .await?;
+                let channel = conn.create_channel().await?;
+                for queue in queues {
+                    channel
+                        .queue_delete(
+                            queue.as_str().into(),
+                            lapin::options::QueueDeleteOptions::default(),
+                        )
+                        .await?;
                 }
-                let _ = conn.close(200, "done".into()).await;
-            });
+                conn.close(200, "done".into()).await
+            })
         })
         .join();
+        if !matches!(deleted, Ok(Ok(()))) {
+            eprintln!("a test's queues were not deleted: {deleted:?}");
+        }
     }
 }
 
@@ -641,7 +655,8 @@ impl TestApp {
         let task = tokio::spawn(async move {
             worker
                 .run(concurrency, batch, async {
-                    let _ = stopped.await;
+                    // Dropped without a word: the test is over.
+                    stopped.await.ok();
                 })
                 .await
                 .expect("worker runs");
@@ -655,14 +670,9 @@ impl TestApp {
     /// Publishes `event` (raw JSON text) to the receipts queue as ingest would, bypassing ingest's
     /// checks: what a faulty or older ingest, or a hand-made message, puts there.
     pub async fn publish_raw_receipt(&self, org: i64, message_id: &str, event: &[u8]) {
-        use loyalty::queue::{Stream, header_table, headers};
+        use loyalty::queue::{Stream, contract};
         let body = loyalty::receipts::ReceiptMessage::encode_raw(org, 1, chrono::Utc::now(), event);
-        let properties = lapin::BasicProperties::default()
-            .with_message_id(message_id.into())
-            .with_headers(header_table(&[
-                (headers::ORG, org.to_string()),
-                (headers::ATTEMPT, "1".into()),
-            ]));
+        let properties = contract::receipt_properties(message_id, org);
         let main = self.state.broker.topology().main(Stream::Receipts);
         self.state
             .broker

@@ -10,6 +10,8 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use e2e::TestApp;
+use loyalty::queue::Handled;
+use notifier::{Delivered, Notifier};
 use serde_json::{Value, json};
 
 const BOT_TOKEN: &str = "123456:TEST-fake-token_for-notifier-tests";
@@ -108,21 +110,58 @@ async fn accrue(app: &TestApp, org: i64, id: &str, amount: &str) {
     assert_eq!(status, 201, "{body}");
 }
 
-fn start_notifier(app: &TestApp, api: &str) -> tokio::task::JoinHandle<()> {
-    let notifier = notifier::Notifier::new(
+fn notifier(app: &TestApp, api: &str) -> Notifier {
+    Notifier::new(
         app.db.pool.clone(),
         app.state.broker.clone(),
         api.to_owned(),
         30,
         1,
         e2e::token_keys(),
-    );
-    tokio::spawn(async move {
+    )
+}
+
+/// A notifier relaying and sending until stopped (or dropped).
+struct RunningNotifier {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningNotifier {
+    /// Stops it: the relay ends, the messages in flight are handled and acknowledged.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).expect("the notifier is running");
+        }
+        (&mut self.task).await.expect("the notifier stops");
+    }
+}
+
+impl Drop for RunningNotifier {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn run_notifier(notifier: Notifier) -> RunningNotifier {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         notifier
-            .run(8, std::future::pending())
+            .run(8, async {
+                // Dropped without a word: the test is over.
+                stopped.await.ok();
+            })
             .await
             .expect("notifier runs");
-    })
+    });
+    RunningNotifier {
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn start_notifier(app: &TestApp, api: &str) -> RunningNotifier {
+    run_notifier(notifier(app, api))
 }
 
 async fn wait_status(app: &TestApp, org: i64, customer: &str, status: &str) -> Value {
@@ -170,7 +209,8 @@ async fn each_accrual_is_sent_once_whatever_telegram_answers() {
     for id in [&ok, &throttled, &flaky, &blocked, &phone_only] {
         accrue(&app, org, id, "1234.5").await;
     }
-    let _notifier = start_notifier(&app, &api);
+    let sender = notifier(&app, &api);
+    let running = run_notifier(sender.clone());
 
     let sent = wait_status(&app, org, &ok, "sent").await;
     assert!(sent["telegram_message_id"].as_i64().is_some());
@@ -229,7 +269,9 @@ async fn each_accrual_is_sent_once_whatever_telegram_answers() {
     .expect("query");
     assert!(marked);
 
-    // The same notifications delivered again (a redelivery, a replay) send nothing more.
+    // The same notifications delivered again (a redelivery, a replay) send nothing more: the
+    // notifier, stopped and then stepped through the queue, finds each a duplicate.
+    running.stop().await;
     let ids: Vec<i64> = sqlx::query_scalar("select id from outbox where org_id = $1")
         .bind(org)
         .fetch_all(&app.db.pool)
@@ -248,23 +290,36 @@ async fn each_accrual_is_sent_once_whatever_telegram_answers() {
             .await
             .expect("published");
     }
-    // A later accrual to the first customer waits a second for the chat's limit, and is the only
-    // new request.
-    accrue(&app, org, &ok, "10").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while fake.requests_to(1001).len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new accrual was never sent"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let handled = sender
+        .consumer(8)
+        .run_until_empty()
+        .await
+        .expect("the redeliveries are consumed");
+    assert_eq!(
+        handled,
+        vec![Handled::Done(Delivered::Duplicate); 5],
+        "each redelivery is a duplicate"
+    );
     assert_eq!(
         fake.requests.lock().expect("lock").len(),
-        7,
+        6,
         "nothing was sent twice"
     );
+    // A later accrual to the first customer waits for the chat's limit, and is the only new
+    // request.
+    accrue(&app, org, &ok, "10").await;
+    assert_eq!(sender.relay_once().await.expect("relayed"), 1);
+    let handled = sender
+        .consumer(8)
+        .run_until_empty()
+        .await
+        .expect("the new accrual is consumed");
+    assert!(
+        matches!(handled[..], [Handled::Done(Delivered::Sent { .. })]),
+        "{handled:?}"
+    );
+    assert_eq!(fake.requests_to(1001).len(), 2);
+    assert_eq!(fake.requests.lock().expect("lock").len(), 7);
 }
 
 #[tokio::test]
@@ -320,8 +375,9 @@ struct TelegramTestApi {
 
 impl Drop for TelegramTestApi {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Err(err) = self.child.kill().and_then(|()| self.child.wait().map(drop)) {
+            eprintln!("telegram-test-api did not stop: {err}");
+        }
     }
 }
 

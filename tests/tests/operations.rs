@@ -2,7 +2,8 @@
 //! applied at most once.
 
 use e2e::{TestApp, receipt_event};
-use loyalty::queue::Stream;
+use loyalty::queue::{Handled, Stream};
+use loyalty::receipts::Outcome;
 use serde_json::json;
 
 #[tokio::test]
@@ -41,7 +42,7 @@ async fn a_dead_receipt_is_listed_with_its_error_and_replayed_at_most_once() {
     // Listing takes nothing away.
     app.wait_queue_depth(&dead_queue, 1).await;
 
-    let _worker = app.start_worker();
+    let worker = app.start_worker();
     let (status, replayed) = app
         .post(
             "/admin/v1/ops/dead-letters/replay",
@@ -73,7 +74,9 @@ async fn a_dead_receipt_is_listed_with_its_error_and_replayed_at_most_once() {
     let (status, _) = app.get("/admin/v1/ops/notifications?status=pending").await;
     assert_eq!(status, 200);
 
-    // The same message dead and replayed again changes nothing.
+    // The same message dead and replayed again changes nothing: a worker stepped through the
+    // queue finds it a duplicate.
+    worker.stop().await;
     app.bury_receipt(org, event, error).await;
     let (_, replayed) = app
         .post(
@@ -82,7 +85,17 @@ async fn a_dead_receipt_is_listed_with_its_error_and_replayed_at_most_once() {
         )
         .await;
     assert_eq!(replayed["replayed"], json!(["ev-dead"]));
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let handled = app
+        .worker()
+        .consumer(1, 10)
+        .run_until_empty()
+        .await
+        .expect("the replay is consumed");
+    assert_eq!(
+        handled,
+        [Handled::Done(Outcome::Duplicate)],
+        "the replay is a duplicate"
+    );
     let (_, read) = app
         .get(&format!("/admin/v1/orgs/{org}/customers/{customer}"))
         .await;

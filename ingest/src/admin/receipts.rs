@@ -182,25 +182,7 @@ pub struct NotificationQuery {
     pub offset: Option<i64>,
 }
 
-/// A notification and its delivery state.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct NotificationRecord {
-    pub id: i64,
-    pub org_id: i64,
-    pub customer_id: i64,
-    pub kind: String,
-    pub payload: serde_json::Value,
-    /// The receipt's event id (or the operator request's key) behind it.
-    pub trace_id: Option<String>,
-    pub status: String,
-    pub attempts: i32,
-    pub last_error: Option<String>,
-    pub telegram_message_id: Option<i64>,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub published_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
+pub use loyalty::notifications::NotificationRecord;
 
 /// The organization's notifications, latest first.
 #[utoipa::path(get, path = "/admin/v1/orgs/{org}/notifications", tag = "receipts", params(NotificationQuery),
@@ -233,16 +215,7 @@ async fn notifications_of(
 pub const RECEIPT_STATUSES: [&str; 7] = ReceiptStatus::NAMES;
 
 /// Every status a notification can have, in the order the dashboard shows them.
-pub const NOTIFICATION_STATUSES: [&str; 8] = [
-    "pending",
-    "sending",
-    "sent",
-    "skipped",
-    "unreachable",
-    "retrying",
-    "dead",
-    "uncertain",
-];
+pub const NOTIFICATION_STATUSES: [&str; 8] = loyalty::notifications::STATUSES;
 
 /// Receipts of one organization (or all), with one of `statuses` (or any), latest change first.
 pub async fn receipt_rows(
@@ -271,15 +244,7 @@ pub async fn notification_rows(
     limit: i64,
     offset: i64,
 ) -> sqlx::Result<Vec<NotificationRecord>> {
-    filtered(
-        db,
-        "select id, org_id, customer_id, kind, payload, trace_id, status, attempts, last_error,
-                telegram_message_id, created_at, published_at, sent_at, updated_at
-         from outbox where ($1::bigint is null or org_id = $1) and ($2::text[] is null or status = any($2))
-         order by id desc limit $3 offset $4",
-        (org, statuses, limit, offset),
-    )
-    .await
+    loyalty::notifications::list(db, org, statuses, limit, offset).await
 }
 
 /// Runs a list query whose parameters are the organization, the statuses, the limit and the offset.

@@ -10,7 +10,7 @@ use crate::customers;
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
 use crate::money::Amount;
-use crate::notifications::{self, Note};
+use crate::notifications::{self, Note, NotificationKind};
 use crate::orgs;
 use crate::rules::{self, RefundedBefore};
 use crate::time::Stamp;
@@ -140,7 +140,7 @@ pub(super) async fn payback(
     let note = Note {
         org_id: org.id,
         customer_id,
-        kind: "refund",
+        kind: NotificationKind::Refund,
         payload,
         trace_id: event_id,
     };

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
 use crate::legacy::money_json;
 use crate::money::Amount;
-use crate::notifications::{self, Note};
+use crate::notifications::{self, Note, NotificationKind};
 use crate::orgs::Organization;
 use crate::rules::{self, BatchSale};
 use crate::time::Stamp;
@@ -124,7 +124,7 @@ pub(super) async fn apply_sales(
                 at: stamps[i],
             })
         };
-        let note = |customer_id, kind: &'static str, amount: Decimal| Note {
+        let note = |customer_id, kind: NotificationKind, amount: Decimal| Note {
             org_id: sale.org.id,
             customer_id,
             kind,
@@ -140,7 +140,7 @@ pub(super) async fn apply_sales(
                 paid,
                 texts[i][0].as_str(),
             )?);
-            notes.push(note(sale.customer_id, "bonus_payment", paid));
+            notes.push(note(sale.customer_id, NotificationKind::BonusPayment, paid));
         }
         if let Some(accrual) = effects.accrual {
             entries.push(entry(
@@ -150,7 +150,7 @@ pub(super) async fn apply_sales(
                 accrual,
                 texts[i][1].as_str(),
             )?);
-            notes.push(note(sale.customer_id, "purchase_accrual", accrual));
+            notes.push(note(sale.customer_id, NotificationKind::PurchaseAccrual, accrual));
         }
         if effects.first_purchase {
             first_purchases.push((sale.org.id, sale.customer_id));
@@ -163,7 +163,7 @@ pub(super) async fn apply_sales(
                 reward.amount,
                 texts[i][2].as_str(),
             )?);
-            notes.push(note(reward.referrer, "referral_reward", reward.amount));
+            notes.push(note(reward.referrer, NotificationKind::ReferralReward, reward.amount));
         }
     }
 

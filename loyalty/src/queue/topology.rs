@@ -1,0 +1,214 @@
+//! The queues of one deployment and how they are declared: per stream a main queue, one delay
+//! queue per retry step and a dead-letter queue, all durable quorum queues, declared idempotently
+//! by every service at start.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::Channel;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+/// How many times a message is tried before it goes to the dead-letter queue.
+pub const MAX_ATTEMPTS: u32 = 6;
+
+/// Deliveries of one message to consumers (first delivery and redeliveries after a consumer died
+/// or its channel closed) before a work queue dead-letters it. Declared explicitly: RabbitMQ 3.x
+/// has no limit by default, 4.x a default of 20 that *drops* the message where no dead-letter
+/// route is set.
+pub const REDELIVERY_LIMIT: i64 = 20;
+
+/// The dead-letter queues' limit: as good as none (every listing takes a message and gives it
+/// back, which 4.0–4.2 count as a delivery), and explicit so 4.x's default of 20 never applies.
+/// (-1, 4.x's "no limit", makes 3.x drop a message at its first return.)
+pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
+/// The first retry waits this long; each later one twice the one before, up to `LONGEST_RETRY_DELAY`.
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+const LONGEST_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// A stream of messages with its retry and dead-letter queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Receipts,
+    Notifications,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 2] = [Stream::Receipts, Stream::Notifications];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Receipts => "receipts",
+            Stream::Notifications => "notifications",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Stream::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// The names of one deployment's queues; tests give each run its own prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix every queue name of this deployment starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn main(&self, stream: Stream) -> String {
+        format!("{}{}", self.prefix, stream.name())
+    }
+
+    /// The delay queue a message waits in before its `attempt`-th try (attempt ≥ 2).
+    pub fn retry(&self, stream: Stream, attempt: u32) -> String {
+        format!("{}{}.retry.{}", self.prefix, stream.name(), attempt)
+    }
+
+    pub fn dead(&self, stream: Stream) -> String {
+        format!("{}{}.dead", self.prefix, stream.name())
+    }
+
+    /// A stream's queues with their role (main, retry or dead), main queue first.
+    pub fn stream_queues(&self, stream: Stream) -> Vec<(String, &'static str)> {
+        let mut queues = vec![(self.main(stream), "main")];
+        queues.extend((2..=MAX_ATTEMPTS).map(|a| (self.retry(stream, a), "retry")));
+        queues.push((self.dead(stream), "dead"));
+        queues
+    }
+
+    /// Every queue of the topology, main queues first.
+    pub fn queues(&self) -> Vec<String> {
+        Stream::ALL
+            .into_iter()
+            .flat_map(|stream| self.stream_queues(stream))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// Declares every queue; safe to run from every service at every start.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        for stream in Stream::ALL {
+            // A message whose consumer dies on it again and again (a poison message) goes to the
+            // dead letters after REDELIVERY_LIMIT deliveries instead of looping forever.
+            declare_quorum(
+                channel,
+                &self.main(stream),
+                Some(&self.dead(stream)),
+                REDELIVERY_LIMIT,
+            )
+            .await?;
+            for attempt in 2..=MAX_ATTEMPTS {
+                declare_quorum(
+                    channel,
+                    &self.retry(stream, attempt),
+                    Some(&self.main(stream)),
+                    REDELIVERY_LIMIT,
+                )
+                .await?;
+            }
+            // Dead letters are listed (taken and given back) by operators: never a limit that
+            // could drop one.
+            declare_quorum(
+                channel,
+                &self.dead(stream),
+                None,
+                DEAD_LETTER_DELIVERY_LIMIT,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Declares a durable quorum queue with its delivery limit and, if given, where its expired or
+/// over-delivered messages go (through the default exchange).
+pub async fn declare_quorum(
+    channel: &Channel,
+    name: &str,
+    dead_letter_to: Option<&str>,
+    delivery_limit: i64,
+) -> lapin::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(delivery_limit),
+    );
+    if let Some(target) = dead_letter_to {
+        // Through the default exchange, straight to `target`.
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(target)),
+        );
+    }
+    channel
+        .queue_declare(
+            ShortString::from(name),
+            QueueDeclareOptions::durable(),
+            args,
+        )
+        .await?;
+    Ok(())
+}
+
+/// How long a message waits before its `attempt`-th try: exponential from 1 s, doubling, at
+/// most 5 minutes, with jitter so that a burst of failures does not come back as a burst.
+pub fn retry_delay(attempt: u32) -> Duration {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(FIRST_RETRY_DELAY)
+        .with_factor(2.0)
+        .with_max_delay(LONGEST_RETRY_DELAY)
+        .with_max_times(MAX_ATTEMPTS as usize)
+        .with_jitter()
+        .build();
+    delays
+        .nth(attempt.saturating_sub(2) as usize)
+        .unwrap_or(LONGEST_RETRY_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_exponentially_with_jitter_and_a_ceiling() {
+        for attempt in 2..=MAX_ATTEMPTS {
+            let base = Duration::from_secs(1 << (attempt - 2)).min(Duration::from_secs(300));
+            let delay = retry_delay(attempt);
+            assert!(
+                delay >= base && delay <= base * 2 + Duration::from_millis(1),
+                "attempt {attempt}: {delay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_stream_has_retry_and_dead_letter_queues() {
+        let t = Topology::new("t1.");
+        assert_eq!(t.main(Stream::Receipts), "t1.receipts");
+        assert_eq!(t.retry(Stream::Receipts, 2), "t1.receipts.retry.2");
+        assert_eq!(t.dead(Stream::Notifications), "t1.notifications.dead");
+        assert_eq!(t.queues().len(), 2 * (1 + (MAX_ATTEMPTS as usize - 1) + 1));
+        assert_eq!(t.queues()[0], "t1.receipts");
+        assert_eq!(t.queues()[6], "t1.receipts.dead");
+    }
+}
