@@ -20,21 +20,6 @@ use crate::admin::{bills, customers, legacy, ops, orgs, receipts};
 use crate::{health, miniapp, pos};
 use loyalty::schema::{NO_NUL, NOT_BLANK};
 
-/// `{"error": {"code", "message", "field"?}}`
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Machine-readable: unauthorized, not_found, invalid, insufficient_balance…
-    pub code: String,
-    pub message: String,
-    /// The field at fault, for 422.
-    pub field: Option<String>,
-}
-
 /// What `/readyz` answers (`health.rs` writes it with `json!`).
 #[derive(utoipa::ToSchema)]
 pub struct Readiness {

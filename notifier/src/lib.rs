@@ -33,9 +33,9 @@ use crate::telegram::Answer;
 #[command(name = "notifier", about = "Sends Telegram messages about accruals")]
 pub struct Config {
     #[command(flatten)]
-    pub backends: loyalty::config::Backends,
+    pub backends: loyalty_service::config::Backends,
     #[command(flatten)]
-    pub secrets: loyalty::config::Secrets,
+    pub secrets: loyalty_service::config::Secrets,
     /// Telegram Bot API base URL.
     #[arg(
         long,
@@ -609,7 +609,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Refuses to start unable to read the bot tokens (ingest is the one that reseals them).
     loyalty::orgs::prepare_bot_tokens(&db, &config.secrets.token_keys, false).await?;
     let broker = Arc::new(config.backends.broker());
-    tokio::spawn(loyalty::telemetry::serve_metrics(config.metrics_addr));
+    tokio::spawn(loyalty_service::telemetry::serve_metrics(
+        config.metrics_addr,
+    ));
     Notifier::new(
         db,
         broker,
@@ -618,6 +620,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.chat_rate,
         config.secrets.token_keys,
     )
-    .run(16, loyalty::shutdown::signal())
+    .run(16, loyalty_service::shutdown::signal())
     .await
 }

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 )]
 pub struct Config {
     #[command(flatten)]
-    pub backends: loyalty::config::Backends,
+    pub backends: loyalty_service::config::Backends,
     /// Batches applied at once, each in its own transaction.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
@@ -425,12 +425,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .database(u32::from(config.concurrency) * 2 + 2)
         .await?;
     let broker = Arc::new(config.backends.broker());
-    tokio::spawn(loyalty::telemetry::serve_metrics(config.metrics_addr));
+    tokio::spawn(loyalty_service::telemetry::serve_metrics(
+        config.metrics_addr,
+    ));
     Worker::new(db, broker)
         .run(
             config.concurrency,
             config.batch,
-            loyalty::shutdown::signal(),
+            loyalty_service::shutdown::signal(),
         )
         .await
 }
