@@ -176,6 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(err) = state.broker.channel().await {
         tracing::warn!(error = %err, "RabbitMQ not reachable at start; receipts answer 503 until it is");
     }
+    tokio::spawn(forget_idle_miniapp_users(state.clone()));
     let limits = state.config.http.clone();
     let metrics = health::metrics_router(state.clone());
     let metrics_limits = limits.clone();
@@ -197,4 +198,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await;
     metrics.abort();
     Ok(())
+}
+
+/// How often the Mini App limiter forgets the users whose bucket is full again.
+const MINIAPP_LIMITS_SWEEP: Duration = Duration::from_secs(10);
+
+/// The Mini App limiter is keyed by the user id a request *claims*, before it is verified, so a
+/// flood of made-up ids would grow it without bound: every [`MINIAPP_LIMITS_SWEEP`] it drops
+/// the keys whose bucket has refilled (they would start afresh anyway).
+async fn forget_idle_miniapp_users(state: AppState) {
+    let mut sweep = tokio::time::interval(MINIAPP_LIMITS_SWEEP);
+    loop {
+        sweep.tick().await;
+        state.miniapp_limits.retain_recent();
+        state.miniapp_limits.shrink_to_fit();
+    }
 }

@@ -44,7 +44,9 @@ pub fn router() -> Router<AppState> {
 /// its own bucket. The client address would be the proxy's for everyone behind it, so one
 /// flooding client would starve every customer; a claimed id lets a forger throttle only the
 /// one user whose id it knows and keeps claiming, never the others. Init data that claims no
-/// user is refused before the limit, also without the database.
+/// user is refused before the limit, also without the database. Made-up ids each get a bucket of
+/// their own (the limiter forgets refilled ones, see `forget_idle_miniapp_users`): a spray of
+/// them is for the per-address limit of the proxy in front, which knows the client's address.
 pub struct MiniAppUser {
     pub org: Organization,
     pub user: TelegramUser,
