@@ -171,10 +171,10 @@ impl Fingerprint {
 
 /// Runs `op` in one transaction and answers its result as JSON, with the status `status` gives it;
 /// with a claim, the key is claimed in the same transaction, so the effect and the stored answer
-/// (status included) commit together. A
-/// transaction that loses a lock race (a deadlock PostgreSQL broke, a serialization failure, a row
-/// moved under it: see `loyalty::locks`) is rolled back and run again, a few times, with backoff;
-/// if it keeps losing, the answer is a 503 to retry, never a 500.
+/// (status included) commit together. A transaction that loses a lock race (a deadlock PostgreSQL
+/// broke, a serialization failure, a row moved under it: see `loyalty::locks`) is rolled back and
+/// run again, a few times, with backoff; if it keeps losing, the answer is a 503 to retry, never a
+/// 500.
 pub async fn transact<T: Serialize>(
     db: &PgPool,
     claim: Option<&Claim>,

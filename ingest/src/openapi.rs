@@ -243,7 +243,8 @@ fn add_shared_answers(doc: &mut Value) {
             if path.starts_with("/app/") {
                 shared.push((
                     "429",
-                    "more than 5 requests a second (bursts of 20) from one Telegram user",
+                    "more than MINIAPP_RATE requests a second (default 5; bursts of MINIAPP_BURST, default 20) \
+                     claiming one Telegram user, answered before the init data is checked",
                 ));
             }
             if path != "/healthz" {
