@@ -1,17 +1,30 @@
 //! What every request passes on its way in and out, whatever route it takes: URIs too long or
 //! carrying a NUL are refused, a path or method nothing serves and a handler that panics all
 //! answer in the API's JSON error shape, a body that stalls is cut off, and every request is traced.
+//!
+//! Tracing: each request has an id, the client's `x-request-id` when it is a sane one, a fresh
+//! UUID otherwise, echoed in the answer's `x-request-id`. Every log line of the request carries
+//! its span `request{id, method, route, status, latency_ms}` (a POS receipt's adds `event`, its
+//! event id); the span's own lines (started, answered) are at debug, so the receipts' hot path
+//! costs no info line here.
 
 use std::any::Any;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, Response as HttpResponse};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
+use tracing::Span;
+use tracing::field::Empty;
 
 use crate::error::ApiError;
 use crate::extract;
@@ -35,7 +48,80 @@ pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> 
         .layer(CatchPanicLayer::custom(
             panic_response as fn(Box<dyn Any + Send>) -> Response,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span as fn(&Request) -> Span)
+                .on_response(answered as fn(&HttpResponse<Body>, Duration, &Span)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::map_request(drop_unusable_request_id))
+}
+
+/// The header carrying a request's id, both ways.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest request id taken from a client.
+pub const REQUEST_ID_LIMIT: usize = 128;
+
+/// Whether a client's request id can name the request in our logs: 1 to [`REQUEST_ID_LIMIT`]
+/// letters, digits and `-_.:/+=@` (a UUID, a trace id, a proxy's counter…).
+fn usable_request_id(id: &[u8]) -> bool {
+    (1..=REQUEST_ID_LIMIT).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b))
+}
+
+/// Removes a client's `x-request-id` that is not [usable](usable_request_id), so a fresh one is
+/// made in its place.
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let headers = request.headers_mut();
+    let usable = {
+        let mut given = headers.get_all(&REQUEST_ID).iter();
+        match (given.next(), given.next()) {
+            (Some(id), None) => usable_request_id(id.as_bytes()),
+            (None, _) => true,
+            // Two ids name no request.
+            (Some(_), Some(_)) => false,
+        }
+    };
+    if !usable {
+        headers.remove(&REQUEST_ID);
+    }
+    request
+}
+
+/// The span every log line of a request carries.
+fn request_span(request: &Request) -> Span {
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or_default();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str);
+    tracing::info_span!(
+        "request",
+        id,
+        method = %request.method(),
+        route,
+        status = Empty,
+        latency_ms = Empty,
+        event = Empty,
+    )
+}
+
+/// Records the answer on the request's span; the line itself is at debug.
+fn answered(response: &HttpResponse<Body>, latency: Duration, span: &Span) {
+    span.record("status", response.status().as_u16());
+    span.record(
+        "latency_ms",
+        u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+    );
+    tracing::debug!("answered");
 }
 
 /// A path nothing serves.

@@ -1,12 +1,33 @@
-//! The one error type of the HTTP boundary. Each variant knows its status; the client gets
-//! `{"error": {"code", "message", "field"?}}`, and causes that are ours (database, bugs) are logged
-//! with their chain and never shown.
+//! The one error type of the HTTP boundary, and its body. Each variant knows its status; the
+//! client gets [`ErrorBody`], `{"error": {"code", "message", "field"?}}` (the OpenAPI document
+//! describes the same type), and causes that are ours (database, bugs) are logged with their
+//! chain and never shown.
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+
+/// `Retry-After` of a 503 whose cause (the database, the broker) usually comes back within
+/// seconds: clients wait this long before sending again.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
+
+/// `{"error": {"code", "message", "field"?}}`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: unauthorized, not_found, invalid, insufficient_balance…
+    pub code: String,
+    pub message: String,
+    /// The field at fault, for 422.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -42,6 +63,14 @@ impl ApiError {
         Self::Invalid {
             field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// A 503 to send again after [`UNAVAILABLE_RETRY_AFTER_SECS`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            retry_after_secs: UNAVAILABLE_RETRY_AFTER_SECS,
         }
     }
 
@@ -85,10 +114,9 @@ impl From<loyalty::Error> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => ApiError::Unavailable {
-                message: "the database is unavailable; retry shortly".into(),
-                retry_after_secs: 5,
-            },
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => {
+                ApiError::unavailable("the database is unavailable; retry shortly")
+            }
             other => ApiError::Internal(anyhow::Error::new(other).context("database")),
         }
     }
@@ -128,11 +156,18 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut error = json!({ "code": code, "message": message });
-        if let ApiError::Invalid { field, .. } = &self {
-            error["field"] = json!(field);
-        }
-        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        let field = match &self {
+            ApiError::Invalid { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+                field,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
         match &self {
             ApiError::Unauthorized => {
                 response

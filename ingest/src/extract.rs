@@ -1,14 +1,12 @@
 //! Extractors that turn requests into typed values or into `ApiError`s naming the field at fault.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::idempotency::Fingerprint;
 
 /// A path parameter; a malformed id is a 404, like an unknown one.
 #[derive(FromRequestParts)]
@@ -20,10 +18,9 @@ pub struct Path<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
-/// A JSON body parsed into `T`, and the request as an idempotency key sees it.
+/// A JSON body parsed into `T` (a money-moving one is read by `idempotency::Idempotent`).
 pub struct Body<T> {
     pub value: T,
-    pub digest: Fingerprint,
 }
 
 /// Maps a body that could not be read (too large, cut off) to its error.
@@ -181,14 +178,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let route = req.extensions().get::<MatchedPath>().cloned();
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
-        let value = parse_json(&bytes)?;
         Ok(Body {
-            value,
-            digest: Fingerprint::new(&method, &uri, route.as_ref(), &bytes),
+            value: parse_json(&bytes)?,
         })
     }
 }
@@ -196,22 +188,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 /// The body limit a route was given, so a 413 can say it.
 #[derive(Clone, Copy)]
 pub struct BodyLimit(pub usize);
-
-/// The request, without a body (DELETE), as an idempotency key sees it.
-pub struct RequestDigest(pub Fingerprint);
-
-impl<S: Send + Sync> FromRequestParts<S> for RequestDigest {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(RequestDigest(Fingerprint::new(
-            &parts.method,
-            &parts.uri,
-            parts.extensions.get::<MatchedPath>(),
-            b"",
-        )))
-    }
-}
 
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {

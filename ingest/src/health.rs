@@ -59,6 +59,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 /// broker, and scrapes in a burst (≈500 a second once saturated RabbitMQ) must not each make one.
 const DEPTHS_FRESH_FOR: Duration = Duration::from_secs(5);
 
+/// How long a scrape waits for RabbitMQ's depths before answering with the gauges it has.
+const DEPTHS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// When the depths were last read. The gauges hold the figures; a scrape that finds them stale
 /// reads under this lock, so concurrent scrapes wait for that one read instead of making their own.
 #[derive(Default)]
@@ -71,9 +74,7 @@ async fn metrics(State(state): State<AppState>) -> String {
     if last.is_none_or(|at| at.elapsed() >= DEPTHS_FRESH_FOR) {
         // A failed read counts too: an unreachable broker is not asked again on every scrape.
         *last = Some(Instant::now());
-        if let Ok(Ok(depths)) =
-            tokio::time::timeout(Duration::from_secs(2), state.broker.depths()).await
-        {
+        if let Ok(Ok(depths)) = tokio::time::timeout(DEPTHS_TIMEOUT, state.broker.depths()).await {
             for q in depths {
                 metrics::gauge!("loyalty_queue_messages", "queue" => q.name.clone(), "role" => q.role)
                     .set(f64::from(q.messages_ready));
@@ -83,5 +84,5 @@ async fn metrics(State(state): State<AppState>) -> String {
         }
     }
     drop(last);
-    loyalty::telemetry::metrics().render()
+    loyalty_service::telemetry::metrics().render()
 }

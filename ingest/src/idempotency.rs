@@ -5,17 +5,108 @@
 //! the route, so another organization (or another route) using the same key is another request.
 
 use axum::Json;
-use axum::extract::MatchedPath;
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use backon::BackoffBuilder;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
 use crate::error::ApiError;
+use crate::extract::{RawBody, parse_json};
 
 const HEADER: &str = "idempotency-key";
+
+/// `Retry-After` of a request whose transaction kept losing lock races: the racers are gone
+/// within a second.
+const RACE_RETRY_AFTER_SECS: u32 = 1;
+
+/// A money-moving request: its JSON body (`value`) and, when it came with an `Idempotency-Key`,
+/// the claim that gives every retry the first answer. A handler answers through
+/// [`Idempotent::answer`], which runs its effect in the transaction that stores the answer.
+pub struct Idempotent<T> {
+    pub value: T,
+    claim: Option<Claim>,
+}
+
+/// The body of a request that has none (`DELETE`): `Idempotent<NoBody>` reads only the head.
+pub struct NoBody;
+
+/// The key a request came with, and the request as that key sees it.
+pub struct Claim {
+    key: IdempotencyKey,
+    request: Fingerprint,
+}
+
+impl<T> Idempotent<T> {
+    /// The client's key, if it sent one (an operator's movement records it as its reference).
+    pub fn key(&self) -> Option<&str> {
+        self.claim.as_ref().map(|c| c.key.as_str())
+    }
+
+    /// Runs `op` once for this request and answers `status` with its result (see [`transact`]).
+    pub async fn answer<R: Serialize>(
+        &self,
+        db: &PgPool,
+        status: StatusCode,
+        op: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ApiError> + Clone,
+    ) -> Result<Response, ApiError> {
+        transact(db, self.claim.as_ref(), |_| status, op).await
+    }
+
+    /// As [`Idempotent::answer`], the status decided by the result; a retry gets the status
+    /// the first answer had.
+    pub async fn answer_with<R: Serialize>(
+        &self,
+        db: &PgPool,
+        status: impl Fn(&R) -> StatusCode,
+        op: impl AsyncFnOnce(&mut PgConnection) -> Result<R, ApiError> + Clone,
+    ) -> Result<Response, ApiError> {
+        transact(db, self.claim.as_ref(), status, op).await
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Idempotent<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let key = IdempotencyKey::from_headers(req.headers());
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        let value = parse_json(&bytes)?;
+        // The body is judged before the key.
+        let claim = key?.map(|key| Claim {
+            key,
+            request: Fingerprint::new(&method, &uri, route.as_ref(), &bytes),
+        });
+        Ok(Idempotent { value, claim })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Idempotent<NoBody> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let claim = IdempotencyKey::from_headers(&parts.headers)?.map(|key| Claim {
+            key,
+            request: Fingerprint::new(
+                &parts.method,
+                &parts.uri,
+                parts.extensions.get::<MatchedPath>(),
+                b"",
+            ),
+        });
+        Ok(Idempotent {
+            value: NoBody,
+            claim,
+        })
+    }
+}
 
 /// The client's key for this request, if it sent one.
 pub struct IdempotencyKey(String);
@@ -78,29 +169,29 @@ impl Fingerprint {
     }
 }
 
-/// Runs `op` in one transaction and answers `status` with its result as JSON; with a key, the key is
-/// claimed in the same transaction, so the effect and the stored answer commit together. A
-/// transaction that loses a lock race (a deadlock PostgreSQL broke, a serialization failure, a row
-/// moved under it: see `loyalty::locks`) is rolled back and run again, a few times, with backoff;
-/// if it keeps losing, the answer is a 503 to retry, never a 500.
+/// Runs `op` in one transaction and answers its result as JSON, with the status `status` gives it;
+/// with a claim, the key is claimed in the same transaction, so the effect and the stored answer
+/// (status included) commit together. A transaction that loses a lock race (a deadlock PostgreSQL
+/// broke, a serialization failure, a row moved under it: see `loyalty::locks`) is rolled back and
+/// run again, a few times, with backoff; if it keeps losing, the answer is a 503 to retry, never a
+/// 500.
 pub async fn transact<T: Serialize>(
     db: &PgPool,
-    key: Option<&IdempotencyKey>,
-    request: &Fingerprint,
-    status: StatusCode,
+    claim: Option<&Claim>,
+    status: impl Fn(&T) -> StatusCode,
     op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, ApiError> + Clone,
 ) -> Result<Response, ApiError> {
     let mut delays = loyalty::locks::transient_retry().build();
     loop {
         let mut tx = db.begin().await?;
-        if let Some(key) = key {
-            if let Some(saved) = claim(&mut tx, key, request).await? {
+        if let Some(claim) = claim {
+            if let Some(saved) = stored_answer(&mut tx, claim).await? {
                 return Ok(saved);
             }
         }
         // Each attempt runs its own copy of `op` (it captures only references).
         let done = match op.clone()(&mut tx).await {
-            Ok(value) => finish(tx, key, request, status, &value).await,
+            Ok(value) => finish(tx, claim, status(&value), &value).await,
             Err(err) => Err(err),
         };
         match done {
@@ -110,7 +201,7 @@ pub async fn transact<T: Serialize>(
                     return Err(ApiError::Unavailable {
                         message: "the request kept colliding with concurrent ones; retry shortly"
                             .into(),
-                        retry_after_secs: 1,
+                        retry_after_secs: RACE_RETRY_AFTER_SECS,
                     });
                 };
                 tracing::warn!(error = %err, ?wait, "transaction lost a lock race; running it again");
@@ -124,13 +215,12 @@ pub async fn transact<T: Serialize>(
 /// Stores the answer under the key (when there is one) and commits.
 async fn finish<T: Serialize>(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    key: Option<&IdempotencyKey>,
-    request: &Fingerprint,
+    claim: Option<&Claim>,
     status: StatusCode,
     value: &T,
 ) -> Result<Response, ApiError> {
     let body = serde_json::to_value(value).map_err(anyhow::Error::from)?;
-    if let Some(key) = key {
+    if let Some(Claim { key, request }) = claim {
         sqlx::query(
             "update idempotency_keys set status = $4, body = $5 \
              where org_id = $1 and route = $2 and key = $3",
@@ -159,10 +249,9 @@ fn lost_a_race(err: &ApiError) -> bool {
 }
 
 /// Claims the key for this transaction, or returns the answer already stored under it.
-async fn claim(
+async fn stored_answer(
     conn: &mut PgConnection,
-    key: &IdempotencyKey,
-    request: &Fingerprint,
+    Claim { key, request }: &Claim,
 ) -> Result<Option<Response>, ApiError> {
     let claimed = sqlx::query(
         "insert into idempotency_keys (org_id, route, key, request_sha256) values ($1, $2, $3, $4) \

@@ -12,9 +12,9 @@ pub mod management;
 pub mod miniapp;
 pub mod openapi;
 pub mod pos;
-pub use loyalty::server;
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use axum::response::Redirect;
 use axum::routing::get;
 use loyalty::orgs::Integration;
 use loyalty::queue::Broker;
+use loyalty_service::server;
 use sqlx::PgPool;
 
 /// Configuration, from the environment (see `ingest --help`).
@@ -34,9 +35,9 @@ use sqlx::PgPool;
 )]
 pub struct Config {
     #[command(flatten)]
-    pub backends: loyalty::config::Backends,
+    pub backends: loyalty_service::config::Backends,
     #[command(flatten)]
-    pub secrets: loyalty::config::Secrets,
+    pub secrets: loyalty_service::config::Secrets,
     /// Bearer token of the operator API (`/admin/v1`). Required.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
@@ -65,6 +66,17 @@ pub struct Config {
     /// Largest legacy export `POST /admin/v1/import` accepts, in bytes.
     #[arg(long, env = "IMPORT_BODY_LIMIT", default_value_t = 64 * 1024 * 1024)]
     pub import_body_limit: usize,
+    /// PostgreSQL connections ingest keeps open at most. Keep the sum over every service under the
+    /// server's `max_connections`.
+    #[arg(long, env = "INGEST_DB_POOL_SIZE", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_pool_size: u32,
+    /// Mini App requests a second one Telegram user of one organization may make, sustained.
+    #[arg(long, env = "MINIAPP_RATE", default_value = "5")]
+    pub miniapp_rate: NonZeroU32,
+    /// Mini App requests one Telegram user of one organization may make in a burst.
+    #[arg(long, env = "MINIAPP_BURST", default_value = "20")]
+    pub miniapp_burst: NonZeroU32,
 }
 
 /// What every handler shares: one pointer, so handing it to a request costs one atomic increment.
@@ -82,9 +94,10 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub db: PgPool,
     pub broker: Arc<Broker>,
-    /// POS token digests → integrations, for a minute.
+    /// POS token digests → integrations, for [`POS_TOKEN_TTL`].
     pub pos_tokens: moka::future::Cache<Vec<u8>, Integration>,
-    /// Mini App requests per Telegram user: 5 a second, bursts of 20.
+    /// Mini App requests per (organization, Telegram user): `MINIAPP_RATE` a second, bursts of
+    /// `MINIAPP_BURST` (see `miniapp::MiniAppUser` for why the key is the claimed user).
     pub miniapp_limits: governor::DefaultKeyedRateLimiter<(i64, i64)>,
     /// RabbitMQ's management API, when configured.
     pub management: Option<management::Management>,
@@ -93,24 +106,31 @@ pub struct Shared {
     pub config: Arc<Config>,
 }
 
+/// How long a POS token, once looked up, is trusted without the database: receipts keep flowing
+/// through a short database outage, and a revoked token stops working within this time.
+pub const POS_TOKEN_TTL: Duration = Duration::from_secs(60);
+
+/// Most POS tokens cached at once (one per cash register integration).
+pub const POS_TOKENS_CACHED: u64 = 10_000;
+
 impl AppState {
-    pub fn new(db: PgPool, config: Config) -> Self {
-        loyalty::telemetry::metrics();
+    /// The state of one ingest; fails only when the management API's client cannot be built.
+    pub fn new(db: PgPool, config: Config) -> anyhow::Result<Self> {
+        loyalty_service::telemetry::metrics();
         let broker = config.backends.broker();
         let pos_tokens = moka::future::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(Duration::from_secs(60))
+            .max_capacity(POS_TOKENS_CACHED)
+            .time_to_live(POS_TOKEN_TTL)
             .build();
-        let quota = governor::Quota::per_second(
-            std::num::NonZeroU32::new(5).unwrap_or(std::num::NonZeroU32::MIN),
-        )
-        .allow_burst(std::num::NonZeroU32::new(20).unwrap_or(std::num::NonZeroU32::MIN));
+        let quota =
+            governor::Quota::per_second(config.miniapp_rate).allow_burst(config.miniapp_burst);
         let management = config
             .rabbitmq_management_url
             .as_deref()
             .filter(|url| !url.is_empty())
-            .map(|url| management::Management::new(url, broker.vhost()));
-        Self(Arc::new(Shared {
+            .map(|url| management::Management::new(url, broker.vhost()))
+            .transpose()?;
+        Ok(Self(Arc::new(Shared {
             db,
             management,
             broker: Arc::new(broker),
@@ -118,7 +138,7 @@ impl AppState {
             depths_read: health::DepthsRead::default(),
             miniapp_limits: governor::RateLimiter::keyed(quota),
             config: Arc::new(config),
-        }))
+        })))
     }
 }
 
@@ -138,7 +158,7 @@ pub fn app(state: AppState) -> Router {
 
 /// Connects, migrates and serves the API and the metrics until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let db = config.backends.database(16).await?;
+    let db = config.backends.database(config.db_pool_size).await?;
     // Refuses to start unable to read the bot tokens; seals those in clear or under an older key.
     let resealed = loyalty::orgs::prepare_bot_tokens(&db, &config.secrets.token_keys, true).await?;
     if resealed > 0 {
@@ -151,11 +171,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.metrics_addr))?;
     tracing::info!(addr = %config.addr, metrics = %config.metrics_addr, "ingest listening");
-    let state = AppState::new(db, config);
+    let state = AppState::new(db, config)?;
     // Declare the topology now if the broker is there; receipts reconnect by themselves otherwise.
     if let Err(err) = state.broker.channel().await {
         tracing::warn!(error = %err, "RabbitMQ not reachable at start; receipts answer 503 until it is");
     }
+    tokio::spawn(forget_idle_miniapp_users(state.clone()));
     let limits = state.config.http.clone();
     let metrics = health::metrics_router(state.clone());
     let metrics_limits = limits.clone();
@@ -164,11 +185,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics_listener,
             metrics,
             &metrics_limits,
-            loyalty::shutdown::signal(),
+            loyalty_service::shutdown::signal(),
         )
         .await;
     });
-    server::serve(listener, app(state), &limits, loyalty::shutdown::signal()).await;
+    server::serve(
+        listener,
+        app(state),
+        &limits,
+        loyalty_service::shutdown::signal(),
+    )
+    .await;
     metrics.abort();
     Ok(())
+}
+
+/// How often the Mini App limiter forgets the users whose bucket is full again.
+const MINIAPP_LIMITS_SWEEP: Duration = Duration::from_secs(10);
+
+/// The Mini App limiter is keyed by the user id a request *claims*, before it is verified, so a
+/// flood of made-up ids would grow it without bound: every [`MINIAPP_LIMITS_SWEEP`] it drops
+/// the keys whose bucket has refilled (they would start afresh anyway).
+async fn forget_idle_miniapp_users(state: AppState) {
+    let mut sweep = tokio::time::interval(MINIAPP_LIMITS_SWEEP);
+    loop {
+        sweep.tick().await;
+        state.miniapp_limits.retain_recent();
+        state.miniapp_limits.shrink_to_fit();
+    }
 }

@@ -7,6 +7,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ingest::Config::parse();
-    loyalty::telemetry::init("info,ingest=info,loyalty=info,tower_http=info");
+    loyalty_service::telemetry::init("info,ingest=info,loyalty=info,tower_http=info");
     ingest::run(config).await
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use anyhow::Context;
 use loyalty::queue::QueueDepth;
 use serde::Deserialize;
 
@@ -41,17 +42,22 @@ struct Rate {
     rate: f64,
 }
 
+/// How long the dashboard waits for the management API before showing AMQP's figures alone.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Management {
-    pub fn new(base: &str, vhost: String) -> Self {
+    /// A client with [`TIMEOUT`]; one that cannot be built (no TLS backend) stops the start, since
+    /// a client without its timeout would hold the dashboard's requests for as long as the API does.
+    pub fn new(base: &str, vhost: String) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
+            .timeout(TIMEOUT)
             .build()
-            .unwrap_or_default();
-        Self {
+            .context("building the RabbitMQ management API's HTTP client")?;
+        Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             vhost,
             http,
-        }
+        })
     }
 
     /// Adds the management plugin's figures to the depths AMQP reported. Returns whether it

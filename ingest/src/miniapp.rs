@@ -21,9 +21,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Body, Query};
 use crate::idempotency::transact;
+
+/// `Retry-After` of a Mini App request over its user's rate: the bucket refills within a second.
+const RETRY_AFTER_SECS: u32 = 1;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -34,6 +37,16 @@ pub fn router() -> Router<AppState> {
 
 /// The organization and the Telegram user of a Mini App request. Anything wrong with the
 /// `Authorization: tma <initData>` header is the same 401, with no hint which part failed.
+///
+/// The rate limit comes first, before the two queries that find the bot token and before the
+/// HMAC, so a flood is refused without touching the database. It is keyed by the organization
+/// and the user id the init data *claims*: a legitimate client always claims its own, so it gets
+/// its own bucket. The client address would be the proxy's for everyone behind it, so one
+/// flooding client would starve every customer; a claimed id lets a forger throttle only the
+/// one user whose id it knows and keeps claiming, never the others. Init data that claims no
+/// user is refused before the limit, also without the database. Made-up ids each get a bucket of
+/// their own (the limiter forgets refilled ones, see `forget_idle_miniapp_users`): a spray of
+/// them is for the per-address limit of the proxy in front, which knows the client's address.
 pub struct MiniAppUser {
     pub org: Organization,
     pub user: TelegramUser,
@@ -61,6 +74,12 @@ impl FromRequestParts<AppState> for MiniAppUser {
             .get("org")
             .and_then(|o| o.parse().ok())
             .ok_or(ApiError::Unauthorized)?;
+        let claimed = init_data::claimed_user_id(&init).ok_or(ApiError::Unauthorized)?;
+        if state.miniapp_limits.check_key(&(org_id, claimed)).is_err() {
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs: RETRY_AFTER_SECS,
+            });
+        }
         let unknown_is_unauthorized = |err: loyalty::Error| match err {
             loyalty::Error::NotFound(_) => ApiError::Unauthorized,
             other => other.into(),
@@ -76,11 +95,6 @@ impl FromRequestParts<AppState> for MiniAppUser {
         let max_age = Duration::from_secs(state.config.miniapp_max_age);
         let user = init_data::validate(&init, &token, chrono::Utc::now(), max_age)
             .map_err(|_| ApiError::Unauthorized)?;
-        if state.miniapp_limits.check_key(&(org_id, user.id)).is_err() {
-            return Err(ApiError::TooManyRequests {
-                retry_after_secs: 1,
-            });
-        }
         Ok(MiniAppUser { org, user })
     }
 }
@@ -122,8 +136,8 @@ struct PromoRequest {
 #[utoipa::path(post, path = "/app/v1/orgs/{org}/me/promo", tag = "Mini App", params(("org" = i64, Path)),
     request_body = PromoRequest,
     responses((status = 200, body = customers::Balances),
-              (status = 409, description = "already referred, or after the first purchase", body = crate::openapi::ErrorBody),
-              (status = 422, description = "own, unknown or looping code", body = crate::openapi::ErrorBody)),
+              (status = 409, description = "already referred, or after the first purchase", body = ErrorBody),
+              (status = 422, description = "own, unknown or looping code", body = ErrorBody)),
     security(("tma" = [])))]
 async fn promo(
     State(state): State<AppState>,
@@ -138,8 +152,7 @@ async fn promo(
     transact(
         &state.db,
         None,
-        &body.digest,
-        StatusCode::OK,
+        |_| StatusCode::OK,
         async |conn| Ok(customers::apply_promo(conn, &caller.org, id, &body.value.code).await?),
     )
     .await

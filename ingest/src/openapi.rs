@@ -20,21 +20,6 @@ use crate::admin::{bills, customers, legacy, ops, orgs, receipts};
 use crate::{health, miniapp, pos};
 use loyalty::schema::{NO_NUL, NOT_BLANK};
 
-/// `{"error": {"code", "message", "field"?}}`
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Machine-readable: unauthorized, not_found, invalid, insufficient_balance…
-    pub code: String,
-    pub message: String,
-    /// The field at fault, for 422.
-    pub field: Option<String>,
-}
-
 /// What `/readyz` answers (`health.rs` writes it with `json!`).
 #[derive(utoipa::ToSchema)]
 pub struct Readiness {
@@ -258,7 +243,8 @@ fn add_shared_answers(doc: &mut Value) {
             if path.starts_with("/app/") {
                 shared.push((
                     "429",
-                    "more than 5 requests a second (bursts of 20) from one Telegram user",
+                    "more than MINIAPP_RATE requests a second (default 5; bursts of MINIAPP_BURST, default 20) \
+                     claiming one Telegram user, answered before the init data is checked",
                 ));
             }
             if path != "/healthz" {

@@ -193,6 +193,7 @@ async fn accept_receipt(
     body: &[u8],
 ) -> Result<StatusCode, ApiError> {
     let head: IncomingEvent = parse_json(body)?;
+    tracing::Span::current().record("event", head.id.as_str());
     if head.event_type == RECEIPT_CREATED {
         let data = head
             .data
@@ -219,22 +220,21 @@ async fn accept_receipt(
     .await;
     match published {
         Ok(Ok(())) => {
-            tracing::info!(org = pos.org_id, integration = pos.id, event = %head.id, "receipt accepted");
+            // The worker's "receipt applied" is the receipt's one info line.
+            tracing::debug!(org = pos.org_id, integration = pos.id, event = %head.id, "receipt accepted");
             Ok(StatusCode::OK)
         }
         Ok(Err(err)) => {
             tracing::warn!(event = %head.id, error = %err, "receipt not accepted: broker");
-            Err(ApiError::Unavailable {
-                message: "the receipt could not be stored; send it again".into(),
-                retry_after_secs: 5,
-            })
+            Err(ApiError::unavailable(
+                "the receipt could not be stored; send it again",
+            ))
         }
         Err(_) => {
             tracing::warn!(event = %head.id, "receipt not accepted: broker confirm timed out");
-            Err(ApiError::Unavailable {
-                message: "the receipt could not be stored in time; send it again".into(),
-                retry_after_secs: 5,
-            })
+            Err(ApiError::unavailable(
+                "the receipt could not be stored in time; send it again",
+            ))
         }
     }
 }

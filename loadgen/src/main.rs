@@ -123,7 +123,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // sqlx's slow-statement warnings (dropping a database takes a second) are not news here.
-    loyalty::telemetry::init("warn,sqlx::query=error");
+    loyalty_service::telemetry::init("warn,sqlx::query=error");
     let args = Args::parse();
     if let Some(Command::Soak(soak)) = args.command {
         return soak::main(soak).await;

@@ -161,7 +161,7 @@ impl Environment {
         ])?;
         // The pool size ingest runs with in production (`ingest::run`).
         let ingest_db = loyalty::db::connect(&db_url, 16).await?;
-        let state = ingest::AppState::new(ingest_db, config);
+        let state = ingest::AppState::new(ingest_db, config)?;
         // Declares the topology and opens the publishing channel before anything is measured.
         state
             .broker

@@ -367,3 +367,46 @@ pub async fn history_page(
     .fetch_all(conn)
     .await?)
 }
+
+/// One entry of a legacy export's history, as the old system wrote it: its own transaction type,
+/// and its place in its list (the export writes the lists back in that order).
+#[derive(Debug, Clone)]
+pub struct ImportedEntry<'a> {
+    pub org_id: i64,
+    pub customer_id: i64,
+    pub wallet: Wallet,
+    pub kind: EntryKind,
+    pub amount: Decimal,
+    pub description: &'a str,
+    pub transaction_type: Option<&'a str>,
+    pub at: Stamp,
+    pub legacy_position: i32,
+}
+
+/// Appends an imported entry; the wallet moves in the same statement. The error is the database's,
+/// so the import can name the entry that would take its wallet below zero ([`insufficient`]).
+pub async fn post_imported(
+    conn: &mut PgConnection,
+    entry: &ImportedEntry<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into ledger_entries
+             (org_id, customer_id, wallet, kind, amount, description, source, transaction_type,
+              occurred_at, utc_offset_seconds, legacy_position)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(entry.org_id)
+    .bind(entry.customer_id)
+    .bind(entry.wallet.as_str())
+    .bind(entry.kind.as_str())
+    .bind(entry.amount)
+    .bind(entry.description)
+    .bind(Source::Import.as_str())
+    .bind(entry.transaction_type)
+    .bind(entry.at.utc())
+    .bind(entry.at.offset_seconds())
+    .bind(entry.legacy_position)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}

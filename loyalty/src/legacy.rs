@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
-use crate::ledger::{self, EntryKind, EntryRow, HistoryEntry, Wallet};
+use crate::ledger::{self, EntryKind, EntryRow, HistoryEntry, ImportedEntry, Wallet};
 use crate::money::{bounded, deserialize_decimal, parse_decimal, round_money, serialize_decimal};
 use crate::orgs::{self, OrgChanges, OrgDetails};
 use crate::rules::BonusProgramSettings;
@@ -266,14 +266,15 @@ pub async fn customer(
 
 /// The legacy `bonus_program_settings`; the accrual rule appears only where it differs from the
 /// old system's last behaviour, so an unchanged organization exports exactly the old keys.
-fn settings_json(s: &BonusProgramSettings) -> serde_json::Value {
-    let mut v = serde_json::to_value(s).unwrap_or_default();
+fn settings_json(s: &BonusProgramSettings) -> Result<serde_json::Value> {
+    // Stored settings that cannot be written as JSON are stored data we cannot decode.
+    let mut v = serde_json::to_value(s).map_err(|e| Error::Db(sqlx::Error::Decode(Box::new(e))))?;
     if !s.accrue_when_paying_with_bonuses {
         if let Some(map) = v.as_object_mut() {
             map.remove("accrue_when_paying_with_bonuses");
         }
     }
-    v
+    Ok(v)
 }
 
 pub async fn export(conn: &mut PgConnection, org_id: i64) -> Result<LegacyExport> {
@@ -281,7 +282,7 @@ pub async fn export(conn: &mut PgConnection, org_id: i64) -> Result<LegacyExport
     let customers = customers(conn, org_id, org.time_zone, None).await?;
     Ok(LegacyExport {
         organization_details: org.details,
-        bonus_program_settings: settings_json(&org.bonus_program_settings),
+        bonus_program_settings: settings_json(&org.bonus_program_settings)?,
         customers: customers
             .into_iter()
             .map(|(id, c)| (id.to_string(), c))
@@ -357,7 +358,11 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
         customers.push((id, customer));
     }
 
-    let fingerprint = hex::encode(Sha256::digest(serde_json::to_vec(doc).unwrap_or_default()));
+    // A document that cannot be written back cannot be told from another one: refused, never
+    // fingerprinted as empty (every such document would then be "the same export").
+    let encoded = serde_json::to_vec(doc)
+        .map_err(|e| Error::invalid("", format!("cannot be re-encoded: {e}")))?;
+    let fingerprint = hex::encode(Sha256::digest(encoded));
     let claimed: Option<i64> = sqlx::query_scalar(
         "insert into organizations (name, legacy_fingerprint) values ($1, $2)
          on conflict (legacy_fingerprint) do nothing returning id",
@@ -567,33 +572,28 @@ async fn import_history(
                 )
             })?;
         let amount = legacy_amount(e.entry.amount, &format!("{path}.amount"))?;
-        sqlx::query(
-            "insert into ledger_entries
-                 (org_id, customer_id, wallet, kind, amount, description, source, transaction_type,
-                  occurred_at, utc_offset_seconds, legacy_position)
-             values ($1, $2, $3, $4, $5, $6, 'import', $7, $8, $9, $10)",
-        )
-        .bind(org_id)
-        .bind(id)
-        .bind(e.wallet.as_str())
-        .bind(kind.as_str())
-        .bind(amount)
-        .bind(&e.entry.description)
-        .bind(&e.entry.transaction_type)
-        .bind(e.at.utc())
-        .bind(e.at.offset_seconds())
-        .bind(i32::try_from(e.position).unwrap_or(i32::MAX))
-        .execute(&mut *conn)
-        .await
-        .map_err(|err| match ledger::insufficient(&err) {
-            Some(wallet) => Error::invalid(
-                path.clone(),
-                format!(
-                    "the {wallet} of customer {id} would go below zero at {}",
-                    e.entry.date
+        let entry = ImportedEntry {
+            org_id,
+            customer_id: id,
+            wallet: e.wallet,
+            kind,
+            amount,
+            description: &e.entry.description,
+            transaction_type: e.entry.transaction_type.as_deref(),
+            at: e.at,
+            legacy_position: i32::try_from(e.position).unwrap_or(i32::MAX),
+        };
+        ledger::post_imported(conn, &entry).await.map_err(|err| {
+            match ledger::insufficient(&err) {
+                Some(wallet) => Error::invalid(
+                    path.clone(),
+                    format!(
+                        "the {wallet} of customer {id} would go below zero at {}",
+                        e.entry.date
+                    ),
                 ),
-            ),
-            None => err.into(),
+                None => err.into(),
+            }
         })?;
     }
     let (bonuses, referral, debts): (Decimal, Decimal, Decimal) = sqlx::query_as(

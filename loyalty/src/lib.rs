@@ -2,7 +2,6 @@
 //! rules (pure), the PostgreSQL ledger (storage), the legacy export format and the queue contract.
 
 pub mod bills;
-pub mod config;
 pub mod crypto;
 pub mod customers;
 pub mod db;
@@ -18,9 +17,6 @@ pub mod queue;
 pub mod receipts;
 pub mod rules;
 pub mod schema;
-pub mod server;
-pub mod shutdown;
-pub mod telemetry;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -49,9 +49,9 @@ const RECORD_RETRIES: usize = 8;
 #[command(name = "notifier", about = "Sends Telegram messages about accruals")]
 pub struct Config {
     #[command(flatten)]
-    pub backends: loyalty::config::Backends,
+    pub backends: loyalty_service::config::Backends,
     #[command(flatten)]
-    pub secrets: loyalty::config::Secrets,
+    pub secrets: loyalty_service::config::Secrets,
     /// Telegram Bot API base URL.
     #[arg(
         long,
@@ -510,7 +510,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Refuses to start unable to read the bot tokens (ingest is the one that reseals them).
     loyalty::orgs::prepare_bot_tokens(&db, &config.secrets.token_keys, false).await?;
     let broker = Arc::new(config.backends.broker());
-    tokio::spawn(loyalty::telemetry::serve_metrics(config.metrics_addr));
+    tokio::spawn(loyalty_service::telemetry::serve_metrics(
+        config.metrics_addr,
+    ));
     Notifier::new(
         db,
         broker,
@@ -523,6 +525,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         batch: config.relay_batch,
         interval: Duration::from_millis(config.relay_interval_ms),
     })
-    .run(config.concurrency, loyalty::shutdown::signal())
+    .run(config.concurrency, loyalty_service::shutdown::signal())
     .await
 }

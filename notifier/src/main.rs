@@ -7,6 +7,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = notifier::Config::parse();
-    loyalty::telemetry::init("info,notifier=info,loyalty=info");
+    loyalty_service::telemetry::init("info,notifier=info,loyalty=info");
     notifier::run(config).await
 }

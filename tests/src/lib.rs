@@ -180,18 +180,18 @@ impl TestApp {
     pub async fn spawn() -> Self {
         let db = TestDb::new().await;
         let config = ingest::Config {
-            backends: loyalty::config::Backends {
+            backends: loyalty_service::config::Backends {
                 database_url: db.url.clone(),
                 amqp_url: amqp_url().await.to_owned(),
                 queue_prefix: format!("test.{}.", uuid_like()),
             },
-            secrets: loyalty::config::Secrets {
+            secrets: loyalty_service::config::Secrets {
                 token_keys: token_keys(),
             },
             admin_token: ADMIN_TOKEN.to_owned(),
             addr: "127.0.0.1:0".parse().expect("addr"),
             metrics_addr: "127.0.0.1:0".parse().expect("addr"),
-            http: ingest::server::HttpLimits {
+            http: loyalty_service::server::HttpLimits {
                 header_timeout_secs: 10,
                 max_connections: 4096,
             },
@@ -199,8 +199,11 @@ impl TestApp {
             import_body_limit: 64 * 1024 * 1024,
             rabbitmq_management_url: management_url().await,
             miniapp_max_age: 86_400,
+            db_pool_size: 16,
+            miniapp_rate: std::num::NonZeroU32::new(5).expect("non-zero"),
+            miniapp_burst: std::num::NonZeroU32::new(20).expect("non-zero"),
         };
-        let state = ingest::AppState::new(db.pool.clone(), config);
+        let state = ingest::AppState::new(db.pool.clone(), config).expect("ingest state");
         let served = state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -695,7 +698,7 @@ pub fn token_keys() -> loyalty::crypto::TokenKeys {
 /// the server's task, which ends once every connection is closed.
 pub async fn serve(
     router: axum::Router,
-    limits: ingest::server::HttpLimits,
+    limits: loyalty_service::server::HttpLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -703,7 +706,7 @@ pub async fn serve(
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
-        ingest::server::serve(listener, router, &limits, shutdown).await;
+        loyalty_service::server::serve(listener, router, &limits, shutdown).await;
     });
     (addr, task)
 }
@@ -711,7 +714,7 @@ pub async fn serve(
 impl TestApp {
     /// One scrape of this app's `/metrics`, served on their own listener as the binary serves them.
     pub async fn scrape_metrics(&self) -> String {
-        let limits = ingest::server::HttpLimits {
+        let limits = loyalty_service::server::HttpLimits {
             header_timeout_secs: 10,
             max_connections: 100,
         };

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use e2e::{TestApp, receipt_event, send, serve};
-use ingest::server::HttpLimits;
+use loyalty_service::server::HttpLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -284,7 +284,7 @@ async fn on_shutdown_idle_connections_close_at_once_and_a_request_in_flight_is_a
 
 /// How many times this process has read the queues' depths from the broker.
 fn depth_reads() -> u64 {
-    loyalty::telemetry::metrics()
+    loyalty_service::telemetry::metrics()
         .render()
         .lines()
         .find_map(|l| l.strip_prefix("loyalty_queue_depth_reads_total "))

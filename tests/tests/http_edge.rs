@@ -361,3 +361,50 @@ async fn the_mini_app_answers_an_unknown_organization_with_the_same_401_as_a_kno
     .await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn every_answer_echoes_its_request_id_or_a_fresh_one() {
+    let app = TestApp::spawn().await;
+    let request_id = |request: reqwest::RequestBuilder| send_reading(request, "x-request-id");
+
+    // A sane id from the client (a proxy's, a trace's) is kept and echoed, on errors too.
+    let (status, echoed, _) = request_id(
+        app.http
+            .get(app.url("/healthz"))
+            .header("x-request-id", "lb-7f3a.42:9"),
+    )
+    .await;
+    assert_eq!((status, echoed.as_deref()), (200, Some("lb-7f3a.42:9")));
+    let (status, echoed, _) = request_id(
+        app.http
+            .get(app.url("/no/such/route"))
+            .header("x-request-id", "abc-1"),
+    )
+    .await;
+    assert_eq!((status, echoed.as_deref()), (404, Some("abc-1")));
+
+    // None given: a fresh UUID, another for every request.
+    let (_, first, _) = request_id(app.http.get(app.url("/healthz"))).await;
+    let (_, second, _) = request_id(app.http.get(app.url("/healthz"))).await;
+    let (first, second) = (first.expect("an id"), second.expect("an id"));
+    assert_eq!(first.len(), 36, "{first}");
+    assert_ne!(first, second);
+
+    // One that could not name a request in the logs is replaced.
+    for insane in [
+        "has space",
+        "x".repeat(129).as_str(),
+        "quote\"d",
+        "tab\tbed",
+    ] {
+        let (_, echoed, _) = request_id(
+            app.http
+                .get(app.url("/healthz"))
+                .header("x-request-id", insane),
+        )
+        .await;
+        let echoed = echoed.expect("an id");
+        assert_ne!(echoed, insane);
+        assert_eq!(echoed.len(), 36, "{echoed}");
+    }
+}

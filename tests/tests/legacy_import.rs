@@ -233,3 +233,40 @@ async fn a_malformed_export_is_refused_with_the_field_at_fault() {
         .await;
     assert_eq!(status, 422);
 }
+
+#[tokio::test]
+async fn a_replayed_import_gets_the_status_its_first_answer_had() {
+    let app = TestApp::spawn().await;
+    let org = imported(&app).await;
+    let with_key = |key: &str| {
+        app.admin(reqwest::Method::POST, "/admin/v1/import")
+            .header("Idempotency-Key", key)
+            .json(&legacy_export())
+    };
+    // Under a key, the export already imported answers 200; its replay must say 200 too.
+    let (status, first) = e2e::send(with_key("import-again")).await;
+    assert_eq!((status, &first["created"]), (200, &json!(false)), "{first}");
+    let (status, replayed) = e2e::send(with_key("import-again")).await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(replayed, first);
+    assert_eq!(replayed["id"], org);
+    let stored: Vec<i16> = sqlx::query_scalar("select status from idempotency_keys")
+        .fetch_all(&app.db.pool)
+        .await
+        .expect("stored answers");
+    assert_eq!(stored, [200]);
+}
+
+#[tokio::test]
+async fn a_first_import_under_a_key_replays_its_201() {
+    let app = TestApp::spawn().await;
+    let with_key = || {
+        app.admin(reqwest::Method::POST, "/admin/v1/import")
+            .header("Idempotency-Key", "first-import")
+            .json(&legacy_export())
+    };
+    let (status, first) = e2e::send(with_key()).await;
+    assert_eq!((status, &first["created"]), (201, &json!(true)), "{first}");
+    let (status, replayed) = e2e::send(with_key()).await;
+    assert_eq!((status, replayed), (201, first));
+}

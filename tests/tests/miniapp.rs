@@ -275,3 +275,24 @@ async fn requests_are_rate_limited_per_telegram_user() {
         "others are not slowed down"
     );
 }
+
+#[tokio::test]
+async fn a_flood_is_refused_before_the_database_is_touched() {
+    let app = TestApp::spawn().await;
+    let org = shop(&app).await;
+    // Init data no bot signed, claiming one user: the flood an attacker can send.
+    let forged = init_data(9, "Flood", 10, "999:not-the-shops-bot-token");
+    // With the database gone, only an answer given before any query can be a 429.
+    app.db.pool.close().await;
+    let path = format!("/app/v1/orgs/{org}/me");
+    let answers = futures::future::join_all(
+        (0..40).map(|_| as_user(&app, reqwest::Method::GET, &path, &forged, None)),
+    )
+    .await;
+    let limited = answers.iter().filter(|(s, _)| *s == 429).count();
+    assert!(limited >= 15, "{limited} of 40 limited: {answers:?}");
+    assert!(
+        answers.iter().all(|(s, _)| matches!(s, 429 | 500 | 503)),
+        "{answers:?}"
+    );
+}

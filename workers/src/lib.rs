@@ -31,7 +31,7 @@ const RACE_RUNS: usize = 3;
 )]
 pub struct Config {
     #[command(flatten)]
-    pub backends: loyalty::config::Backends,
+    pub backends: loyalty_service::config::Backends,
     /// Batches applied at once, each in its own transaction.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
     pub concurrency: u16,
@@ -276,12 +276,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .database(pool_size(config.concurrency))
         .await?;
     let broker = Arc::new(config.backends.broker());
-    tokio::spawn(loyalty::telemetry::serve_metrics(config.metrics_addr));
+    tokio::spawn(loyalty_service::telemetry::serve_metrics(
+        config.metrics_addr,
+    ));
     Worker::new(db, broker)
         .run(
             config.concurrency,
             config.batch,
-            loyalty::shutdown::signal(),
+            loyalty_service::shutdown::signal(),
         )
         .await
 }

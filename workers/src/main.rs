@@ -7,6 +7,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = workers::Config::parse();
-    loyalty::telemetry::init("info,workers=info,loyalty=info");
+    loyalty_service::telemetry::init("info,workers=info,loyalty=info");
     workers::run(config).await
 }

@@ -1,7 +1,7 @@
 //! Bills the cash registers load; creating one holds its bonus payment, cancelling releases it.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, post};
 use axum::{Json, Router};
@@ -9,11 +9,11 @@ use loyalty::bills::{self, Bill, NewBill};
 use loyalty::orgs;
 use serde::{Deserialize, Serialize};
 
-use super::{Listing, Page};
+use super::{Listing, Page, PageQuery};
 use crate::AppState;
-use crate::error::ApiError;
-use crate::extract::{Body, Path, Query, RequestDigest};
-use crate::idempotency::{IdempotencyKey, transact};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Path, Query};
+use crate::idempotency::{Idempotent, NoBody};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -29,68 +29,58 @@ pub struct CreatedBill {
 
 /// Creates an open bill; a bonus payment is held against the wallet at once.
 #[utoipa::path(post, path = "/admin/v1/orgs/{org}/bills", tag = "bills", request_body = NewBill,
-    responses((status = 201, body = CreatedBill), (status = 404, body = crate::openapi::ErrorBody),
-              (status = 409, description = "bonuses short once other open bills are counted, or number taken", body = crate::openapi::ErrorBody),
-              (status = 422, body = crate::openapi::ErrorBody)),
+    responses((status = 201, body = CreatedBill), (status = 404, body = ErrorBody),
+              (status = 409, description = "bonuses short once other open bills are counted, or number taken", body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_bill(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(org): Path<i64>,
-    body: Body<NewBill>,
+    request: Idempotent<NewBill>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    transact(
-        &state.db,
-        key.as_ref(),
-        &body.digest,
-        StatusCode::CREATED,
-        async |conn| {
+    request
+        .answer(&state.db, StatusCode::CREATED, async |conn| {
             orgs::get(conn, org).await?;
-            let bill = bills::create(conn, org, &body.value).await?;
+            let bill = bills::create(conn, org, &request.value).await?;
             tracing::info!(org, bill = bill.id, "bill created");
             Ok(CreatedBill {
                 id: bill.id,
                 number: bill.number,
             })
-        },
-    )
-    .await
+        })
+        .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct BillQuery {
     /// open, paid or cancelled; all when absent.
     pub status: Option<String>,
-    /// 1 to 500, default 50.
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<i64>,
-    /// Default 0.
-    #[param(minimum = 0)]
-    pub offset: Option<i64>,
 }
 
 /// The organization's bills, newest first.
-#[utoipa::path(get, path = "/admin/v1/orgs/{org}/bills", tag = "bills", params(BillQuery),
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/bills", tag = "bills", params(BillQuery, PageQuery),
     responses((status = 200, body = Listing<Bill>)), security(("admin" = [])))]
 pub async fn list_bills(
     State(state): State<AppState>,
     Path(org): Path<i64>,
     Query(query): Query<BillQuery>,
+    page: Page,
 ) -> Result<Json<Listing<Bill>>, ApiError> {
-    let (limit, offset) = Page {
-        limit: query.limit,
-        offset: query.offset,
-    }
-    .bounds()?;
     let mut conn = state.db.acquire().await?;
-    let found = bills::list(&mut conn, org, query.status.as_deref(), limit, offset).await?;
-    Ok(Json(Listing::new(found, limit, offset)))
+    let found = bills::list(
+        &mut conn,
+        org,
+        query.status.as_deref(),
+        page.limit,
+        page.offset,
+    )
+    .await?;
+    Ok(Json(Listing::new(found, page)))
 }
 
 /// One bill.
 #[utoipa::path(get, path = "/admin/v1/orgs/{org}/bills/{id}", tag = "bills",
-    responses((status = 200, body = Bill), (status = 404, body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = Bill), (status = 404, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn get_bill(
     State(state): State<AppState>,
@@ -102,22 +92,17 @@ pub async fn get_bill(
 
 /// Cancels an open bill and releases its bonus hold.
 #[utoipa::path(delete, path = "/admin/v1/orgs/{org}/bills/{id}", tag = "bills",
-    responses((status = 200, body = Bill), (status = 404, body = crate::openapi::ErrorBody),
-              (status = 409, description = "the bill is paid or already cancelled", body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = Bill), (status = 404, body = ErrorBody),
+              (status = 409, description = "the bill is paid or already cancelled", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn cancel_bill(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((org, id)): Path<(i64, i64)>,
-    RequestDigest(digest): RequestDigest,
+    request: Idempotent<NoBody>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    transact(
-        &state.db,
-        key.as_ref(),
-        &digest,
-        StatusCode::OK,
-        async |conn| Ok(bills::cancel(conn, org, id).await?),
-    )
-    .await
+    request
+        .answer(&state.db, StatusCode::OK, async |conn| {
+            Ok(bills::cancel(conn, org, id).await?)
+        })
+        .await
 }

@@ -1,7 +1,7 @@
 //! Customers: creation, search, the legacy view, promo codes and the operator's wallet movements.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,11 +14,11 @@ use loyalty::money::Amount;
 use loyalty::orgs;
 use serde::{Deserialize, Serialize};
 
-use super::{Listing, Page};
+use super::{Listing, Page, PageQuery};
 use crate::AppState;
-use crate::error::ApiError;
-use crate::extract::{Body, Path, Query};
-use crate::idempotency::{IdempotencyKey, transact};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Path, Query};
+use crate::idempotency::Idempotent;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -41,70 +41,53 @@ pub struct CreatedCustomer {
 
 /// Creates a customer.
 #[utoipa::path(post, path = "/admin/v1/orgs/{org}/customers", tag = "customers", request_body = NewCustomer,
-    responses((status = 201, body = CreatedCustomer), (status = 409, body = crate::openapi::ErrorBody),
-              (status = 422, body = crate::openapi::ErrorBody)),
+    responses((status = 201, body = CreatedCustomer), (status = 409, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_customer(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(org): Path<i64>,
-    body: Body<NewCustomer>,
+    request: Idempotent<NewCustomer>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    transact(
-        &state.db,
-        key.as_ref(),
-        &body.digest,
-        StatusCode::CREATED,
-        async |conn| {
-            let id = customers::create(conn, org, &body.value).await?;
+    request
+        .answer(&state.db, StatusCode::CREATED, async |conn| {
+            let id = customers::create(conn, org, &request.value).await?;
             Ok(CreatedCustomer { id: id.to_string() })
-        },
-    )
-    .await
+        })
+        .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct CustomerQuery {
     /// Part of a name, username, phone number or id; all customers when absent.
     pub q: Option<String>,
-    /// 1 to 500, default 50.
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<i64>,
-    /// Default 0.
-    #[param(minimum = 0)]
-    pub offset: Option<i64>,
 }
 
 /// Searches customers by name, phone or username.
-#[utoipa::path(get, path = "/admin/v1/orgs/{org}/customers", tag = "customers", params(CustomerQuery),
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/customers", tag = "customers", params(CustomerQuery, PageQuery),
     responses((status = 200, body = Listing<CustomerSummary>)), security(("admin" = [])))]
 pub async fn search_customers(
     State(state): State<AppState>,
     Path(org): Path<i64>,
     Query(query): Query<CustomerQuery>,
+    page: Page,
 ) -> Result<Json<Listing<CustomerSummary>>, ApiError> {
-    let (limit, offset) = Page {
-        limit: query.limit,
-        offset: query.offset,
-    }
-    .bounds()?;
     let mut conn = state.db.acquire().await?;
     orgs::get(&mut conn, org).await?;
     let found = customers::search(
         &mut conn,
         org,
         query.q.as_deref().unwrap_or(""),
-        limit,
-        offset,
+        page.limit,
+        page.offset,
     )
     .await?;
-    Ok(Json(Listing::new(found, limit, offset)))
+    Ok(Json(Listing::new(found, page)))
 }
 
 /// The customer in exactly the legacy export's shape.
 #[utoipa::path(get, path = "/admin/v1/orgs/{org}/customers/{id}", tag = "customers",
-    responses((status = 200, body = LegacyCustomer), (status = 404, body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = LegacyCustomer), (status = 404, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn get_customer(
     State(state): State<AppState>,
@@ -127,28 +110,21 @@ pub struct PromoRequest {
 /// Enters a friend's promo code for the customer.
 #[utoipa::path(post, path = "/admin/v1/orgs/{org}/customers/{id}/promo", tag = "customers",
     request_body = PromoRequest,
-    responses((status = 200, body = Balances), (status = 404, body = crate::openapi::ErrorBody),
-              (status = 409, description = "already referred, or after the first purchase", body = crate::openapi::ErrorBody),
-              (status = 422, description = "own, unknown or looping code", body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = Balances), (status = 404, body = ErrorBody),
+              (status = 409, description = "already referred, or after the first purchase", body = ErrorBody),
+              (status = 422, description = "own, unknown or looping code", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn enter_promo(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((org, id)): Path<(i64, i64)>,
-    body: Body<PromoRequest>,
+    request: Idempotent<PromoRequest>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    transact(
-        &state.db,
-        key.as_ref(),
-        &body.digest,
-        StatusCode::OK,
-        async |conn| {
+    request
+        .answer(&state.db, StatusCode::OK, async |conn| {
             let organization = orgs::get(conn, org).await?;
-            Ok(customers::apply_promo(conn, &organization, id, &body.value.code).await?)
-        },
-    )
-    .await
+            Ok(customers::apply_promo(conn, &organization, id, &request.value.code).await?)
+        })
+        .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -166,30 +142,28 @@ pub struct BonusRequest {
 /// Accrues or deducts bonuses by hand.
 #[utoipa::path(post, path = "/admin/v1/orgs/{org}/customers/{id}/bonuses", tag = "customers",
     request_body = BonusRequest,
-    responses((status = 201, body = Balances), (status = 404, body = crate::openapi::ErrorBody),
-              (status = 409, description = "deducting more than is available", body = crate::openapi::ErrorBody),
-              (status = 422, body = crate::openapi::ErrorBody)),
+    responses((status = 201, body = Balances), (status = 404, body = ErrorBody),
+              (status = 409, description = "deducting more than is available", body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn move_bonuses(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((org, id)): Path<(i64, i64)>,
-    body: Body<BonusRequest>,
+    request: Idempotent<BonusRequest>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    let request = &body.value;
-    let wallet = request.wallet.unwrap_or(Wallet::Main);
+    let body = &request.value;
+    let wallet = body.wallet.unwrap_or(Wallet::Main);
     if wallet == Wallet::Debt {
         return Err(ApiError::invalid(
             "wallet",
             "must be main or referral; debts have their own endpoint",
         ));
     }
-    let (kind, default_text) = match request.op {
+    let (kind, default_text) = match body.op {
         BonusOp::Accrue => (EntryKind::Accrual, describe::OPERATOR_ACCRUAL),
         BonusOp::Deduct => (EntryKind::Deduction, describe::OPERATOR_DEDUCTION),
     };
-    let description = request
+    let description = body
         .description
         .as_deref()
         .map(str::trim)
@@ -204,21 +178,11 @@ pub async fn move_bonuses(
     let movement = OperatorMove {
         wallet,
         kind,
-        amount: request.amount,
+        amount: body.amount,
         description,
-        reference: key.as_ref().map(|k| k.as_str()),
+        reference: request.key(),
     };
-    transact(
-        &state.db,
-        key.as_ref(),
-        &body.digest,
-        StatusCode::CREATED,
-        async |conn| {
-            let organization = orgs::get(conn, org).await?;
-            Ok(customers::operator_move(conn, &organization, id, &movement).await?)
-        },
-    )
-    .await
+    operator_move(&state, &request, org, id, &movement).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -231,39 +195,43 @@ pub struct DebtRequest {
 /// Adds a debt or records its payment.
 #[utoipa::path(post, path = "/admin/v1/orgs/{org}/customers/{id}/debts", tag = "customers",
     request_body = DebtRequest,
-    responses((status = 201, body = Balances), (status = 404, body = crate::openapi::ErrorBody),
-              (status = 409, description = "paying more than is owed", body = crate::openapi::ErrorBody),
-              (status = 422, body = crate::openapi::ErrorBody)),
+    responses((status = 201, body = Balances), (status = 404, body = ErrorBody),
+              (status = 409, description = "paying more than is owed", body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn move_debt(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((org, id)): Path<(i64, i64)>,
-    body: Body<DebtRequest>,
+    request: Idempotent<DebtRequest>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    let (kind, description) = match body.value.op {
+    let (kind, description) = match request.value.op {
         DebtOp::Add => (EntryKind::Accrual, describe::DEBT_ADDED),
         DebtOp::Pay => (EntryKind::Payment, describe::DEBT_PAID),
     };
     let movement = OperatorMove {
         wallet: Wallet::Debt,
         kind,
-        amount: body.value.amount,
+        amount: request.value.amount,
         description,
-        reference: key.as_ref().map(|k| k.as_str()),
+        reference: request.key(),
     };
-    transact(
-        &state.db,
-        key.as_ref(),
-        &body.digest,
-        StatusCode::CREATED,
-        async |conn| {
+    operator_move(&state, &request, org, id, &movement).await
+}
+
+/// Applies an operator's movement of a wallet once for `request`: 201 with the balances.
+async fn operator_move<T>(
+    state: &AppState,
+    request: &Idempotent<T>,
+    org: i64,
+    id: i64,
+    movement: &OperatorMove<'_>,
+) -> Result<Response, ApiError> {
+    request
+        .answer(&state.db, StatusCode::CREATED, async |conn| {
             let organization = orgs::get(conn, org).await?;
-            Ok(customers::operator_move(conn, &organization, id, &movement).await?)
-        },
-    )
-    .await
+            Ok(customers::operator_move(conn, &organization, id, movement).await?)
+        })
+        .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -279,33 +247,27 @@ pub struct MergeRequest {
 /// referrals move; every ledger entry is kept as it was.
 #[utoipa::path(post, path = "/admin/v1/orgs/{org}/customers/{id}/merge", tag = "customers",
     request_body = MergeRequest,
-    responses((status = 200, body = customers::Merged), (status = 404, body = crate::openapi::ErrorBody),
-              (status = 409, description = "already merged", body = crate::openapi::ErrorBody),
-              (status = 422, body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = customers::Merged), (status = 404, body = ErrorBody),
+              (status = 409, description = "already merged", body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn merge_customer(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((org, id)): Path<(i64, i64)>,
-    body: Body<MergeRequest>,
+    request: Idempotent<MergeRequest>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    transact(
-        &state.db,
-        key.as_ref(),
-        &body.digest,
-        StatusCode::OK,
-        async |conn| {
-            let merged = customers::merge(conn, org, id, body.value.from).await?;
+    let from = request.value.from;
+    request
+        .answer(&state.db, StatusCode::OK, async |conn| {
+            let merged = customers::merge(conn, org, id, from).await?;
             tracing::info!(
                 org,
                 into = id,
-                from = body.value.from,
+                from,
                 entries = merged.entries_moved,
                 "customers merged"
             );
             Ok(merged)
-        },
-    )
-    .await
+        })
+        .await
 }

@@ -1,18 +1,16 @@
 //! Import and export of the old system's JSON export.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use loyalty::legacy::{self, ImportOutcome};
 
 use crate::AppState;
-use crate::error::ApiError;
-use crate::extract::{Body, BodyLimit, Path};
-use crate::idempotency::{IdempotencyKey, transact};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{BodyLimit, Path};
+use crate::idempotency::Idempotent;
 
 pub fn router(import_limit: usize) -> Router<AppState> {
     Router::new()
@@ -25,27 +23,27 @@ pub fn router(import_limit: usize) -> Router<AppState> {
 }
 
 /// Imports a legacy export as a new organization: 201 the first time, 200 with the same id when
-/// this very export was imported before.
+/// this very export was imported before. A retry under the same Idempotency-Key gets the status
+/// its first answer had.
 #[utoipa::path(post, path = "/admin/v1/import", tag = "legacy", request_body = Object,
     responses((status = 201, body = ImportOutcome), (status = 200, description = "already imported", body = ImportOutcome),
-              (status = 413, body = crate::openapi::ErrorBody),
-              (status = 422, description = "a balance that differs from its history, names the customer", body = crate::openapi::ErrorBody)),
+              (status = 413, body = ErrorBody),
+              (status = 422, description = "a balance that differs from its history, names the customer", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn import(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body<serde_json::Value>,
+    request: Idempotent<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    let created = AtomicBool::new(true);
-    let mut response = transact(
-        &state.db,
-        key.as_ref(),
-        &body.digest,
-        StatusCode::CREATED,
-        async |conn| {
-            let outcome = legacy::import(conn, &body.value).await?;
-            created.store(outcome.created, Ordering::Relaxed);
+    let status = |outcome: &ImportOutcome| {
+        if outcome.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        }
+    };
+    request
+        .answer_with(&state.db, status, async |conn| {
+            let outcome = legacy::import(conn, &request.value).await?;
             tracing::info!(
                 org = outcome.id,
                 customers = outcome.customers,
@@ -53,18 +51,13 @@ pub async fn import(
                 "legacy export imported"
             );
             Ok(outcome)
-        },
-    )
-    .await?;
-    if !created.load(Ordering::Relaxed) {
-        *response.status_mut() = StatusCode::OK;
-    }
-    Ok(response)
+        })
+        .await
 }
 
 /// The organization in the legacy export's format.
 #[utoipa::path(get, path = "/admin/v1/orgs/{org}/export", tag = "legacy",
-    responses((status = 200, description = "the legacy export", body = Object), (status = 404, body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "the legacy export", body = Object), (status = 404, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn export(
     State(state): State<AppState>,

@@ -8,7 +8,8 @@ pub mod orgs;
 pub mod receipts;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::bearer;
+use crate::extract::{Query, bearer};
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -48,26 +49,48 @@ async fn require_admin(
     Ok(next.run(request).await)
 }
 
-/// `?limit=&offset=` of the list endpoints.
-#[derive(Debug, Clone, Copy, Deserialize, utoipa::IntoParams)]
+/// The page of a list endpoint, from its `?limit=&offset=` (documented by [`PageQuery`]), checked.
+/// Take it after the route's own `Query`, so a malformed filter is reported before the page.
+#[derive(Debug, Clone, Copy)]
 pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// The longest page a list endpoint serves.
+pub const MAX_PAGE: i64 = 500;
+/// The page length when `limit` is absent.
+pub const DEFAULT_PAGE: i64 = 50;
+
+/// `?limit=&offset=` of the list endpoints.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
     /// 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Default 0.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
-impl Page {
-    pub fn bounds(self) -> Result<(i64, i64), ApiError> {
-        let limit = self.limit.unwrap_or(50);
-        let offset = self.offset.unwrap_or(0);
-        if !(1..=500).contains(&limit) {
-            return Err(ApiError::invalid("limit", "must be between 1 and 500"));
+impl<S: Send + Sync> FromRequestParts<S> for Page {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(query) = Query::<PageQuery>::from_request_parts(parts, state).await?;
+        let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+        let offset = query.offset.unwrap_or(0);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE}"),
+            ));
         }
         if offset < 0 {
             return Err(ApiError::invalid("offset", "must not be negative"));
         }
-        Ok((limit, offset))
+        Ok(Page { limit, offset })
     }
 }
 
@@ -79,12 +102,12 @@ pub struct Listing<T> {
 }
 
 impl<T> Listing<T> {
-    pub fn new(items: Vec<T>, limit: i64, offset: i64) -> Self {
-        let full = i64::try_from(items.len()).unwrap_or(i64::MAX) == limit;
+    pub fn new(items: Vec<T>, page: Page) -> Self {
+        let full = i64::try_from(items.len()).unwrap_or(i64::MAX) == page.limit;
         Self {
             items,
             // Past the largest offset there is no next page.
-            next_offset: full.then(|| offset.checked_add(limit)).flatten(),
+            next_offset: full.then(|| page.offset.checked_add(page.limit)).flatten(),
         }
     }
 }

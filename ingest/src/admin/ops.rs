@@ -13,7 +13,7 @@ use super::receipts::{
     receipt_rows,
 };
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Body, Query};
 
 pub fn router() -> Router<AppState> {
@@ -26,10 +26,7 @@ pub fn router() -> Router<AppState> {
 
 fn broker_down(err: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %err, "RabbitMQ not reachable for an operator request");
-    ApiError::Unavailable {
-        message: "RabbitMQ is not reachable".into(),
-        retry_after_secs: 5,
-    }
+    ApiError::unavailable("RabbitMQ is not reachable")
 }
 
 fn stream(name: &str) -> Result<Stream, ApiError> {
@@ -44,7 +41,7 @@ pub struct Queues {
 
 /// Every queue of the topology: messages ready and consumers (read from RabbitMQ itself).
 #[utoipa::path(get, path = "/admin/v1/ops/queues", tag = "operations",
-    responses((status = 200, body = Queues), (status = 503, body = crate::openapi::ErrorBody)), security(("admin" = [])))]
+    responses((status = 200, body = Queues), (status = 503, body = ErrorBody)), security(("admin" = [])))]
 pub async fn queues(State(state): State<AppState>) -> Result<Json<Queues>, ApiError> {
     let (items, _) = queue_depths(&state).await.map_err(broker_down)?;
     Ok(Json(Queues { items }))
@@ -102,6 +99,9 @@ pub struct Summary {
 /// How many of the latest failures the summary lists.
 const FAILURES_SHOWN: i64 = 10;
 
+/// How long the summary waits for RabbitMQ before answering without the queues.
+const QUEUES_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The queues, the receipts and notifications by status, and the latest failures: the dashboard's
 /// one request. The database parts are answered while RabbitMQ is down (its part says so).
 #[utoipa::path(get, path = "/admin/v1/ops/summary", tag = "operations", params(SummaryQuery),
@@ -112,9 +112,14 @@ pub async fn summary(
 ) -> Result<Json<Summary>, ApiError> {
     let org = query.org;
     let (queues, receipts, notifications, failed_receipts, failed_notifications) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(3), queue_depths(&state)),
-        status_counts(&state.db, "receipts", org, &RECEIPT_STATUSES),
-        status_counts(&state.db, "outbox", org, &NOTIFICATION_STATUSES),
+        tokio::time::timeout(QUEUES_TIMEOUT, queue_depths(&state)),
+        status_counts(&state.db, Counted::Receipts, org, &RECEIPT_STATUSES),
+        status_counts(
+            &state.db,
+            Counted::Notifications,
+            org,
+            &NOTIFICATION_STATUSES
+        ),
         receipt_rows(
             &state.db,
             org,
@@ -139,7 +144,10 @@ pub async fn summary(
         Err(_) => (
             None,
             false,
-            Some("RabbitMQ did not answer in 3 s".to_owned()),
+            Some(format!(
+                "RabbitMQ did not answer in {} s",
+                QUEUES_TIMEOUT.as_secs()
+            )),
         ),
     };
     Ok(Json(Summary {
@@ -156,32 +164,59 @@ pub async fn summary(
     }))
 }
 
+/// What the summary counts by status.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    Receipts,
+    Notifications,
+}
+
+/// The counting query over one table, as one static string per table (no SQL is built at run time).
+macro_rules! status_counts_sql {
+    ($table:literal) => {
+        concat!(
+            "select s.status,
+                count(t.updated_at) filter (where t.updated_at > now() - interval '1 minute') as last_minute,
+                count(t.updated_at) filter (where t.updated_at > now() - interval '1 hour') as last_hour,
+                count(t.updated_at) as last_day
+         from unnest($1::text[]) with ordinality as s(status, position)
+         left join ",
+            $table,
+            " t on t.status = s.status and t.updated_at > now() - interval '1 day'
+              and ($2::bigint is null or t.org_id = $2)
+         group by s.status, s.position order by s.position"
+        )
+    };
+}
+
+impl Counted {
+    fn sql(self) -> &'static str {
+        match self {
+            Counted::Receipts => status_counts_sql!("receipts"),
+            Counted::Notifications => status_counts_sql!("outbox"),
+        }
+    }
+}
+
 /// Counts per status over the last minute, hour and day, by the time of the last change. Each
 /// status is one range of the (status, updated_at) index, so the cost follows the day's volume,
 /// not the table's size (at 10 receipts a second, some 900 000 index entries and rows a day).
 async fn status_counts(
     db: &sqlx::PgPool,
-    table: &'static str,
+    counted: Counted,
     org: Option<i64>,
     statuses: &[&str],
 ) -> sqlx::Result<Vec<StatusCount>> {
-    let sql = format!(
-        "select s.status,
-                count(t.updated_at) filter (where t.updated_at > now() - interval '1 minute') as last_minute,
-                count(t.updated_at) filter (where t.updated_at > now() - interval '1 hour') as last_hour,
-                count(t.updated_at) as last_day
-         from unnest($1::text[]) with ordinality as s(status, position)
-         left join {table} t on t.status = s.status and t.updated_at > now() - interval '1 day'
-              and ($2::bigint is null or t.org_id = $2)
-         group by s.status, s.position order by s.position"
-    );
-    // `table` is one of two names of this file, never input.
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    sqlx::query_as(counted.sql())
         .bind(statuses)
         .bind(org)
         .fetch_all(db)
         .await
 }
+
+/// How many dead letters a listing shows when `limit` is absent, and at most.
+const DEAD_LETTERS_SHOWN: usize = 100;
+const MAX_DEAD_LETTERS: usize = 500;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DeadLetterQuery {
@@ -199,14 +234,17 @@ pub struct DeadLetters {
 
 /// The messages in a stream's dead-letter queue, oldest first, with their last error.
 #[utoipa::path(get, path = "/admin/v1/ops/dead-letters", tag = "operations", params(DeadLetterQuery),
-    responses((status = 200, body = DeadLetters), (status = 503, body = crate::openapi::ErrorBody)), security(("admin" = [])))]
+    responses((status = 200, body = DeadLetters), (status = 503, body = ErrorBody)), security(("admin" = [])))]
 pub async fn dead_letters(
     State(state): State<AppState>,
     Query(query): Query<DeadLetterQuery>,
 ) -> Result<Json<DeadLetters>, ApiError> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid("limit", "must be between 1 and 500"));
+    let limit = query.limit.unwrap_or(DEAD_LETTERS_SHOWN);
+    if !(1..=MAX_DEAD_LETTERS).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_DEAD_LETTERS}"),
+        ));
     }
     let items = state
         .broker
@@ -233,8 +271,8 @@ pub struct Replayed {
 /// Moves dead letters (all, or the named ones) back to their queue for a fresh set of attempts.
 /// A replayed receipt is still applied at most once.
 #[utoipa::path(post, path = "/admin/v1/ops/dead-letters/replay", tag = "operations", request_body = ReplayRequest,
-    responses((status = 200, body = Replayed), (status = 422, body = crate::openapi::ErrorBody),
-              (status = 503, body = crate::openapi::ErrorBody)), security(("admin" = [])))]
+    responses((status = 200, body = Replayed), (status = 422, body = ErrorBody),
+              (status = 503, body = ErrorBody)), security(("admin" = [])))]
 pub async fn replay(
     State(state): State<AppState>,
     body: Body<ReplayRequest>,

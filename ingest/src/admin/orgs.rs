@@ -1,7 +1,7 @@
 //! Organizations and their POS integrations.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -9,9 +9,9 @@ use loyalty::orgs::{self, NewIntegration, OrgChanges, Organization};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Body, Path};
-use crate::idempotency::{IdempotencyKey, transact};
+use crate::idempotency::Idempotent;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -28,31 +28,25 @@ pub struct CreatedOrg {
 /// Creates an organization (a tenant).
 #[utoipa::path(post, path = "/admin/v1/orgs", tag = "organizations", request_body = crate::openapi::NewOrg,
     responses((status = 201, body = CreatedOrg),
-              (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = crate::openapi::ErrorBody)),
+              (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_org(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body<OrgChanges>,
+    request: Idempotent<OrgChanges>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    transact(
-        &state.db,
-        key.as_ref(),
-        &body.digest,
-        StatusCode::CREATED,
-        async |conn| {
+    let keys = &state.config.secrets.token_keys;
+    request
+        .answer(&state.db, StatusCode::CREATED, async |conn| {
             Ok(CreatedOrg {
-                id: orgs::create(conn, &state.config.secrets.token_keys, &body.value).await?,
+                id: orgs::create(conn, keys, &request.value).await?,
             })
-        },
-    )
-    .await
+        })
+        .await
 }
 
 /// An organization; the bot token is never returned, only whether it is set.
 #[utoipa::path(get, path = "/admin/v1/orgs/{org}", tag = "organizations",
-    responses((status = 200, body = Organization), (status = 404, body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = Organization), (status = 404, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn get_org(
     State(state): State<AppState>,
@@ -64,9 +58,9 @@ pub async fn get_org(
 
 /// Changes the fields present in the body.
 #[utoipa::path(patch, path = "/admin/v1/orgs/{org}", tag = "organizations", request_body = OrgChanges,
-    responses((status = 200, body = Organization), (status = 404, body = crate::openapi::ErrorBody),
-              (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = crate::openapi::ErrorBody),
-              (status = 422, body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = Organization), (status = 404, body = ErrorBody),
+              (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn update_org(
     State(state): State<AppState>,
@@ -91,7 +85,7 @@ pub struct NewIntegrationRequest {
 /// Creates a POS integration; its token is in this answer only.
 #[utoipa::path(post, path = "/admin/v1/orgs/{org}/integrations", tag = "organizations",
     request_body = NewIntegrationRequest,
-    responses((status = 201, body = NewIntegration), (status = 404, body = crate::openapi::ErrorBody)),
+    responses((status = 201, body = NewIntegration), (status = 404, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_integration(
     State(state): State<AppState>,

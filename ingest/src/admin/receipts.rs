@@ -1,7 +1,7 @@
 //! Receipts as the workers recorded them, and attaching an unmatched one to a customer.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -9,11 +9,11 @@ use loyalty::bills::deserialize_id;
 use loyalty::receipts::{self, Attached, ReceiptStatus};
 use serde::{Deserialize, Serialize};
 
-use super::{Listing, Page};
+use super::{Listing, Page, PageQuery};
 use crate::AppState;
-use crate::error::ApiError;
-use crate::extract::{Body, Path, Query};
-use crate::idempotency::{IdempotencyKey, transact};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Path, Query};
+use crate::idempotency::Idempotent;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -38,35 +38,29 @@ pub struct AttachRequest {
 /// Applies an unmatched sale to a customer, once.
 #[utoipa::path(post, path = "/admin/v1/orgs/{org}/receipts/{receipt}/attach", tag = "receipts",
     request_body = AttachRequest,
-    responses((status = 200, body = Attached), (status = 404, body = crate::openapi::ErrorBody),
-              (status = 409, description = "the receipt is not unmatched (already applied)", body = crate::openapi::ErrorBody),
-              (status = 422, body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = Attached), (status = 404, body = ErrorBody),
+              (status = 409, description = "the receipt is not unmatched (already applied)", body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn attach_receipt(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((org, receipt)): Path<(i64, String)>,
-    body: Body<AttachRequest>,
+    request: Idempotent<AttachRequest>,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
-    transact(&state.db, key.as_ref(), &body.digest, StatusCode::OK, async |conn| {
-        let attached = receipts::attach(conn, org, &receipt, body.value.customer_id).await?;
-        tracing::info!(org, receipt = %receipt, customer = body.value.customer_id, "unmatched receipt attached");
-        Ok(attached)
-    })
-    .await
+    let customer = request.value.customer_id;
+    request
+        .answer(&state.db, StatusCode::OK, async |conn| {
+            let attached = receipts::attach(conn, org, &receipt, customer).await?;
+            tracing::info!(org, receipt = %receipt, customer, "unmatched receipt attached");
+            Ok(attached)
+        })
+        .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ReceiptQuery {
     /// processing, processed, duplicate, unmatched, ignored, retrying or dead; all when absent.
     pub status: Option<String>,
-    /// 1 to 500, default 50.
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<i64>,
-    /// Default 0.
-    #[param(minimum = 0)]
-    pub offset: Option<i64>,
 }
 
 /// A receipt as recorded.
@@ -93,14 +87,15 @@ pub struct ReceiptRecord {
 }
 
 /// The organization's receipts, latest first.
-#[utoipa::path(get, path = "/admin/v1/orgs/{org}/receipts", tag = "receipts", params(ReceiptQuery),
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/receipts", tag = "receipts", params(ReceiptQuery, PageQuery),
     responses((status = 200, body = Listing<ReceiptRecord>)), security(("admin" = [])))]
 pub async fn list_receipts(
     State(state): State<AppState>,
     Path(org): Path<i64>,
     Query(query): Query<ReceiptQuery>,
+    page: Page,
 ) -> Result<Json<Listing<ReceiptRecord>>, ApiError> {
-    receipts_of(&state, Some(org), query).await
+    receipts_of(&state, Some(org), query.status, page).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -108,107 +103,73 @@ pub struct OpsQuery {
     /// Only this organization's; all when absent.
     pub org: Option<i64>,
     pub status: Option<String>,
-    /// 1 to 500, default 50.
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<i64>,
-    /// Default 0.
-    #[param(minimum = 0)]
-    pub offset: Option<i64>,
 }
 
 /// Receipts of every organization (or one), latest first: what operators watch.
-#[utoipa::path(get, path = "/admin/v1/ops/receipts", tag = "operations", params(OpsQuery),
+#[utoipa::path(get, path = "/admin/v1/ops/receipts", tag = "operations", params(OpsQuery, PageQuery),
     responses((status = 200, body = Listing<ReceiptRecord>)), security(("admin" = [])))]
 pub async fn ops_receipts(
     State(state): State<AppState>,
     Query(q): Query<OpsQuery>,
+    page: Page,
 ) -> Result<Json<Listing<ReceiptRecord>>, ApiError> {
-    receipts_of(
-        &state,
-        q.org,
-        ReceiptQuery {
-            status: q.status,
-            limit: q.limit,
-            offset: q.offset,
-        },
-    )
-    .await
+    receipts_of(&state, q.org, q.status, page).await
 }
 
 /// Notifications of every organization (or one), latest first.
-#[utoipa::path(get, path = "/admin/v1/ops/notifications", tag = "operations", params(OpsQuery),
+#[utoipa::path(get, path = "/admin/v1/ops/notifications", tag = "operations", params(OpsQuery, PageQuery),
     responses((status = 200, body = Listing<NotificationRecord>)), security(("admin" = [])))]
 pub async fn ops_notifications(
     State(state): State<AppState>,
     Query(q): Query<OpsQuery>,
+    page: Page,
 ) -> Result<Json<Listing<NotificationRecord>>, ApiError> {
-    notifications_of(
-        &state,
-        q.org,
-        NotificationQuery {
-            status: q.status,
-            limit: q.limit,
-            offset: q.offset,
-        },
-    )
-    .await
+    notifications_of(&state, q.org, q.status, page).await
 }
 
 async fn receipts_of(
     state: &AppState,
     org: Option<i64>,
-    query: ReceiptQuery,
+    status: Option<String>,
+    page: Page,
 ) -> Result<Json<Listing<ReceiptRecord>>, ApiError> {
-    let (limit, offset) = Page {
-        limit: query.limit,
-        offset: query.offset,
-    }
-    .bounds()?;
-    check_status(query.status.as_deref(), &RECEIPT_STATUSES)?;
-    let statuses: Option<Vec<&str>> = query.status.as_deref().map(|s| vec![s]);
-    let rows = receipt_rows(&state.db, org, statuses.as_deref(), limit, offset).await?;
-    Ok(Json(Listing::new(rows, limit, offset)))
+    check_status(status.as_deref(), &RECEIPT_STATUSES)?;
+    let statuses: Option<Vec<&str>> = status.as_deref().map(|s| vec![s]);
+    let rows = receipt_rows(&state.db, org, statuses.as_deref(), page.limit, page.offset).await?;
+    Ok(Json(Listing::new(rows, page)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct NotificationQuery {
     /// pending, sending, sent, skipped, unreachable, retrying, dead or uncertain; all when absent.
     pub status: Option<String>,
-    /// 1 to 500, default 50.
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<i64>,
-    /// Default 0.
-    #[param(minimum = 0)]
-    pub offset: Option<i64>,
 }
 
 pub use loyalty::notifications::NotificationRecord;
 
 /// The organization's notifications, latest first.
-#[utoipa::path(get, path = "/admin/v1/orgs/{org}/notifications", tag = "receipts", params(NotificationQuery),
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/notifications", tag = "receipts", params(NotificationQuery, PageQuery),
     responses((status = 200, body = Listing<NotificationRecord>)), security(("admin" = [])))]
 pub async fn list_notifications(
     State(state): State<AppState>,
     Path(org): Path<i64>,
     Query(query): Query<NotificationQuery>,
+    page: Page,
 ) -> Result<Json<Listing<NotificationRecord>>, ApiError> {
-    notifications_of(&state, Some(org), query).await
+    notifications_of(&state, Some(org), query.status, page).await
 }
 
 async fn notifications_of(
     state: &AppState,
     org: Option<i64>,
-    query: NotificationQuery,
+    status: Option<String>,
+    page: Page,
 ) -> Result<Json<Listing<NotificationRecord>>, ApiError> {
-    let (limit, offset) = Page {
-        limit: query.limit,
-        offset: query.offset,
-    }
-    .bounds()?;
-    check_status(query.status.as_deref(), &NOTIFICATION_STATUSES)?;
-    let statuses: Option<Vec<&str>> = query.status.as_deref().map(|s| vec![s]);
-    let rows = notification_rows(&state.db, org, statuses.as_deref(), limit, offset).await?;
-    Ok(Json(Listing::new(rows, limit, offset)))
+    check_status(status.as_deref(), &NOTIFICATION_STATUSES)?;
+    let statuses: Option<Vec<&str>> = status.as_deref().map(|s| vec![s]);
+    let rows =
+        notification_rows(&state.db, org, statuses.as_deref(), page.limit, page.offset).await?;
+    Ok(Json(Listing::new(rows, page)))
 }
 
 /// Every status a receipt's record can have, in the order the dashboard shows them.

@@ -1,4 +1,5 @@
-//! Logging set up once per service: `RUST_LOG` filters, `RUST_LOG_FORMAT=json` switches to JSON lines.
+//! Logging and metrics, set up once per service. `RUST_LOG` filters the logs, `RUST_LOG_FORMAT=json`
+//! switches them to JSON lines; the Prometheus recorder is served on `/metrics`.
 
 use std::fmt;
 
@@ -12,12 +13,15 @@ pub fn init(default_filter: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let json = std::env::var("RUST_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    // A second init (tests starting several services in one process) keeps the first subscriber.
-    let _ = if json {
+    let installed = if json {
         builder.json().try_init()
     } else {
         builder.fmt_fields(EscapedFields::default()).try_init()
     };
+    // A second init (tests starting several services in one process) keeps the first subscriber.
+    if let Err(err) = installed {
+        tracing::debug!(error = %err, "a log subscriber was already installed; keeping it");
+    }
 }
 
 /// The text format's fields with every control character escaped (`\n`, `\r`, `\t`, `\u{1b}`…),
@@ -56,10 +60,17 @@ pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
             .build_recorder();
         let handle = recorder.handle();
         // Tests start several services in one process: the first recorder serves them all.
-        let _ = metrics::set_global_recorder(recorder);
+        if let Err(err) = metrics::set_global_recorder(recorder) {
+            tracing::debug!(error = %err, "a metrics recorder was already installed; keeping it");
+        }
         handle
     })
 }
+
+/// Seconds a metrics connection has to send its request head (as ingest's default).
+const METRICS_HEADER_TIMEOUT_SECS: u64 = 30;
+/// Most connections the metrics listener keeps open: a few scrapers, never a crowd.
+const METRICS_MAX_CONNECTIONS: u32 = 64;
 
 /// Serves `GET /metrics` on `addr`, for a service that has no HTTP server of its own.
 pub async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
@@ -71,8 +82,8 @@ pub async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     );
     // A scraper needs few connections; silent ones are closed like ingest's.
     let limits = crate::server::HttpLimits {
-        header_timeout_secs: 30,
-        max_connections: 64,
+        header_timeout_secs: METRICS_HEADER_TIMEOUT_SECS,
+        max_connections: METRICS_MAX_CONNECTIONS,
     };
     crate::server::serve(listener, app, &limits, std::future::pending()).await;
     Ok(())

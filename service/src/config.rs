@@ -1,6 +1,8 @@
-//! The settings every service shares: where PostgreSQL and RabbitMQ are, and the queue names' prefix.
+//! The settings several binaries share: where PostgreSQL and RabbitMQ are, the queue names'
+//! prefix, and the keys of the bot tokens. Each binary flattens these into its own `Config`
+//! (`ingest::Config`, `workers::Config`, `notifier::Config`) beside the settings only it reads.
 
-use crate::queue::{Broker, Topology};
+use loyalty::queue::{Broker, Topology};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Backends {
@@ -28,8 +30,8 @@ pub struct Backends {
 impl Backends {
     /// Connects to PostgreSQL (retrying while it starts) and applies pending migrations.
     pub async fn database(&self, max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
-        let db = crate::db::connect(&self.database_url, max_connections).await?;
-        crate::db::migrate(&db).await?;
+        let db = loyalty::db::connect(&self.database_url, max_connections).await?;
+        loyalty::db::migrate(&db).await?;
         Ok(db)
     }
 
@@ -48,5 +50,5 @@ pub struct Secrets {
     /// `id:base64key[,id:base64key…]` with 32-byte keys (`openssl rand -base64 32`): the first
     /// seals bot tokens, every one listed opens them. Required once any organization has a token.
     #[arg(long, env = "TOKEN_KEYS", hide_env_values = true, default_value = "")]
-    pub token_keys: crate::crypto::TokenKeys,
+    pub token_keys: loyalty::crypto::TokenKeys,
 }

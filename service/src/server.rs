@@ -1,4 +1,4 @@
-//! The HTTP server under ingest's API and every service's metrics. `axum::serve` sets no timer and detects HTTP/1
+//! The HTTP server under ingest's API and every service's metrics listener. `axum::serve` sets no timer and detects HTTP/1
 //! or 2 by waiting for a connection's first bytes without a deadline, so silent connections stayed
 //! open forever: ~20,000 of them once exhausted the descriptors and `/healthz` stopped answering.
 //! Here every connection must send a complete request head within `HTTP_HEADER_TIMEOUT`, and at
@@ -72,25 +72,33 @@ pub async fn serve(
         let mut stopping = stopping.clone();
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(error = %err, "TCP_NODELAY not set on a connection");
+            }
             let conn = http.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
+            let served = tokio::select! {
+                served = conn.as_mut() => served,
                 _ = stopping.changed() => {
                     // Closes at once when idle, after its answer when a request is in flight.
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    conn.await
                 }
+            };
+            // A client that hung up or sent garbage is its own business: nothing to alert on.
+            if let Err(err) = served {
+                tracing::debug!(error = %err, "connection ended with an error");
             }
             metrics::gauge!("loyalty_http_connections").decrement(1);
             drop(permit);
         });
     }
     drop(listener);
-    let _ = stop.send(());
+    stop.send_replace(());
     // Each connection holds a permit until it is closed: all of them back means all are done.
-    let _ = permits.acquire_many(limits.max_connections).await;
+    if let Err(err) = permits.acquire_many(limits.max_connections).await {
+        tracing::warn!(error = %err, "connections not awaited at shutdown");
+    }
 }
 
 /// An accept that failed: a connection reset before it was taken is nothing; running out of
