@@ -150,7 +150,11 @@ pub(super) async fn apply_sales(
                 accrual,
                 texts[i][1].as_str(),
             )?);
-            notes.push(note(sale.customer_id, NotificationKind::PurchaseAccrual, accrual));
+            notes.push(note(
+                sale.customer_id,
+                NotificationKind::PurchaseAccrual,
+                accrual,
+            ));
         }
         if effects.first_purchase {
             first_purchases.push((sale.org.id, sale.customer_id));
@@ -163,7 +167,11 @@ pub(super) async fn apply_sales(
                 reward.amount,
                 texts[i][2].as_str(),
             )?);
-            notes.push(note(reward.referrer, NotificationKind::ReferralReward, reward.amount));
+            notes.push(note(
+                reward.referrer,
+                NotificationKind::ReferralReward,
+                reward.amount,
+            ));
         }
     }
 
