@@ -122,7 +122,7 @@ async fn a_panic_in_the_apply_step_kills_only_its_receipt_and_the_hundred_beside
     })
     .await;
     let worker = workers::Worker::new(app.db.pool.clone(), app.state.broker.clone())
-        .panicking_on(|message| message.event["id"] == "ev-poison");
+        .panicking_on(|message| message.event_id() == "ev-poison");
     let started = Instant::now();
     let _worker = app.run_worker(worker, 1, 250);
     let took = hundred_applied(&app, batch.org, started).await;

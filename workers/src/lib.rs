@@ -140,7 +140,7 @@ impl Worker {
                 .map_err(|e| Verdict::transient(format!("database: {e}")))?;
             if let Some(poison) = &self.panic_on {
                 if let Some(m) = messages.iter().find(|m| poison(m)) {
-                    panic!("injected fault applying {}", event_id(m));
+                    panic!("injected fault applying {}", m.event_id());
                 }
             }
             match receipts::apply_batch(&mut tx, messages).await {
@@ -263,10 +263,6 @@ fn applied(message: &ReceiptMessage, span: &Span, outcome: Outcome) -> Verdict<O
     let waited = chrono::Utc::now().signed_duration_since(message.received_at);
     metrics::histogram!("loyalty_receipt_end_to_end_seconds").record(waited.as_seconds_f64());
     Verdict::Done(outcome)
-}
-
-fn event_id(message: &ReceiptMessage) -> &str {
-    message.event_id()
 }
 
 /// Connects, migrates, declares the topology and consumes until SIGTERM or Ctrl-C.
