@@ -4,10 +4,23 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// Why a service could not connect at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server answers but has no such database: waiting would not help.
+    #[error(
+        "PostgreSQL has no database \"{0}\": create it (`createdb {0}`) or point DATABASE_URL at one that exists"
+    )]
+    MissingDatabase(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
 
 /// Connects, retrying with backoff for about a minute so a service can start before its database.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+/// A database the server does not have (SQLSTATE 3D000) is an error at once, naming it.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectError> {
     let connect = || {
         PgPoolOptions::new()
             .max_connections(max_connections)
@@ -16,8 +29,37 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
     };
     connect
         .retry(start_up_retry())
+        .when(|err| !is_missing_database(err))
         .notify(|err, wait| tracing::warn!(error = %err, ?wait, "PostgreSQL not reachable yet; retrying"))
         .await
+        .map_err(|err| {
+            if is_missing_database(&err) {
+                ConnectError::MissingDatabase(database_name(url))
+            } else {
+                ConnectError::Db(err)
+            }
+        })
+}
+
+/// SQLSTATE 3D000, invalid_catalog_name: the server has no database of that name.
+fn is_missing_database(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "3D000")
+}
+
+/// The database a URL names (without its credentials), as PostgreSQL reads it.
+fn database_name(url: &str) -> String {
+    url.parse::<PgConnectOptions>()
+        .ok()
+        .map(|options| {
+            // No database in the URL: PostgreSQL takes the user's name.
+            options
+                .get_database()
+                .unwrap_or(options.get_username())
+                .to_owned()
+        })
+        .unwrap_or_else(|| "named in DATABASE_URL".to_owned())
 }
 
 /// How a service waits at start for a database that is not there yet or drops its connection:

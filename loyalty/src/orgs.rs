@@ -158,7 +158,7 @@ impl OrgChanges {
             if !valid {
                 return Err(Error::invalid(
                     "telegram_bot_token",
-                    "must look like 123456:ABC… as BotFather gives it",
+                    "must be the token BotFather gives: digits, a colon, then at least 20 characters",
                 ));
             }
         }
