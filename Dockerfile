@@ -22,7 +22,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # ---- runtime ----------------------------------------------------------------
 FROM debian:bookworm-slim
 
-# ca-certificates for outbound TLS (Telegram API); curl for the container healthcheck.
+# ca-certificates for outbound TLS (Telegram API); curl for the containers' healthchecks (ingest's
+# /healthz, workers' and notifier's /metrics).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*

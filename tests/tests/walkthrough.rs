@@ -259,3 +259,63 @@ fn contains(expected: &Value, actual: &Value) -> bool {
         _ => expected == actual,
     }
 }
+
+/// "Run without Docker": a database that does not exist is named, with the fix, at once; a server
+/// that does not answer yet is waited for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_does_not_exist_stops_every_service_naming_it_and_the_fix() {
+    let db = e2e::TestDb::new().await;
+    let mut missing = url::Url::parse(&db.url).expect("a URL");
+    let name = format!("loyalty_missing_{}", e2e::uuid_like());
+    missing.set_path(&format!("/{name}"));
+    for service in ["ingest", "workers", "notifier"] {
+        let mut command = service_command(service, missing.as_str());
+        let started = std::time::Instant::now();
+        let out = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{service} kept waiting for a database that does not exist"))
+            .expect("the service runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{service} started: {stderr}");
+        assert!(
+            stderr.contains(&format!("no database \"{name}\""))
+                && stderr.contains(&format!("`createdb {name}`"))
+                && stderr.contains("DATABASE_URL"),
+            "{service} did not name the database and the fix: {stderr}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{service} took {:?} to refuse",
+            started.elapsed()
+        );
+    }
+
+    // Nothing listens on port 1: the server may be starting, so the service waits.
+    let mut waiting = service_command("workers", "postgres://postgres@127.0.0.1:1/loyalty")
+        .spawn()
+        .expect("workers start");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        waiting.try_wait().expect("status").is_none(),
+        "workers gave up on a server that does not answer yet"
+    );
+    waiting.kill().await.expect("killed");
+}
+
+/// One of the real binaries, on this database URL, its own queue names and metrics port.
+fn service_command(service: &str, database_url: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(e2e::binary(service));
+    command
+        .env("DATABASE_URL", database_url)
+        .env("QUEUE_PREFIX", format!("test.{}.", e2e::uuid_like()))
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TOKEN_KEYS", e2e::TOKEN_KEYS)
+        .env("INGEST_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
