@@ -321,10 +321,7 @@ async fn operators_accrue_and_deduct_bonuses_and_debts_without_overdrawing() {
             &json!({"op": "accrue", "amount": 5, "wallet": "referral", "description": "Подарок"}),
         )
         .await;
-    assert_eq!(
-        (status, body["referral_bonuses"].clone()),
-        (201, json!(5))
-    );
+    assert_eq!((status, body["referral_bonuses"].clone()), (201, json!(5)));
 
     let (status, body) = app
         .post(&debts, &json!({"op": "add", "amount": 10000}))

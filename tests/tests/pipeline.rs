@@ -623,11 +623,7 @@ async fn partial_refunds_give_back_bonuses_paid_and_take_back_the_accrual_in_pro
     app.wait_receipt(shop.org, "ev-s", "processed").await;
     let path = format!("/admin/v1/orgs/{}/customers/{}", shop.org, shop.alex);
     let balance = async |app: &TestApp| app.get(&path).await.1["bonuses"].clone();
-    assert_eq!(
-        balance(&app).await,
-        json!(19),
-        "50 − 50 paid + 2 % of 950"
-    );
+    assert_eq!(balance(&app).await, json!(19), "50 − 50 paid + 2 % of 950");
 
     assert_eq!(
         app.post_receipt(&shop.token, &refund_event("ev-r1", "rc-r1", id, "475"))
