@@ -123,8 +123,9 @@ fn seed_text() -> String {
     serde_json::to_string(&legacy_export()).expect("serializes")
 }
 
+/// Key for key, number for number, in order: the export's text is the original's.
 #[tokio::test]
-async fn export_gives_back_what_was_imported_key_for_key_number_for_number() {
+async fn export_gives_back_what_was_imported() {
     let app = TestApp::spawn().await;
     let org = imported(&app).await;
     let ours = exported_text(&app, org).await;
