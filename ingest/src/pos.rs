@@ -7,15 +7,17 @@ use std::time::Duration;
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use loyalty::bills::{self, PosBill};
+use loyalty::money::serialize_decimal;
 use loyalty::orgs::{self, Integration};
 use loyalty::queue::{Stream, contract};
 use loyalty::receipts::{IncomingEvent, RECEIPT_CREATED, Receipt, ReceiptMessage};
 use loyalty::time::{OrgTimeZone, Stamp};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -58,8 +60,76 @@ impl FromRequestParts<AppState> for Pos {
 /// The integration's system name and the protocol version: the register's connection check.
 #[utoipa::path(get, path = "/api/v2/hello", tag = "POS",
     responses((status = 200, body = crate::openapi::pos_shapes::PosHello)), security(("pos" = [])))]
-async fn hello(Pos(pos): Pos) -> Json<Value> {
-    Json(json!({ "system": pos.system, "protocol": PROTOCOL }))
+async fn hello(Pos(pos): Pos) -> Json<Hello> {
+    Json(Hello {
+        system: pos.system,
+        protocol: PROTOCOL,
+    })
+}
+
+// The answers' shapes, fields in the order of the logged traffic; amounts as the log writes them
+// (`17500`, `1107.36`, `15.9`).
+
+#[derive(Serialize)]
+struct Hello {
+    system: String,
+    protocol: &'static str,
+}
+
+#[derive(Serialize)]
+struct BillLine<'a> {
+    id: i64,
+    date: String,
+    #[serde(serialize_with = "serialize_decimal")]
+    summ: Decimal,
+    number: &'a str,
+    customername: &'a str,
+}
+
+#[derive(Serialize)]
+struct BillAnswer<'a> {
+    id: i64,
+    date: String,
+    #[serde(serialize_with = "serialize_decimal")]
+    summ: Decimal,
+    number: &'a str,
+    customer: BillCustomer<'a>,
+    products: Vec<Product<'a>>,
+    #[serde(serialize_with = "serialize_decimal")]
+    prepayment: Decimal,
+    #[serde(rename = "prepaymentEnable")]
+    prepayment_enable: bool,
+}
+
+#[derive(Serialize)]
+struct BillCustomer<'a> {
+    id: i64,
+    inn: &'static str,
+    kpp: &'static str,
+    reg: &'static str,
+    name: &'a str,
+    okpo: &'static str,
+    fullname: &'a str,
+    legalentity: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Product<'a> {
+    id: i64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(serialize_with = "serialize_decimal")]
+    price: Decimal,
+    #[serde(rename = "taxrate")]
+    tax_rate: String,
+    item_type: u8,
+    #[serde(rename = "prodname")]
+    prod_name: &'a str,
+    #[serde(serialize_with = "serialize_decimal")]
+    quantity: Decimal,
+    #[serde(rename = "unitname")]
+    unit_name: &'a str,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -70,10 +140,6 @@ pub struct ListQuery {
     /// `today`: only bills created today (local time).
     #[param(pattern = "^(today)?$")]
     pub date: Option<String>,
-}
-
-fn summ(value: rust_decimal::Decimal) -> Value {
-    loyalty::legacy::money_json(value)
 }
 
 fn local_date(bill: &PosBill, zone: OrgTimeZone) -> String {
@@ -87,7 +153,7 @@ async fn list(
     State(state): State<AppState>,
     Pos(pos): Pos,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let today = match query.date.as_deref() {
         None | Some("") => false,
         Some("today") => true,
@@ -101,20 +167,17 @@ async fn list(
         .map(str::trim)
         .filter(|n| !n.is_empty());
     let found = bills::open_for_pos(&mut conn, pos.org_id, zone, number, today).await?;
-    Ok(Json(Value::Array(
-        found
-            .iter()
-            .map(|b| {
-                json!({
-                    "id": b.id,
-                    "date": local_date(b, zone),
-                    "summ": summ(b.total),
-                    "number": b.number,
-                    "customername": b.customer_name,
-                })
-            })
-            .collect(),
-    )))
+    let lines: Vec<BillLine> = found
+        .iter()
+        .map(|b| BillLine {
+            id: b.id,
+            date: local_date(b, zone),
+            summ: b.total,
+            number: &b.number,
+            customername: b.list_name(),
+        })
+        .collect();
+    Ok(Json(lines).into_response())
 }
 
 /// An open bill with its lines, for the register to load.
@@ -124,43 +187,45 @@ async fn bill_by_id(
     State(state): State<AppState>,
     Pos(pos): Pos,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let mut conn = state.db.acquire().await?;
     let zone = bills::zone_of(&mut conn, pos.org_id).await?;
     let bill = bills::open_bill_for_pos(&mut conn, pos.org_id, id).await?;
-    let products: Vec<Value> = bill
+    let products = bill
         .items
         .iter()
         .enumerate()
-        .map(|(i, item)| {
-            json!({
-                "id": item.product_id.unwrap_or(i64::try_from(i).unwrap_or(0) + 1),
-                "type": "NORMAL",
-                "price": summ(item.unit_price),
-                "taxrate": item.tax_rate.map(|r| format!("{r}%")).unwrap_or_default(),
-                "itemType": 1,
-                "prodname": item.name,
-                "quantity": summ(item.quantity),
-                "unitname": item.unit.clone().unwrap_or_default(),
-            })
+        .map(|(i, item)| Product {
+            id: item.product_id.unwrap_or(i64::try_from(i).unwrap_or(0) + 1),
+            kind: "NORMAL",
+            price: item.unit_price,
+            tax_rate: item.tax_rate.map(|r| format!("{r}%")).unwrap_or_default(),
+            item_type: 1,
+            prod_name: &item.name,
+            quantity: item.quantity,
+            unit_name: item.unit.as_deref().unwrap_or_default(),
         })
         .collect();
-    Ok(Json(json!({
-        "id": bill.id,
-        "date": local_date(&bill, zone),
-        "summ": summ(bill.total),
-        "number": bill.number,
-        "customer": {
-            "id": bill.customer_id,
-            "inn": "", "kpp": "", "reg": "", "okpo": "",
-            "name": bill.customer_name,
-            "fullname": bill.customer_name,
-            "legalentity": false,
+    let answer = BillAnswer {
+        id: bill.id,
+        date: local_date(&bill, zone),
+        summ: bill.total,
+        number: &bill.number,
+        customer: BillCustomer {
+            id: bill.customer_id,
+            inn: "",
+            kpp: "",
+            reg: "",
+            name: &bill.customer_name,
+            okpo: "",
+            fullname: &bill.customer_name,
+            legalentity: false,
         },
-        "products": products,
-        "prepayment": summ(bill.bonus_payment),
-        "prepaymentEnable": true,
-    })))
+        products,
+        prepayment: bill.bonus_payment,
+        prepayment_enable: true,
+    };
+    Ok(Json(answer).into_response())
 }
 
 /// How long a receipt may wait for the broker's confirm; the POS resends after 10 s.

@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use crate::error::{ConflictCode, Error, Result, violated_constraint};
 use crate::ledger::{self, Wallet};
 use crate::money::{
-    Amount, MAX_AMOUNT, Money, MoneyError, Percent, Quantity, round_money, serialize_decimal,
+    Amount, MAX_AMOUNT, Money, MoneyError, Percent, Quantity, exact, round_money, serialize_decimal,
 };
 use crate::time::{OrgTimeZone, Stamp};
 
@@ -97,6 +97,18 @@ fn main_wallet() -> Wallet {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBill {
+    /// The bill's id in the shop's own accounting system, which its registers already hold
+    /// (`47827`); unique per organization. A new id when absent.
+    #[serde(default, deserialize_with = "deserialize_optional_whole")]
+    #[schema(minimum = 1, format = Int64)]
+    pub id: Option<i64>,
+    /// When the shop created the bill, as its local wall-clock time without a zone
+    /// (`2026-02-27 12:38:41`), in the organization's time zone. Now when absent.
+    #[schema(
+        pattern = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
+        example = "2026-02-27 12:38:41"
+    )]
+    pub date: Option<String>,
     #[serde(deserialize_with = "deserialize_id")]
     #[schema(schema_with = id_schema)]
     pub customer_id: i64,
@@ -268,7 +280,7 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
             .quantity
             .get()
             .checked_mul(item.unit_price.get())
-            .map(round_money)
+            .map(|t| exact(round_money(t)))
             .filter(|t| *t <= MAX_AMOUNT)
             .ok_or_else(|| {
                 Error::invalid(
@@ -289,6 +301,7 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
     let total = items
         .iter()
         .try_fold(Decimal::ZERO, |sum, i| sum.checked_add(i.item_total))
+        .map(exact)
         .filter(|t| *t <= MAX_AMOUNT)
         .ok_or_else(|| {
             Error::invalid(
@@ -301,6 +314,15 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
             return Err(Error::invalid("number", "must be 1 to 64 characters"));
         }
     }
+    if new.id.is_some_and(|id| id < 1) {
+        return Err(Error::invalid("id", "must be a positive whole number"));
+    }
+    let zone = zone_of(conn, org_id).await?;
+    let created_at = new
+        .date
+        .as_deref()
+        .map(|date| shop_date(date, zone))
+        .transpose()?;
     crate::customers::lock(conn, org_id, new.customer_id)
         .await
         .map_err(crate::customers::unknown_in_request)?;
@@ -320,12 +342,14 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
         )
         .await?;
     }
-    let id: i64 = sqlx::query_scalar("select nextval(pg_get_serial_sequence('bills', 'id'))")
-        .fetch_one(&mut *conn)
-        .await?;
+    let id = match new.id {
+        Some(id) => id,
+        None => free_id(conn, org_id).await?,
+    };
     let row: BillRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "insert into bills (id, org_id, customer_id, number, items, total, bonus_payment, bonus_wallet)
-         values ($1, $2, $3, coalesce($4, $1::text), $5, $6, $7, $8)
+        "insert into bills (id, org_id, customer_id, number, items, total, bonus_payment, bonus_wallet,
+                            created_at)
+         values ($1, $2, $3, coalesce($4, $1::text), $5, $6, $7, $8, coalesce($9, now()))
          returning {BILL_COLUMNS}"
     )))
     .bind(id)
@@ -336,14 +360,56 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
     .bind(total)
     .bind(new.bonus_payment.map_or(Decimal::ZERO, |p| p.amount.get()))
     .bind(new.bonus_payment.map(|p| p.wallet))
+    .bind(created_at)
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| match violated_constraint(&e) {
         Some("bills_org_id_number_key") => Error::conflict(ConflictCode::BillNumberTaken, "this organization already has a bill with this number"),
+        Some("bills_pkey") => Error::conflict(ConflictCode::BillIdTaken, format!("this organization already has a bill with id {id}")),
         _ => e.into(),
     })?;
-    let zone = zone_of(conn, org_id).await?;
     Ok(row.view(zone))
+}
+
+/// The shop's local wall-clock time of a bill, in the organization's zone; a time the clocks skip
+/// or show twice (a DST change) is refused rather than guessed.
+fn shop_date(text: &str, zone: OrgTimeZone) -> Result<DateTime<Utc>> {
+    use chrono::TimeZone;
+    let local = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+        .map_err(|_| Error::invalid("date", "must be local time like 2026-02-27 12:38:41"))?;
+    zone.0
+        .from_local_datetime(&local)
+        .single()
+        .map(|at| at.with_timezone(&Utc))
+        .ok_or_else(|| {
+            Error::invalid(
+                "date",
+                format!("{text} does not exist once in the organization's time zone {zone}"),
+            )
+        })
+}
+
+/// A new bill id no bill of the organization has: shop ids given at creation may lie ahead of
+/// the sequence.
+async fn free_id(conn: &mut PgConnection, org_id: i64) -> Result<i64> {
+    for _ in 0..1000 {
+        let id: i64 = sqlx::query_scalar("select nextval(pg_get_serial_sequence('bills', 'id'))")
+            .fetch_one(&mut *conn)
+            .await?;
+        let taken: bool =
+            sqlx::query_scalar("select exists (select 1 from bills where org_id = $1 and id = $2)")
+                .bind(org_id)
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await?;
+        if !taken {
+            return Ok(id);
+        }
+    }
+    Err(Error::conflict(
+        ConflictCode::BillIdTaken,
+        "no free bill id; give the shop's own id",
+    ))
 }
 
 async fn hold(
@@ -554,12 +620,21 @@ pub struct PosBill {
     pub bonus_payment: Decimal,
     pub items: sqlx::types::Json<Vec<BillItem>>,
     pub customer_id: i64,
+    /// The name as stored (first and last name), trailing spaces and all: the bill's
+    /// `customer.name`.
     pub customer_name: String,
+}
+
+impl PosBill {
+    /// The name in the bill list's `customername`, which the registers show trimmed.
+    pub fn list_name(&self) -> &str {
+        self.customer_name.trim()
+    }
 }
 
 const POS_BILL: &str =
     "select b.id, b.number, b.created_at, b.total, b.bonus_payment, b.items, b.customer_id,
-        trim(coalesce(c.first_name, '') || ' ' || coalesce(c.last_name, '')) as customer_name
+        concat_ws(' ', nullif(c.first_name, ''), nullif(c.last_name, '')) as customer_name
     from bills b join customers c on c.org_id = b.org_id and c.id = b.customer_id";
 
 /// The open bills the cashier picks from, newest first; with `number`, only that one; with

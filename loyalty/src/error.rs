@@ -32,12 +32,14 @@ pub enum ConflictCode {
     AlreadyMerged,
     NotUnmatched,
     BillNumberTaken,
+    /// A bill created under the shop's own id that another bill of the organization has.
+    BillIdTaken,
     BillClosed,
     TokenKeysMissing,
 }
 
 impl ConflictCode {
-    pub const ALL: [ConflictCode; 10] = [
+    pub const ALL: [ConflictCode; 11] = [
         ConflictCode::ReceiptRace,
         ConflictCode::InsufficientBalance,
         ConflictCode::TelegramIdTaken,
@@ -46,6 +48,7 @@ impl ConflictCode {
         ConflictCode::AlreadyMerged,
         ConflictCode::NotUnmatched,
         ConflictCode::BillNumberTaken,
+        ConflictCode::BillIdTaken,
         ConflictCode::BillClosed,
         ConflictCode::TokenKeysMissing,
     ];
@@ -61,6 +64,7 @@ impl ConflictCode {
             ConflictCode::AlreadyMerged => "already_merged",
             ConflictCode::NotUnmatched => "not_unmatched",
             ConflictCode::BillNumberTaken => "bill_number_taken",
+            ConflictCode::BillIdTaken => "bill_id_taken",
             ConflictCode::BillClosed => "bill_closed",
             ConflictCode::TokenKeysMissing => "token_keys_missing",
         }

@@ -1,11 +1,14 @@
 //! The old system's JSON export: the customer shape the API keeps, and import/export of a whole
 //! organization. Import keeps history exactly as it was (it never recomputes), checks that every
 //! balance equals its history, and is idempotent: the same export imported twice is one organization.
+//! An imported organization exports exactly what was imported (key order, number texts, history
+//! rows), plus only what happened since.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
@@ -36,6 +39,7 @@ pub struct LegacyCustomer {
     pub phone_number: Option<String>,
     /// Seconds since the epoch, with microseconds.
     pub visited_at: Option<f64>,
+    /// The local time of the visit, as written when it happened.
     pub visited_at_str: Option<String>,
     #[serde(
         serialize_with = "serialize_decimal",
@@ -73,18 +77,31 @@ pub struct LegacyCustomer {
     pub referral_bonus_history: Vec<HistoryEntry>,
     #[serde(default)]
     pub has_made_first_purchase: bool,
-    /// All three histories, newest first by the real instant. Derived: ignored on import.
-    #[serde(default)]
-    pub combined_history: Vec<HistoryEntry>,
+    /// All three histories, newest first by the real instant. An imported customer's is kept as
+    /// imported (absent when the export had none), with what happened since on top.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combined_history: Option<Vec<HistoryEntry>>,
 }
 
-/// A whole export: the organization, its settings and its customers by id.
-#[derive(Debug, Clone, Serialize)]
+/// A whole export: the organization, its settings and its customers by id, imported customers in
+/// the order of the document they came from.
+#[derive(Debug, Clone)]
 pub struct LegacyExport {
     pub organization_details: OrgDetails,
     pub bonus_program_settings: serde_json::Value,
-    #[serde(flatten)]
-    pub customers: BTreeMap<String, LegacyCustomer>,
+    pub customers: Vec<LegacyCustomer>,
+}
+
+impl Serialize for LegacyExport {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(2 + self.customers.len()))?;
+        map.serialize_entry("organization_details", &self.organization_details)?;
+        map.serialize_entry("bonus_program_settings", &self.bonus_program_settings)?;
+        for c in &self.customers {
+            map.serialize_entry(&c.id, c)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -98,12 +115,21 @@ struct CustomerRow {
     is_premium: bool,
     phone_number: Option<String>,
     visited_at: Option<DateTime<Utc>>,
+    visited_at_str: Option<String>,
+    legacy_position: Option<i32>,
+    legacy_combined_history: Option<String>,
     referred_by: Option<i64>,
     has_been_welcomed: bool,
     has_made_first_purchase: bool,
-    bonuses: Decimal,
-    referral_bonuses: Decimal,
-    debts: Decimal,
+    // As text: a zero balance keeps its decimals (`0.0`), which the numeric decoding drops.
+    bonuses: String,
+    referral_bonuses: String,
+    debts: String,
+}
+
+/// A balance read as text, with the decimals it was written with.
+fn balance(text: &str) -> Result<Decimal> {
+    parse_decimal(text).map_err(|e| Error::Db(sqlx::Error::Decode(Box::new(e))))
 }
 
 #[derive(sqlx::FromRow)]
@@ -117,18 +143,22 @@ struct InvoiceRow {
     bonuses_deducted: Option<Decimal>,
     bonus_source_used: Option<String>,
     legacy: Option<serde_json::Value>,
+    legacy_text: Option<String>,
 }
 
 /// Money as the JSON number the legacy format uses.
-pub fn money_json(value: Decimal) -> serde_json::Value {
-    use rust_decimal::prelude::ToPrimitive;
-    value
-        .to_f64()
-        .map_or(serde_json::Value::Null, serde_json::Value::from)
-}
+pub use crate::money::decimal_json as money_json;
 
 impl InvoiceRow {
     fn to_legacy(&self) -> serde_json::Value {
+        // As imported, text first: jsonb keeps neither the key order nor `4.0`.
+        if let Some(legacy) = self
+            .legacy_text
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+        {
+            return legacy;
+        }
         if let Some(legacy) = &self.legacy {
             return legacy.clone();
         }
@@ -152,18 +182,21 @@ fn epoch_seconds(at: DateTime<Utc>) -> Option<f64> {
         .ok()
 }
 
-/// Reads the customers (one, or all of the organization) in the legacy shape.
+/// Reads the customers (one, or all of the organization) in the legacy shape: imported ones in
+/// the order of their export, then the others by id.
 pub async fn customers(
     conn: &mut PgConnection,
     org_id: i64,
     zone: OrgTimeZone,
     only: Option<i64>,
-) -> Result<BTreeMap<i64, LegacyCustomer>> {
+) -> Result<Vec<LegacyCustomer>> {
     let rows: Vec<CustomerRow> = sqlx::query_as(
         "select id, telegram_id, first_name, last_name, username, photo_url, is_premium, phone_number,
-                visited_at, referred_by, has_been_welcomed, has_made_first_purchase, bonuses,
-                referral_bonuses, debts
-         from customers where org_id = $1 and ($2::bigint is null or id = $2) order by id",
+                visited_at, visited_at_str, legacy_position, legacy_combined_history, referred_by,
+                has_been_welcomed, has_made_first_purchase, bonuses::text, referral_bonuses::text,
+                debts::text
+         from customers where org_id = $1 and ($2::bigint is null or id = $2)
+         order by legacy_position nulls last, id",
     )
     .bind(org_id)
     .bind(only)
@@ -175,7 +208,7 @@ pub async fn customers(
     let entries = ledger::entries(conn, org_id, only).await?;
     let invoices: Vec<InvoiceRow> = sqlx::query_as(
         "select customer_id, invoice_id, occurred_at, utc_offset_seconds, total_amount, items,
-                bonuses_deducted, bonus_source_used, legacy
+                bonuses_deducted, bonus_source_used, legacy, legacy_text
          from invoices where org_id = $1 and ($2::bigint is null or customer_id = $2)
          order by customer_id, legacy_position nulls last, occurred_at, invoice_id",
     )
@@ -192,6 +225,19 @@ pub async fn customers(
     .bind(only)
     .fetch_all(&mut *conn)
     .await?;
+    // The imported rows of imported customers are in their stored `combined_history` already.
+    let imported: HashSet<i64> = sqlx::query_scalar(
+        "select e.seq from ledger_entries e
+           join customers c on c.org_id = e.org_id and c.id = e.customer_id
+         where e.org_id = $1 and ($2::bigint is null or e.customer_id = $2)
+           and e.source = 'import' and c.legacy_position is not null",
+    )
+    .bind(org_id)
+    .bind(only)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
 
     let mut entries_of: HashMap<i64, Vec<&EntryRow>> = HashMap::new();
     for e in &entries {
@@ -212,7 +258,7 @@ pub async fn customers(
             .push(friend.to_string());
     }
 
-    let mut out = BTreeMap::new();
+    let mut out = Vec::with_capacity(rows.len());
     for c in rows {
         let mine = entries_of.remove(&c.id).unwrap_or_default();
         let wallet = |w: Wallet| -> Vec<HistoryEntry> {
@@ -231,24 +277,58 @@ pub async fn customers(
             is_premium: c.is_premium,
             phone_number: c.phone_number,
             visited_at: c.visited_at.and_then(epoch_seconds),
-            visited_at_str: c.visited_at.map(|at| Stamp::in_zone(at, zone).local_str()),
-            bonuses: c.bonuses,
+            visited_at_str: c
+                .visited_at_str
+                .or_else(|| c.visited_at.map(|at| Stamp::in_zone(at, zone).local_str())),
+            bonuses: balance(&c.bonuses)?,
             history: wallet(Wallet::Main),
-            debts: c.debts,
+            debts: balance(&c.debts)?,
             debt_history: wallet(Wallet::Debt),
             invoices: invoices_of.remove(&c.id).unwrap_or_default(),
             referral_code: format!("PROMO{}", c.id),
             referred_by: c.referred_by.map(|r| r.to_string()),
             referrals: referrals_of.remove(&c.id).unwrap_or_default(),
             has_been_welcomed: c.has_been_welcomed,
-            referral_bonuses: c.referral_bonuses,
+            referral_bonuses: balance(&c.referral_bonuses)?,
             referral_bonus_history: wallet(Wallet::Referral),
             has_made_first_purchase: c.has_made_first_purchase,
-            combined_history: ledger::combined(&mine),
+            combined_history: combined_history(
+                &mine,
+                &imported,
+                c.legacy_position.is_some(),
+                c.legacy_combined_history.as_deref(),
+            )?,
         };
-        out.insert(c.id, customer);
+        out.push(customer);
     }
     Ok(out)
+}
+
+/// The `combined_history` of a customer: computed from the ledger, or for an imported one the
+/// imported list as it was with only the entries written since on top.
+fn combined_history(
+    mine: &[&EntryRow],
+    imported: &HashSet<i64>,
+    was_imported: bool,
+    stored: Option<&str>,
+) -> Result<Option<Vec<HistoryEntry>>> {
+    if !was_imported {
+        return Ok(Some(ledger::combined(mine)));
+    }
+    let since: Vec<&EntryRow> = mine
+        .iter()
+        .copied()
+        .filter(|e| !imported.contains(&e.seq))
+        .collect();
+    let Some(stored) = stored else {
+        return Ok((!since.is_empty()).then(|| ledger::combined(&since)));
+    };
+    let mut list = ledger::combined(&since);
+    // Stored by the import from the document it checked, so unreadable text is corrupt data.
+    let kept: Vec<HistoryEntry> =
+        serde_json::from_str(stored).map_err(|e| Error::Db(sqlx::Error::Decode(Box::new(e))))?;
+    list.extend(kept);
+    Ok(Some(list))
 }
 
 /// One customer in the legacy shape.
@@ -260,7 +340,7 @@ pub async fn customer(
 ) -> Result<LegacyCustomer> {
     customers(conn, org_id, zone, Some(id))
         .await?
-        .remove(&id)
+        .pop()
         .ok_or(Error::NotFound("customer"))
 }
 
@@ -283,10 +363,7 @@ pub async fn export(conn: &mut PgConnection, org_id: i64) -> Result<LegacyExport
     Ok(LegacyExport {
         organization_details: org.details,
         bonus_program_settings: settings_json(&org.bonus_program_settings)?,
-        customers: customers
-            .into_iter()
-            .map(|(id, c)| (id.to_string(), c))
-            .collect(),
+        customers,
     })
 }
 
@@ -332,6 +409,7 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
     let details: OrgDetails = field(map, "organization_details")?;
     let settings: BonusProgramSettings = field(map, "bonus_program_settings")?;
     let mut customers = Vec::new();
+    let mut combined_texts: HashMap<i64, String> = HashMap::new();
     for (key, value) in map.iter().filter(|(k, _)| {
         !matches!(
             k.as_str(),
@@ -355,12 +433,18 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
                 format!("must be PROMO{id}"),
             ));
         }
+        if let Some(combined) = value.get("combined_history") {
+            let text = serde_json::to_string(combined)
+                .map_err(|e| Error::invalid(format!("{key}.combined_history"), e.to_string()))?;
+            combined_texts.insert(id, text);
+        }
         customers.push((id, customer));
     }
 
     // A document that cannot be written back cannot be told from another one: refused, never
     // fingerprinted as empty (every such document would then be "the same export").
-    let encoded = serde_json::to_vec(doc)
+    // Keys sorted, as before documents kept their order: an export imported before still matches.
+    let encoded = serde_json::to_vec(&sorted_keys(doc))
         .map_err(|e| Error::invalid("", format!("cannot be re-encoded: {e}")))?;
     let fingerprint = hex::encode(Sha256::digest(encoded));
     let claimed: Option<i64> = sqlx::query_scalar(
@@ -405,7 +489,7 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
         other => other,
     })?;
 
-    for (id, c) in &customers {
+    for (position, (id, c)) in customers.iter().enumerate() {
         let visited_at = c
             .visited_at
             .map(|secs| {
@@ -425,8 +509,9 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
         sqlx::query(
             "insert into customers (org_id, id, telegram_id, first_name, last_name, username, photo_url,
                                     is_premium, phone_number, visited_at, has_been_welcomed,
-                                    has_made_first_purchase)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                    has_made_first_purchase, visited_at_str, legacy_position,
+                                    legacy_combined_history)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(org_id)
         .bind(id)
@@ -440,6 +525,9 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
         .bind(visited_at)
         .bind(c.has_been_welcomed)
         .bind(c.has_made_first_purchase)
+        .bind(&c.visited_at_str)
+        .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .bind(combined_texts.get(id))
         .execute(&mut *conn)
         .await
         .map_err(|e| match crate::error::violated_constraint(&e) {
@@ -458,6 +546,21 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
         customers: customers.len(),
         created: true,
     })
+}
+
+/// The document with every object's keys in sorted order (the fingerprint's canonical form).
+fn sorted_keys(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let sorted: BTreeMap<&String, serde_json::Value> =
+                map.iter().map(|(k, v)| (k, sorted_keys(v))).collect();
+            serde_json::Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(sorted_keys).collect())
+        }
+        other => other.clone(),
+    }
 }
 
 fn field<T: serde::de::DeserializeOwned>(
@@ -652,8 +755,9 @@ async fn import_invoices(
             .and_then(|v| v.as_str());
         sqlx::query(
             "insert into invoices (org_id, invoice_id, customer_id, occurred_at, utc_offset_seconds, total_amount,
-                                   items, bonuses_deducted, bonus_source_used, legacy, legacy_position)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                                   items, bonuses_deducted, bonus_source_used, legacy, legacy_position,
+                                   legacy_text)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(org_id)
         .bind(invoice_id)
@@ -674,6 +778,10 @@ async fn import_invoices(
         .bind(source)
         .bind(invoice)
         .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .bind(
+            serde_json::to_string(invoice)
+                .map_err(|e| Error::invalid(path.clone(), e.to_string()))?,
+        )
         .execute(&mut *conn)
         .await
         .map_err(|e| match crate::error::violated_constraint(&e) {

@@ -116,7 +116,12 @@ impl<'de> de::Visitor<'de> for DecimalVisitor {
         if !v.is_finite() {
             return Err(E::custom(MoneyError::NotANumber));
         }
-        parse_number_text(&v.to_string()).map_err(E::custom)
+        // Written back as serde_json writes it, so `384.0` keeps its decimal as the sender wrote it
+        // (`f64`'s own text would be `384`).
+        let text = serde_json::Number::from_f64(v)
+            .map(|n| n.to_string())
+            .ok_or_else(|| E::custom(MoneyError::NotANumber))?;
+        parse_number_text(&text).map_err(E::custom)
     }
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Decimal, A::Error> {
         // Any other number comes as its text, under serde_json's private key.
@@ -133,9 +138,26 @@ pub fn deserialize_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D
     d.deserialize_any(DecimalVisitor)
 }
 
-/// Money crosses the API as a JSON number, as in the legacy export (`222.36`, `0.6`).
+/// Money crosses the API as a JSON number written with its own digits, the way the documents write
+/// it (`17500`, `1107.36`, `15.9`): never through a float, so no `.0` is added to a whole number. A
+/// value keeps the decimals it was read with (the legacy export's `384.0` stays `384.0`); values
+/// computed here are [`exact`], without trailing zeros.
 pub fn serialize_decimal<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-    rust_decimal::serde::float::serialize(value, s)
+    rust_decimal::serde::arbitrary_precision::serialize(value, s)
+}
+
+/// The same number as a JSON value, for documents built as values.
+pub fn decimal_json(value: Decimal) -> serde_json::Value {
+    // The text of a `Decimal` is always a valid JSON number.
+    value
+        .to_string()
+        .parse::<serde_json::Number>()
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
+/// A computed value without trailing zeros (`7950.0` → `7950`), as the documents write numbers.
+pub fn exact(value: Decimal) -> Decimal {
+    value.normalize()
 }
 
 /// The largest amount again, as the whole number the API's schema states.
@@ -329,7 +351,7 @@ impl Percent {
     pub fn of(self, base: Decimal) -> Result<Decimal, MoneyError> {
         base.checked_mul(self.0)
             .and_then(|v| v.checked_div(Decimal::ONE_HUNDRED))
-            .map(round_money)
+            .map(|v| exact(round_money(v)))
             .ok_or(MoneyError::Overflow)
     }
 }
@@ -385,6 +407,23 @@ mod tests {
     fn money_serializes_as_a_json_number() {
         let m = Money::from_str("222.36").expect("valid");
         assert_eq!(serde_json::to_string(&m).expect("serializes"), "222.36");
+    }
+
+    #[test]
+    fn numbers_are_written_the_way_the_documents_write_them() {
+        let text = |v: Decimal| serde_json::to_string(&decimal_json(v)).expect("serializes");
+        // Computed values lose their trailing zeros; no float ever adds a `.0`.
+        assert_eq!(text(exact(d("7950.0") + d("9550.0"))), "17500");
+        assert_eq!(text(exact(d("1107.360"))), "1107.36");
+        assert_eq!(text(exact(d("15.90"))), "15.9");
+        assert_eq!(text(Decimal::ZERO), "0");
+        // A value read from a document keeps its text.
+        let read: Decimal =
+            deserialize_decimal(&mut serde_json::Deserializer::from_str("384.0")).expect("number");
+        assert_eq!(text(read), "384.0");
+        let percent = Percent::from_str("2.0").expect("valid");
+        assert_eq!(serde_json::to_string(&percent).expect("serializes"), "2");
+        assert_eq!(percent.of(d("17500")).map(text), Ok("350".to_owned()));
     }
 
     #[test]

@@ -80,11 +80,13 @@ async fn a_bill_totals_its_lines_and_cancelling_releases_its_hold() {
     let (_, read) = app
         .get(&format!("/admin/v1/orgs/{org}/bills/{bill_id}"))
         .await;
-    assert_eq!(read["total"], json!(9550.0));
-    assert_eq!(read["items"][0]["item_total"], json!(9550.0));
+    // Written the way the documents write amounts: 500 × 19.1 is 9550, not 9550.0.
+    assert_eq!(read["total"], json!(9550));
+    assert_eq!(read["items"][0]["item_total"], json!(9550));
+    assert_eq!(read["items"][0]["unit_price"], json!(19.1));
     assert_eq!(
         read["bonus_payment"],
-        json!({"amount": 100.0, "wallet": "main"})
+        json!({"amount": 100, "wallet": "main"})
     );
     assert_eq!(read["status"], "open");
 

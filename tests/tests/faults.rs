@@ -70,7 +70,7 @@ async fn assert_applied_exactly_once(app: &TestApp, org: i64, customer: &str, n:
         Some(n),
         "one accrual per receipt"
     );
-    assert_eq!(read["bonuses"], json!(2.0 * n as f64), "2 % of 100 each");
+    assert_eq!(read["bonuses"], json!(2 * n), "2 % of 100 each");
     let paid: i64 =
         sqlx::query_scalar("select count(*) from bills where org_id = $1 and status = 'paid'")
             .bind(org)

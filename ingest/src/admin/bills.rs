@@ -27,10 +27,11 @@ pub struct CreatedBill {
     pub number: String,
 }
 
-/// Creates an open bill; a bonus payment is held against the wallet at once.
+/// Creates an open bill; a bonus payment is held against the wallet at once. A bill of the shop's
+/// own accounting system keeps its id and date, so registers that hold that id find it.
 #[utoipa::path(post, path = "/admin/v1/orgs/{org}/bills", tag = "bills", request_body = NewBill,
     responses((status = 201, body = CreatedBill), (status = 404, body = ErrorBody),
-              (status = 409, description = "bonuses short once other open bills are counted, or number taken", body = ErrorBody),
+              (status = 409, description = "bonuses short once other open bills are counted (insufficient_balance), or the number (bill_number_taken) or the shop's id (bill_id_taken) taken", body = ErrorBody),
               (status = 422, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_bill(

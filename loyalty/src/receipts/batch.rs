@@ -208,14 +208,14 @@ async fn sell(
             slot.insert(orgs::get(conn, org_id).await?);
         }
     }
-    let mut paying: HashSet<i64> = HashSet::new();
+    let mut paying: HashSet<(i64, i64)> = HashSet::new();
     let mut inputs = Vec::new();
     let mut applied_to: Vec<(usize, i64, i64)> = Vec::new();
     for (&i, bill) in sales.iter().zip(&bills) {
         let p = &parsed[i];
         let r = p.receipt.ok_or(Error::NotFound("receipt"))?;
         let bill = match bill {
-            Ok(b) if b.status == BillStatus::Open && paying.insert(b.id) => b,
+            Ok(b) if b.status == BillStatus::Open && paying.insert((b.org_id, b.id)) => b,
             Ok(b) => {
                 // A second sale of the same bill in this batch finds it paid by the first.
                 let status = if b.status == BillStatus::Open {
@@ -252,7 +252,8 @@ async fn sell(
     let invoices = apply_sales(conn, &inputs).await?;
     sqlx::query(
         "update bills b set status = 'paid', closed_at = now(), paid_by_receipt = u.receipt
-         from unnest($1::bigint[], $2::text[]) as u(id, receipt) where b.id = u.id",
+         from unnest($1::bigint[], $2::text[], $3::bigint[]) as u(id, receipt, org_id)
+         where b.org_id = u.org_id and b.id = u.id",
     )
     .bind(applied_to.iter().map(|a| a.1).collect::<Vec<_>>())
     .bind(
@@ -261,6 +262,7 @@ async fn sell(
             .map(|s| s.receipt_id.to_owned())
             .collect::<Vec<_>>(),
     )
+    .bind(inputs.iter().map(|s| s.org.id).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     for ((i, _, customer_id), invoice_id) in applied_to.into_iter().zip(invoices) {
