@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
 
 /// Connects, retrying with backoff for about a minute so a service can start before its database.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
@@ -34,7 +34,21 @@ pub fn start_up_retry() -> ExponentialBuilder {
 /// services starting at once apply each migration exactly once.
 /// A connection the database drops meanwhile (a restart) is waited for like the first one.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    let run = || sqlx::migrate!("../migrations").run(pool);
+    // On a connection of its own that is sent warnings only: sqlx logs every PostgreSQL notice at
+    // info, and the migrator's `create table if not exists` raises one on every start.
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options([("client_min_messages", "warning")]);
+    let run = || async {
+        let mut conn = PgConnection::connect_with(&options).await?;
+        let ran = sqlx::migrate!("../migrations").run(&mut conn).await;
+        if let Err(err) = conn.close().await {
+            tracing::debug!(error = %err, "closing the migration connection failed");
+        }
+        ran
+    };
     run.retry(start_up_retry())
         .when(|err| matches!(err, sqlx::migrate::MigrateError::Execute(_)))
         .notify(|err, wait| tracing::warn!(error = %err, ?wait, "migrating failed; retrying"))
