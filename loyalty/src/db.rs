@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// Connects, retrying with backoff for about a minute so a service can start before its database.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
@@ -41,16 +41,20 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
         .as_ref()
         .clone()
         .options([("client_min_messages", "warning")]);
-    let run = || async {
-        let mut conn = PgConnection::connect_with(&options).await?;
-        let ran = sqlx::migrate!("../migrations").run(&mut conn).await;
-        if let Err(err) = conn.close().await {
-            tracing::debug!(error = %err, "closing the migration connection failed");
-        }
-        ran
-    };
+    let run = || migrate_on(options.clone());
     run.retry(start_up_retry())
         .when(|err| matches!(err, sqlx::migrate::MigrateError::Execute(_)))
         .notify(|err, wait| tracing::warn!(error = %err, ?wait, "migrating failed; retrying"))
         .await
+}
+
+/// One run of the migrations, on a pool of one connection opened with `options`.
+async fn migrate_on(options: PgConnectOptions) -> Result<(), sqlx::migrate::MigrateError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let ran = sqlx::migrate!("../migrations").run(&pool).await;
+    pool.close().await;
+    ran
 }

@@ -187,7 +187,10 @@ async fn logs_through_a_pipe_have_no_colour_codes_and_no_migration_notice() {
     let mut logged = Vec::new();
     // Until it serves its metrics: connected, migrated (already done by the test app, so the
     // migrator's `create table if not exists` meets an existing table) and started.
-    while !logged.iter().any(|l: &String| l.contains("metrics on /metrics")) {
+    while !logged
+        .iter()
+        .any(|l: &String| l.contains("metrics on /metrics"))
+    {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
             .expect("a log line within 30 s")
@@ -198,5 +201,8 @@ async fn logs_through_a_pipe_have_no_colour_codes_and_no_migration_notice() {
     let logged = logged.join("\n");
     assert!(!logged.contains('\u{1b}'), "{logged:?}");
     assert!(!logged.contains("_sqlx_migrations"), "{logged}");
-    assert!(logged.contains(" INFO "), "the default filter logs at info: {logged}");
+    assert!(
+        logged.contains(" INFO "),
+        "the default filter logs at info: {logged}"
+    );
 }
