@@ -31,7 +31,8 @@ use sqlx::PgPool;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "ingest",
-    about = "POS protocol, operator API and health probes of the loyalty program"
+    about = "POS protocol, operator API and health probes of the loyalty program",
+    after_help = loyalty_service::telemetry::LOG_HELP
 )]
 pub struct Config {
     #[command(flatten)]

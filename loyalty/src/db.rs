@@ -76,9 +76,27 @@ pub fn start_up_retry() -> ExponentialBuilder {
 /// services starting at once apply each migration exactly once.
 /// A connection the database drops meanwhile (a restart) is waited for like the first one.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    let run = || sqlx::migrate!("../migrations").run(pool);
+    // On a connection of its own that is sent warnings only: sqlx logs every PostgreSQL notice at
+    // info, and the migrator's `create table if not exists` raises one on every start.
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options([("client_min_messages", "warning")]);
+    let run = || migrate_on(options.clone());
     run.retry(start_up_retry())
         .when(|err| matches!(err, sqlx::migrate::MigrateError::Execute(_)))
         .notify(|err, wait| tracing::warn!(error = %err, ?wait, "migrating failed; retrying"))
         .await
+}
+
+/// One run of the migrations, on a pool of one connection opened with `options`.
+async fn migrate_on(options: PgConnectOptions) -> Result<(), sqlx::migrate::MigrateError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let ran = sqlx::migrate!("../migrations").run(&pool).await;
+    pool.close().await;
+    ran
 }

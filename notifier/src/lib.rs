@@ -46,7 +46,11 @@ const RECORD_RETRIES: usize = 8;
 
 /// Configuration, from the environment (see `notifier --help`).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "notifier", about = "Sends Telegram messages about accruals")]
+#[command(
+    name = "notifier",
+    about = "Sends Telegram messages about accruals",
+    after_help = loyalty_service::telemetry::LOG_HELP
+)]
 pub struct Config {
     #[command(flatten)]
     pub backends: loyalty_service::config::Backends,

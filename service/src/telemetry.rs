@@ -2,16 +2,27 @@
 //! switches them to JSON lines; the Prometheus recorder is served on `/metrics`.
 
 use std::fmt;
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 
+/// The variables [`init`] reads, for each binary's `--help` (clap lists only its own arguments).
+pub const LOG_HELP: &str = "Logging:
+  RUST_LOG         log filter, tracing's env-filter syntax (e.g. `info,sqlx=warn`) [default: info]
+  RUST_LOG_FORMAT  `json` for one JSON object per line [default: text]";
+
+/// Installs the log subscriber and the metrics recorder. The recorder is installed here, at start,
+/// so that every count a service records before `/metrics` is first scraped is kept.
 pub fn init(default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal, never escape codes in a file or a log collector.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     let json = std::env::var("RUST_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let installed = if json {
         builder.json().try_init()
@@ -22,6 +33,7 @@ pub fn init(default_filter: &str) {
     if let Err(err) = installed {
         tracing::debug!(error = %err, "a log subscriber was already installed; keeping it");
     }
+    metrics();
 }
 
 /// The text format's fields with every control character escaped (`\n`, `\r`, `\t`, `\u{1b}`…),

@@ -735,3 +735,80 @@ async fn an_unmatched_receipt_is_kept_and_can_be_attached_to_a_customer_once() {
         .await;
     assert_eq!(status, 404);
 }
+
+/// The receipts of `status` the operator listing shows, as (event id, receipt id, duplicate_of).
+async fn listed(app: &TestApp, org: i64, status: &str) -> Vec<(Value, Value, Value)> {
+    let (code, page) = app
+        .get(&format!("/admin/v1/orgs/{org}/receipts?status={status}"))
+        .await;
+    assert_eq!(code, 200, "{page}");
+    let mut rows: Vec<(Value, Value, Value)> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|r| {
+            (
+                r["event_id"].clone(),
+                r["receipt_id"].clone(),
+                r["duplicate_of"].clone(),
+            )
+        })
+        .collect();
+    rows.sort_by_key(|r| r.0.to_string());
+    rows
+}
+
+#[tokio::test]
+async fn a_receipt_resent_under_new_event_ids_is_listed_as_duplicates_of_the_event_that_applied_it()
+{
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let id = bill(&app, &shop, "DUP-1", "1000", None).await;
+    let other = bill(&app, &shop, "DUP-2", "500", None).await;
+
+    // One worker after the other: the resend waits for the first event's commit.
+    let worker = app.start_worker();
+    let event = receipt_event("ev-1", "rc-1", Some(id), "1000");
+    assert_eq!(app.post_receipt(&shop.token, &event).await.0, 200);
+    app.wait_receipt(shop.org, "ev-1", "processed").await;
+    let resent = receipt_event("ev-2", "rc-1", Some(id), "1000");
+    assert_eq!(app.post_receipt(&shop.token, &resent).await.0, 200);
+    app.wait_receipt(shop.org, "ev-2", "duplicate").await;
+    worker.stop().await;
+
+    // Both in one batch (in either order): one applies, the other is its duplicate.
+    for event_id in ["ev-3", "ev-4"] {
+        let event = receipt_event(event_id, "rc-2", Some(other), "500");
+        assert_eq!(app.post_receipt(&shop.token, &event).await.0, 200);
+    }
+    let _worker = app.start_worker();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while listed(&app, shop.org, "duplicate").await.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second duplicate");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let processed = listed(&app, shop.org, "processed").await;
+    assert_eq!(processed.len(), 2, "{processed:?}");
+    assert_eq!(processed[0], (json!("ev-1"), json!("rc-1"), Value::Null));
+    let applied = processed[1].0.clone();
+    let duplicate = if applied == "ev-3" { "ev-4" } else { "ev-3" };
+    assert_eq!(processed[1], (applied.clone(), json!("rc-2"), Value::Null));
+    assert_eq!(
+        listed(&app, shop.org, "duplicate").await,
+        vec![
+            (json!("ev-2"), json!("rc-1"), json!("ev-1")),
+            (json!(duplicate), json!("rc-2"), applied),
+        ]
+    );
+    let (_, alex) = app
+        .get(&format!(
+            "/admin/v1/orgs/{}/customers/{}",
+            shop.org, shop.alex
+        ))
+        .await;
+    assert_eq!(
+        alex["history"].as_array().map(Vec::len),
+        Some(3),
+        "the promo bonus and one accrual per receipt"
+    );
+}

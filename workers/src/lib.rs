@@ -27,7 +27,8 @@ const RACE_RUNS: usize = 3;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "workers",
-    about = "Applies receipts from RabbitMQ to the loyalty ledger"
+    about = "Applies receipts from RabbitMQ to the loyalty ledger",
+    after_help = loyalty_service::telemetry::LOG_HELP
 )]
 pub struct Config {
     #[command(flatten)]

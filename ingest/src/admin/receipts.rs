@@ -73,6 +73,8 @@ pub struct ReceiptRecord {
     pub receipt_type: Option<String>,
     pub status: ReceiptStatus,
     pub reason: Option<String>,
+    /// A duplicate's: the event id under which the same receipt (`receipt_id`) took effect.
+    pub duplicate_of: Option<String>,
     pub bill_id: Option<i64>,
     pub customer_id: Option<i64>,
     pub invoice_id: Option<String>,
@@ -188,7 +190,7 @@ pub async fn receipt_rows(
 ) -> sqlx::Result<Vec<ReceiptRecord>> {
     filtered(
         db,
-        "select org_id, event_id, receipt_id, event_type, receipt_type, status, reason, bill_id, customer_id,
+        "select org_id, event_id, receipt_id, event_type, receipt_type, status, reason, duplicate_of, bill_id, customer_id,
                 invoice_id, total_amount, attempts, last_error, received_at, processed_at, updated_at
          from receipts where ($1::bigint is null or org_id = $1) and ($2::text[] is null or status = any($2))
          order by updated_at desc, event_id limit $3 offset $4",

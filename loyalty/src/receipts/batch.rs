@@ -6,6 +6,7 @@
 //! checked against those already applied, and made unique by an index when the statuses are
 //! written, so the same receipt under two event ids takes effect once.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use sqlx::PgConnection;
@@ -56,23 +57,26 @@ pub async fn apply_batch(
         .filter(|i| outcomes[*i].is_none())
         .collect();
 
-    // A receipt already applied (under another event id, or earlier in this batch) is a duplicate.
-    let applied = applied_receipts(conn, &parsed, &claimed_rows).await?;
-    let mut receipts_seen = HashSet::new();
+    // A receipt already applied (under another event id, or earlier in this batch) is a duplicate
+    // of the event that applied it; the first of a batch always takes effect (processed,
+    // unmatched or ignored).
+    let mut taken_by = applied_receipts(conn, &parsed, &claimed_rows).await?;
+    let mut duplicate_of: HashMap<usize, String> = HashMap::new();
     for &i in &claimed_rows {
         let p = &parsed[i];
         outcomes[i] = match &p.receipt {
             None => Some(Outcome::Ignored),
-            Some(r) => {
-                let key = (p.message.org_id, r.id.clone());
-                if applied.contains(&key) || !receipts_seen.insert(key) {
+            Some(r) => match taken_by.entry((p.message.org_id, r.id.clone())) {
+                Entry::Occupied(first) => {
+                    duplicate_of.insert(i, first.get().clone());
                     Some(Outcome::Duplicate)
-                } else if !matches!(r.kind, ReceiptKind::Sell | ReceiptKind::Payback) {
-                    Some(Outcome::Ignored)
-                } else {
-                    None
                 }
-            }
+                Entry::Vacant(slot) => {
+                    slot.insert(p.head.id.clone());
+                    (!matches!(r.kind, ReceiptKind::Sell | ReceiptKind::Payback))
+                        .then_some(Outcome::Ignored)
+                }
+            },
         };
     }
 
@@ -95,7 +99,7 @@ pub async fn apply_batch(
         .into_iter()
         .map(|o| o.unwrap_or(Outcome::Duplicate))
         .collect();
-    save(conn, &parsed, &claimed_rows, &outcomes).await?;
+    save(conn, &parsed, &claimed_rows, &outcomes, &duplicate_of).await?;
     Ok(outcomes)
 }
 
@@ -149,11 +153,12 @@ async fn claim(
     Ok(claimed.into_iter().collect())
 }
 
+/// The receipts among `rows` that took effect before, each with the event id that applied it.
 async fn applied_receipts(
     conn: &mut PgConnection,
     parsed: &[Parsed<'_>],
     rows: &[usize],
-) -> Result<HashSet<(i64, String)>> {
+) -> Result<HashMap<(i64, String), String>> {
     let keys: Vec<(i64, String)> = rows
         .iter()
         .filter_map(|&i| {
@@ -162,8 +167,8 @@ async fn applied_receipts(
                 .map(|r| (parsed[i].message.org_id, r.id.clone()))
         })
         .collect();
-    let found: Vec<(i64, String)> = sqlx::query_as(
-        "select r.org_id, r.receipt_id from receipts r
+    let found: Vec<(i64, String, String)> = sqlx::query_as(
+        "select r.org_id, r.receipt_id, r.event_id from receipts r
          join unnest($1::bigint[], $2::text[]) as k(org_id, receipt_id)
            on r.org_id = k.org_id and r.receipt_id = k.receipt_id
          where r.status in ('processed', 'unmatched', 'ignored')",
@@ -172,7 +177,10 @@ async fn applied_receipts(
     .bind(keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>())
     .fetch_all(conn)
     .await?;
-    Ok(found.into_iter().collect())
+    Ok(found
+        .into_iter()
+        .map(|(org, receipt, event)| ((org, receipt), event))
+        .collect())
 }
 
 /// Applies the batch's sales: each pays its open bill; the rest are unmatched.
@@ -274,12 +282,13 @@ async fn sell(
     Ok(())
 }
 
-/// Writes every claimed receipt's final status.
+/// Writes every claimed receipt's final status (a duplicate's with the event it duplicated).
 async fn save(
     conn: &mut PgConnection,
     parsed: &[Parsed<'_>],
     rows: &[usize],
     outcomes: &[Outcome],
+    duplicate_of: &HashMap<usize, String>,
 ) -> Result<()> {
     let field = |i: usize, f: fn(&Receipt) -> String| parsed[i].receipt.map(f);
     let customer = |o: &Outcome| {
@@ -307,10 +316,11 @@ async fn save(
         "update receipts r set status = u.status, reason = u.reason, receipt_id = u.receipt_id,
                 receipt_type = u.receipt_type, bill_id = u.bill_id, customer_id = u.customer_id,
                 invoice_id = u.invoice_id, total_amount = u.total, last_error = null,
-                processed_at = clock_timestamp(), updated_at = now()
+                duplicate_of = u.duplicate_of, processed_at = clock_timestamp(), updated_at = now()
          from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
-                     $8::bigint[], $9::text[], $10::numeric[])
-              as u(org_id, event_id, status, reason, receipt_id, receipt_type, bill_id, customer_id, invoice_id, total)
+                     $8::bigint[], $9::text[], $10::numeric[], $11::text[])
+              as u(org_id, event_id, status, reason, receipt_id, receipt_type, bill_id, customer_id, invoice_id, total,
+                   duplicate_of)
          where r.org_id = u.org_id and r.event_id = u.event_id and r.status = 'processing'",
     )
     .bind(rows.iter().map(|&i| parsed[i].message.org_id).collect::<Vec<_>>())
@@ -323,6 +333,7 @@ async fn save(
     .bind(rows.iter().map(|&i| customer(&outcomes[i])).collect::<Vec<_>>())
     .bind(rows.iter().map(|&i| invoice(&outcomes[i])).collect::<Vec<_>>())
     .bind(rows.iter().map(|&i| parsed[i].receipt.map(|r| r.total_amount)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|&i| duplicate_of.get(&i).cloned()).collect::<Vec<_>>())
     .execute(conn)
     .await
     .map_err(|e| match violated_constraint(&e) {
