@@ -120,7 +120,7 @@ async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<V
         "telegram_link": caller.org.details.telegram_link,
     });
     body["bonus_program_settings"] =
-        serde_json::to_value(caller.org.bonus_program_settings).map_err(anyhow::Error::from)?;
+        serde_json::to_value(&caller.org.bonus_program_settings).map_err(anyhow::Error::from)?;
     Ok(Json(body))
 }
 

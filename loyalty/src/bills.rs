@@ -253,7 +253,7 @@ pub(crate) fn held_column(wallet: Wallet) -> Result<&'static str> {
     match wallet {
         Wallet::Main => Ok("bonuses_held"),
         Wallet::Referral => Ok("referral_bonuses_held"),
-        Wallet::Debt => Err(Error::invalid(
+        Wallet::Debt | Wallet::Pending | Wallet::ReferralPending => Err(Error::invalid(
             "bonus_payment.wallet",
             "a bill is paid from the main or referral wallet",
         )),

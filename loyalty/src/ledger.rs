@@ -22,6 +22,10 @@ pub enum Wallet {
     Referral,
     /// What the customer owes the shop (`debts`, `debt_history`).
     Debt,
+    /// Purchase accruals not spendable yet (`pending_bonuses`): `accrual_delay_days`.
+    Pending,
+    /// Referral rewards not spendable yet (`pending_referral_bonuses`).
+    ReferralPending,
 }
 
 impl Wallet {
@@ -30,6 +34,17 @@ impl Wallet {
             Wallet::Main => "main",
             Wallet::Referral => "referral",
             Wallet::Debt => "debt",
+            Wallet::Pending => "pending",
+            Wallet::ReferralPending => "referral_pending",
+        }
+    }
+
+    /// The pending wallet an accrual into `self` waits in, for a bonus wallet.
+    pub fn pending(self) -> Option<Wallet> {
+        match self {
+            Wallet::Main => Some(Wallet::Pending),
+            Wallet::Referral => Some(Wallet::ReferralPending),
+            _ => None,
         }
     }
 
@@ -39,6 +54,8 @@ impl Wallet {
             Wallet::Main => "bonus",
             Wallet::Referral => "referral",
             Wallet::Debt => "debt",
+            Wallet::Pending => "pending",
+            Wallet::ReferralPending => "referral_pending",
         }
     }
 }
@@ -91,6 +108,12 @@ pub enum Source {
     Promo,
     Receipt,
     Refund,
+    /// A pending accrual becoming spendable.
+    Activation,
+    /// Bonuses that reached their expiry date.
+    Expiry,
+    Welcome,
+    Birthday,
 }
 
 impl Source {
@@ -101,6 +124,10 @@ impl Source {
             Source::Promo => "promo",
             Source::Receipt => "receipt",
             Source::Refund => "refund",
+            Source::Activation => "activation",
+            Source::Expiry => "expiry",
+            Source::Welcome => "welcome",
+            Source::Birthday => "birthday",
         }
     }
 }
@@ -127,6 +154,15 @@ pub mod describe {
     pub const OPERATOR_DEDUCTION: &str = "Списание бонусов (админ)";
     pub const DEBT_ADDED: &str = "Добавление долга";
     pub const DEBT_PAID: &str = "Погашение долга";
+    pub fn activation(invoice: &str) -> String {
+        format!("Активация бонусов по накладной #{invoice}")
+    }
+    pub const ACTIVATION: &str = "Активация бонусов";
+    pub const EXPIRY: &str = "Сгорание бонусов";
+    pub const WELCOME: &str = "Приветственный бонус";
+    pub fn birthday(year: i32) -> String {
+        format!("Бонус ко дню рождения {year}")
+    }
 }
 
 /// One movement of one wallet, as written by this service.
@@ -213,6 +249,39 @@ pub async fn post_many(conn: &mut PgConnection, entries: &[NewEntry<'_>]) -> Res
         ),
         None => Error::Db(err),
     })
+}
+
+/// Appends a once-only entry (a welcome or birthday bonus: `source` and `source_ref` say which
+/// once): `false`, and nothing written, when it was posted before, by this or any other worker.
+pub async fn post_once(conn: &mut PgConnection, entry: &NewEntry<'_>) -> Result<bool> {
+    if !matches!(entry.source, Source::Welcome | Source::Birthday) || entry.source_ref.is_none() {
+        return Err(Error::invalid(
+            "source",
+            "only welcome and birthday bonuses, with a reference, are once-only",
+        ));
+    }
+    let inserted = sqlx::query(
+        "insert into ledger_entries
+             (org_id, customer_id, wallet, kind, amount, description, source, source_ref,
+              transaction_type, occurred_at, utc_offset_seconds)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         on conflict (org_id, customer_id, source, source_ref) where source in ('welcome', 'birthday')
+         do nothing",
+    )
+    .bind(entry.org_id)
+    .bind(entry.customer_id)
+    .bind(entry.wallet)
+    .bind(entry.kind)
+    .bind(entry.amount.get())
+    .bind(entry.description)
+    .bind(entry.source)
+    .bind(entry.source_ref)
+    .bind(entry.wallet.transaction_type())
+    .bind(entry.at.utc())
+    .bind(entry.at.offset_seconds())
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
 }
 
 /// Which wallet a failed statement would have overdrawn, if that is why it failed.

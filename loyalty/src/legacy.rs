@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, EntryRow, HistoryEntry, ImportedEntry, Wallet};
 use crate::money::{bounded, deserialize_decimal, parse_decimal, round_money, serialize_decimal};
 use crate::orgs::{self, OrgChanges, OrgDetails};
-use crate::rules::BonusProgramSettings;
+use crate::rules::{BonusProgramSettings, LEGACY_FIELDS, SettingsChanges};
 use crate::time::{OrgTimeZone, Stamp};
 
 /// Customer ids are numbers stored as such, and strings in the legacy shape.
@@ -348,13 +348,8 @@ pub async fn customer(
 /// old system's last behaviour, so an unchanged organization exports exactly the old keys.
 fn settings_json(s: &BonusProgramSettings) -> Result<serde_json::Value> {
     // Stored settings that cannot be written as JSON are stored data we cannot decode.
-    let mut v = serde_json::to_value(s).map_err(|e| Error::Db(sqlx::Error::Decode(Box::new(e))))?;
-    if !s.accrue_when_paying_with_bonuses {
-        if let Some(map) = v.as_object_mut() {
-            map.remove("accrue_when_paying_with_bonuses");
-        }
-    }
-    Ok(v)
+    s.legacy_json()
+        .map_err(|e| Error::Db(sqlx::Error::Decode(Box::new(e))))
 }
 
 pub async fn export(conn: &mut PgConnection, org_id: i64) -> Result<LegacyExport> {
@@ -396,6 +391,8 @@ fn legacy_amount(value: Decimal, field: &str) -> Result<Decimal> {
 
 struct ImportEntry<'a> {
     wallet: Wallet,
+    /// The list it came from (`history`, `debt_history`, `referral_bonus_history`).
+    list: &'static str,
     position: usize,
     entry: &'a HistoryEntry,
     at: Stamp,
@@ -407,7 +404,19 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
         .as_object()
         .ok_or_else(|| Error::invalid("", "must be a JSON object"))?;
     let details: OrgDetails = field(map, "organization_details")?;
-    let settings: BonusProgramSettings = field(map, "bonus_program_settings")?;
+    let settings: SettingsChanges = field(map, "bonus_program_settings")?;
+    for (name, present) in LEGACY_FIELDS.iter().zip([
+        settings.invoice_bonus_percentage.is_some(),
+        settings.referral_promo_bonus.is_some(),
+        settings.referrer_first_purchase_percentage.is_some(),
+    ]) {
+        if !present {
+            return Err(Error::invalid(
+                format!("bonus_program_settings.{name}"),
+                "is required",
+            ));
+        }
+    }
     let mut customers = Vec::new();
     let mut combined_texts: HashMap<i64, String> = HashMap::new();
     for (key, value) in map.iter().filter(|(k, _)| {
@@ -483,7 +492,7 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
     )
     .await
     .map_err(|e| match e {
-        Error::Invalid { field, message } => {
+        Error::Invalid { field, message } if !field.starts_with("bonus_program_settings") => {
             Error::invalid(format!("organization_details.{field}"), message)
         }
         other => other,
@@ -652,6 +661,7 @@ async fn import_history(
             })?;
             all.push(ImportEntry {
                 wallet,
+                list: name,
                 position,
                 entry,
                 at,
@@ -660,12 +670,7 @@ async fn import_history(
     }
     all.sort_by_key(|e| e.at.utc());
     for e in &all {
-        let name = match e.wallet {
-            Wallet::Main => "history",
-            Wallet::Debt => "debt_history",
-            Wallet::Referral => "referral_bonus_history",
-        };
-        let path = format!("{id}.{name}[{}]", e.position);
+        let path = format!("{id}.{}[{}]", e.list, e.position);
         let kind = EntryKind::parse(&e.entry.kind)
             .filter(|k| *k == EntryKind::Accrual || *k == EntryKind::outgoing(e.wallet))
             .ok_or_else(|| {

@@ -10,6 +10,7 @@ pub mod init_data;
 pub mod ledger;
 pub mod legacy;
 pub mod locks;
+pub mod lots;
 pub mod money;
 pub mod notifications;
 pub mod orgs;

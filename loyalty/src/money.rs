@@ -346,6 +346,7 @@ impl Money {
 
 impl Percent {
     pub const ZERO: Self = Self(Decimal::ZERO);
+    pub const HUNDRED: Self = Self(Decimal::ONE_HUNDRED);
 
     /// `percent` % of `base`, rounded once by the ledger's rule; `Overflow` beyond `Decimal`'s range.
     pub fn of(self, base: Decimal) -> Result<Decimal, MoneyError> {

@@ -25,10 +25,17 @@ pub enum NotificationKind {
     BonusPayment,
     Refund,
     Welcome,
+    /// Bonuses that burn soon: `{amount}` on `{date}`.
+    ExpiryWarning,
+    /// The welcome bonus, credited on the first visit or creation.
+    WelcomeBonus,
+    BirthdayBonus,
+    /// The customer reached tier `{tier}`: purchases now earn `{percentage}` %.
+    TierReached,
 }
 
 impl NotificationKind {
-    pub const ALL: [NotificationKind; 7] = [
+    pub const ALL: [NotificationKind; 11] = [
         NotificationKind::PurchaseAccrual,
         NotificationKind::ReferralReward,
         NotificationKind::PromoBonus,
@@ -36,6 +43,10 @@ impl NotificationKind {
         NotificationKind::BonusPayment,
         NotificationKind::Refund,
         NotificationKind::Welcome,
+        NotificationKind::ExpiryWarning,
+        NotificationKind::WelcomeBonus,
+        NotificationKind::BirthdayBonus,
+        NotificationKind::TierReached,
     ];
 
     /// Its name, as stored and as the organizations' templates are keyed.
@@ -48,6 +59,10 @@ impl NotificationKind {
             NotificationKind::BonusPayment => "bonus_payment",
             NotificationKind::Refund => "refund",
             NotificationKind::Welcome => "welcome",
+            NotificationKind::ExpiryWarning => "expiry_warning",
+            NotificationKind::WelcomeBonus => "welcome_bonus",
+            NotificationKind::BirthdayBonus => "birthday_bonus",
+            NotificationKind::TierReached => "tier_reached",
         }
     }
 }
@@ -66,7 +81,7 @@ macro_rules! names_of {
 }
 
 /// The kinds' names (the keys an organization's templates may have).
-pub const KINDS: [&str; 7] = names_of!(NotificationKind);
+pub const KINDS: [&str; 11] = names_of!(NotificationKind);
 
 /// Where a notification's delivery stands (the `outbox.status` check constraint's values).
 #[derive(
@@ -152,7 +167,8 @@ pub fn templates_schema() -> utoipa::openapi::schema::Object {
 }
 
 /// The default template of a kind. Placeholders: `{amount}`, `{balance}`, `{referral_balance}`,
-/// `{invoice}`, `{shop}`, `{currency}`, `{promo_code}`, and for refunds `{returned}`, `{taken}`.
+/// `{invoice}`, `{shop}`, `{currency}`, `{promo_code}`, for refunds `{returned}`, `{taken}`, for
+/// expiry warnings `{date}`, for tiers `{tier}` and `{percentage}`.
 pub fn default_template(kind: NotificationKind) -> &'static str {
     match kind {
         NotificationKind::PurchaseAccrual => {
@@ -175,6 +191,18 @@ pub fn default_template(kind: NotificationKind) -> &'static str {
         }
         NotificationKind::Refund => {
             "↩️ Возврат по накладной #{invoice} в «{shop}»: возвращено {returned} {currency}, списано {taken} {currency}.\nБаланс: {balance} {currency}."
+        }
+        NotificationKind::ExpiryWarning => {
+            "⏳ {date} сгорят {amount} {currency} ваших бонусов в «{shop}». Успейте потратить!\nБаланс: {balance} {currency}."
+        }
+        NotificationKind::WelcomeBonus => {
+            "🎁 «{shop}» дарит вам {amount} {currency} приветственных бонусов.\nБаланс: {balance} {currency}."
+        }
+        NotificationKind::BirthdayBonus => {
+            "🎂 С днём рождения! «{shop}» дарит вам {amount} {currency} бонусов.\nБаланс: {balance} {currency}."
+        }
+        NotificationKind::TierReached => {
+            "⭐ Вы достигли уровня «{tier}» в «{shop}»: теперь с каждой покупки начисляется {percentage} % бонусами."
         }
     }
 }

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use crate::crypto::{Sealed, TokenKeys};
 use crate::error::{ConflictCode, Error, Result};
 use crate::money::{Money, Percent};
-use crate::rules::BonusProgramSettings;
+use crate::rules::{AccrualBase, BonusProgramSettings, SettingsChanges, Tier};
 use crate::time::OrgTimeZone;
 
 /// The legacy `organization_details`.
@@ -54,7 +54,15 @@ struct OrgRow {
     invoice_bonus_percentage: Decimal,
     referral_promo_bonus: Decimal,
     referrer_first_purchase_percentage: Decimal,
-    accrue_when_paying_with_bonuses: bool,
+    max_bonus_payment_percentage: Decimal,
+    accrual_base: AccrualBase,
+    accrual_delay_days: i32,
+    bonus_lifetime_days: Option<i32>,
+    expiry_warning_days: i32,
+    tiers: sqlx::types::Json<Vec<Tier>>,
+    welcome_bonus: Decimal,
+    birthday_bonus: Decimal,
+    birthday_window_days: i32,
     telegram_bot_token_set: bool,
     currency_symbol: String,
     notification_templates: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
@@ -83,7 +91,24 @@ impl TryFrom<OrgRow> for Organization {
                     r.referrer_first_purchase_percentage,
                 )
                 .map_err(|_| corrupt("referrer_first_purchase_percentage"))?,
-                accrue_when_paying_with_bonuses: r.accrue_when_paying_with_bonuses,
+                max_bonus_payment_percentage: Percent::new(r.max_bonus_payment_percentage)
+                    .map_err(|_| corrupt("max_bonus_payment_percentage"))?,
+                accrual_base: r.accrual_base,
+                accrual_delay_days: u32::try_from(r.accrual_delay_days)
+                    .map_err(|_| corrupt("accrual_delay_days"))?,
+                bonus_lifetime_days: r
+                    .bonus_lifetime_days
+                    .map(u32::try_from)
+                    .transpose()
+                    .map_err(|_| corrupt("bonus_lifetime_days"))?,
+                expiry_warning_days: u32::try_from(r.expiry_warning_days)
+                    .map_err(|_| corrupt("expiry_warning_days"))?,
+                tiers: r.tiers.0,
+                welcome_bonus: Money::new(r.welcome_bonus).map_err(|_| corrupt("welcome_bonus"))?,
+                birthday_bonus: Money::new(r.birthday_bonus)
+                    .map_err(|_| corrupt("birthday_bonus"))?,
+                birthday_window_days: u32::try_from(r.birthday_window_days)
+                    .map_err(|_| corrupt("birthday_window_days"))?,
             },
             telegram_bot_token_set: r.telegram_bot_token_set,
             currency_symbol: r.currency_symbol,
@@ -103,7 +128,8 @@ pub struct OrgChanges {
     pub whatsapp_link: Option<String>,
     pub telegram_link: Option<String>,
     pub time_zone: Option<OrgTimeZone>,
-    pub bonus_program_settings: Option<BonusProgramSettings>,
+    /// The settings to change; those not named stay as they are.
+    pub bonus_program_settings: Option<SettingsChanges>,
     /// Write-only: stored for calling the Bot API, never returned. `""` removes it.
     #[schema(pattern = "^([0-9]+:[^\\u0000]{20,})?$")]
     pub telegram_bot_token: Option<String>,
@@ -111,8 +137,10 @@ pub struct OrgChanges {
     #[schema(min_length = 1, max_length = 8, pattern = r"\S")]
     pub currency_symbol: Option<String>,
     /// Templates by kind (purchase_accrual, referral_reward, promo_bonus, operator_accrual,
-    /// bonus_payment, refund), replacing the Russian defaults; `""` restores a default. HTML, with
-    /// placeholders {amount} {balance} {referral_balance} {invoice} {shop} {currency} {returned} {taken}.
+    /// bonus_payment, refund, welcome, expiry_warning, welcome_bonus, birthday_bonus, tier_reached),
+    /// replacing the Russian defaults; `""` restores a default. HTML, with placeholders {amount}
+    /// {balance} {referral_balance} {invoice} {shop} {currency} {returned} {taken} {promo_code}
+    /// {date} {tier} {percentage}.
     #[schema(schema_with = crate::notifications::templates_schema)]
     pub notification_templates: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -169,7 +197,8 @@ impl OrgChanges {
 const SELECT_ORG: &str =
     "select id, name, phone_numbers, address, whatsapp_link, telegram_link, time_zone,
         invoice_bonus_percentage, referral_promo_bonus, referrer_first_purchase_percentage,
-        accrue_when_paying_with_bonuses,
+        max_bonus_payment_percentage, accrual_base, accrual_delay_days, bonus_lifetime_days,
+        expiry_warning_days, tiers, welcome_bonus, birthday_bonus, birthday_window_days,
         telegram_bot_token_sealed is not null or telegram_bot_token is not null as telegram_bot_token_set,
         currency_symbol, notification_templates
     from organizations";
@@ -206,7 +235,11 @@ pub async fn update(
     c: &OrgChanges,
 ) -> Result<()> {
     c.validate()?;
-    let s = c.bonus_program_settings;
+    let settings = match &c.bonus_program_settings {
+        Some(changes) => Some(changes.apply_to(&current_settings(conn, id).await?)?),
+        None => None,
+    };
+    let s = settings.as_ref();
     let updated = sqlx::query(
         "update organizations set
             name = coalesce($2, name),
@@ -218,12 +251,20 @@ pub async fn update(
             invoice_bonus_percentage = coalesce($8, invoice_bonus_percentage),
             referral_promo_bonus = coalesce($9, referral_promo_bonus),
             referrer_first_purchase_percentage = coalesce($10, referrer_first_purchase_percentage),
-            accrue_when_paying_with_bonuses = coalesce($11, accrue_when_paying_with_bonuses),
-            currency_symbol = coalesce($12, currency_symbol),
+            currency_symbol = coalesce($11, currency_symbol),
             -- Templates merge: a kind given an empty text goes back to its default.
-            notification_templates = case when $13::jsonb is null then notification_templates
+            notification_templates = case when $12::jsonb is null then notification_templates
                 else (select coalesce(jsonb_object_agg(key, value), '{}'::jsonb)
-                      from jsonb_each(notification_templates || $13::jsonb) where value <> to_jsonb(''::text)) end
+                      from jsonb_each(notification_templates || $12::jsonb) where value <> to_jsonb(''::text)) end,
+            max_bonus_payment_percentage = coalesce($13, max_bonus_payment_percentage),
+            accrual_base = coalesce($14, accrual_base),
+            accrual_delay_days = coalesce($15, accrual_delay_days),
+            bonus_lifetime_days = case when $16 then $17 else bonus_lifetime_days end,
+            expiry_warning_days = coalesce($18, expiry_warning_days),
+            tiers = coalesce($19, tiers),
+            welcome_bonus = coalesce($20, welcome_bonus),
+            birthday_bonus = coalesce($21, birthday_bonus),
+            birthday_window_days = coalesce($22, birthday_window_days)
          where id = $1",
     )
     .bind(id)
@@ -236,9 +277,18 @@ pub async fn update(
     .bind(s.map(|s| s.invoice_bonus_percentage.get()))
     .bind(s.map(|s| s.referral_promo_bonus.get()))
     .bind(s.map(|s| s.referrer_first_purchase_percentage.get()))
-    .bind(s.map(|s| s.accrue_when_paying_with_bonuses))
     .bind(&c.currency_symbol)
     .bind(c.notification_templates.as_ref().map(sqlx::types::Json))
+    .bind(s.map(|s| s.max_bonus_payment_percentage.get()))
+    .bind(s.map(|s| s.accrual_base))
+    .bind(s.map(|s| days(s.accrual_delay_days)))
+    .bind(s.is_some())
+    .bind(s.and_then(|s| s.bonus_lifetime_days).map(days))
+    .bind(s.map(|s| days(s.expiry_warning_days)))
+    .bind(s.map(|s| sqlx::types::Json(s.tiers.clone())))
+    .bind(s.map(|s| s.welcome_bonus.get()))
+    .bind(s.map(|s| s.birthday_bonus.get()))
+    .bind(s.map(|s| days(s.birthday_window_days)))
     .execute(&mut *conn)
     .await?;
     if updated.rows_affected() == 0 {
@@ -248,6 +298,23 @@ pub async fn update(
         set_bot_token(conn, keys, id, token).await?;
     }
     Ok(())
+}
+
+/// A number of days as stored; the settings' validation keeps it far below `i32::MAX`.
+fn days(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The stored settings, locked until the transaction ends so two changes apply one after the other.
+async fn current_settings(conn: &mut PgConnection, id: i64) -> Result<BonusProgramSettings> {
+    let row: Option<OrgRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT_ORG} where id = $1 for update"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let org: Organization = row.ok_or(Error::NotFound("organization"))?.try_into()?;
+    Ok(org.bonus_program_settings)
 }
 
 /// Stores the bot token sealed under the current key (`""` removes it). Without `TOKEN_KEYS` a

@@ -12,35 +12,15 @@ use std::collections::HashSet;
 use std::hash::Hash;
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{ConflictCode, Error};
 use crate::ledger::{ReceiptMovements, Wallet};
-use crate::money::{Amount, Money, MoneyError, Percent, round_money};
+use crate::money::{Amount, MoneyError, round_money};
 
-/// An organization's bonus program: the legacy export's `bonus_program_settings`, plus the
-/// accrual rule for bills paid with bonuses. The API and the legacy export read and write it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BonusProgramSettings {
-    pub invoice_bonus_percentage: Percent,
-    pub referral_promo_bonus: Money,
-    pub referrer_first_purchase_percentage: Percent,
-    /// false: a bill paid partly with bonuses earns nothing (the old system's last rule);
-    /// true: it earns on its full amount (its earlier rule).
-    #[serde(default)]
-    pub accrue_when_paying_with_bonuses: bool,
-}
-
-impl Default for BonusProgramSettings {
-    fn default() -> Self {
-        Self {
-            invoice_bonus_percentage: Percent::ZERO,
-            referral_promo_bonus: Money::ZERO,
-            referrer_first_purchase_percentage: Percent::ZERO,
-            accrue_when_paying_with_bonuses: false,
-        }
-    }
-}
+pub mod lots;
+mod settings;
+pub mod tiers;
+pub use settings::*;
 
 /// Bonuses a purchase of `total` earns when `paid_with_bonuses` of it was paid from a wallet.
 /// Every rule is checked arithmetic: an amount beyond range is an error, never a panic.
@@ -49,10 +29,18 @@ pub fn purchase_accrual(
     total: Decimal,
     paid_with_bonuses: Decimal,
 ) -> Result<Decimal, MoneyError> {
-    if paid_with_bonuses > Decimal::ZERO && !settings.accrue_when_paying_with_bonuses {
-        return Ok(Decimal::ZERO);
-    }
-    settings.invoice_bonus_percentage.of(total)
+    let base = match settings.accrual_base {
+        AccrualBase::Total => total,
+        AccrualBase::NothingWhenPaidWithBonuses if paid_with_bonuses > Decimal::ZERO => {
+            return Ok(Decimal::ZERO);
+        }
+        AccrualBase::NothingWhenPaidWithBonuses => total,
+        AccrualBase::MoneyPaid => total
+            .checked_sub(paid_with_bonuses)
+            .ok_or(MoneyError::Overflow)?
+            .max(Decimal::ZERO),
+    };
+    settings.invoice_bonus_percentage.of(base)
 }
 
 /// What the referrer earns from a friend's purchase: only the first one counts.
@@ -331,6 +319,7 @@ pub fn unknown_promo_code() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::money::{Money, Percent};
     use std::str::FromStr;
 
     fn d(s: &str) -> Decimal {
@@ -342,7 +331,12 @@ mod tests {
             invoice_bonus_percentage: Percent::from_str("2").expect("valid"),
             referral_promo_bonus: Money::from_str("50").expect("valid"),
             referrer_first_purchase_percentage: Percent::from_str("5").expect("valid"),
-            accrue_when_paying_with_bonuses: accrue_when_paying,
+            accrual_base: if accrue_when_paying {
+                AccrualBase::Total
+            } else {
+                AccrualBase::NothingWhenPaidWithBonuses
+            },
+            ..BonusProgramSettings::default()
         }
     }
 
@@ -435,7 +429,7 @@ mod tests {
             invoice_bonus_percentage: percent(invoice),
             referral_promo_bonus: Money::from_str("50").expect("valid"),
             referrer_first_purchase_percentage: percent(referrer),
-            accrue_when_paying_with_bonuses: false,
+            ..BonusProgramSettings::default()
         }
     }
 

@@ -504,6 +504,9 @@ fn text_of(queued: &Queued, recipient: &TelegramRecipient, sender: &TelegramSend
         ("shop", sender.name.clone()),
         ("promo_code", text("promo_code")),
         ("currency", sender.currency_symbol.clone()),
+        ("date", text("date")),
+        ("tier", text("tier")),
+        ("percentage", text("percentage")),
     ]);
     render(template, &values)
 }

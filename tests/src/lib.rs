@@ -455,15 +455,26 @@ impl TestApp {
     }
 }
 
-/// A `ReceiptCreated` event in the shape the POS sends, paying `bill` with `total`.
+/// A `ReceiptCreated` event in the shape the POS sends, paying `bill` with `total`, sold now.
 pub fn receipt_event(event_id: &str, receipt_id: &str, bill: Option<i64>, total: &str) -> Value {
+    receipt_event_at(event_id, receipt_id, bill, total, chrono::Utc::now())
+}
+
+/// [`receipt_event`] sold at `sold_at` (the receipt's `dateTime`).
+pub fn receipt_event_at(
+    event_id: &str,
+    receipt_id: &str,
+    bill: Option<i64>,
+    total: &str,
+    sold_at: chrono::DateTime<chrono::Utc>,
+) -> Value {
     let total: Value = serde_json::from_str(total).expect("number");
     serde_json::json!({
         "id": event_id,
         "type": "ReceiptCreated",
         "version": 2,
         "userId": "01-000000009264720",
-        "timestamp": 1773230494949_i64,
+        "timestamp": sold_at.timestamp_millis(),
         "data": {
             "id": receipt_id,
             "type": "SELL",
@@ -472,7 +483,7 @@ pub fn receipt_event(event_id: &str, receipt_id: &str, bill: Option<i64>, total:
             "extras": {"billId": bill.map(|b| b.to_string()), "prepayment": 0, "settlementMethod": "FullSettlement"},
             "shiftId": "19",
             "storeId": "20240116-907B-400D-80BA-5B1712F12B91",
-            "dateTime": "2026-03-11T12:01:32.000Z",
+            "dateTime": sold_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "deviceId": "20260123-D77D-40E1-80FB-5A10E3AF19CA",
             "totalTax": 0,
             "infoCheck": false,

@@ -153,10 +153,10 @@ pub async fn move_bonuses(
 ) -> Result<Response, ApiError> {
     let body = &request.value;
     let wallet = body.wallet.unwrap_or(Wallet::Main);
-    if wallet == Wallet::Debt {
+    if !matches!(wallet, Wallet::Main | Wallet::Referral) {
         return Err(ApiError::invalid(
             "wallet",
-            "must be main or referral; debts have their own endpoint",
+            "must be main or referral; debts have their own endpoint, pending bonuses only activate",
         ));
     }
     let (kind, default_text) = match body.op {

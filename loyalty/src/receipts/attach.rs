@@ -18,6 +18,15 @@ pub struct Attached {
     pub status: ReceiptStatus,
 }
 
+/// A stored receipt as attaching reads it: event id, status, kind, payload and sale time.
+type StoredReceipt = (
+    String,
+    ReceiptStatus,
+    Option<ReceiptKind>,
+    serde_json::Value,
+    chrono::DateTime<chrono::Utc>,
+);
+
 /// Applies the unmatched sale `receipt_id` to `customer_id`.
 pub async fn attach(
     conn: &mut PgConnection,
@@ -25,13 +34,8 @@ pub async fn attach(
     receipt_id: &str,
     customer_id: i64,
 ) -> Result<Attached> {
-    let row: Option<(
-        String,
-        ReceiptStatus,
-        Option<ReceiptKind>,
-        serde_json::Value,
-    )> = sqlx::query_as(
-        "select event_id, status, receipt_type, payload from receipts
+    let row: Option<StoredReceipt> = sqlx::query_as(
+        "select event_id, status, receipt_type, payload, coalesce(sold_at, received_at) from receipts
          where org_id = $1 and receipt_id = $2 and status in ('unmatched', 'processed', 'ignored')
          for update",
     )
@@ -39,7 +43,7 @@ pub async fn attach(
     .bind(receipt_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let (event_id, status, kind, payload) = row.ok_or(Error::NotFound("receipt"))?;
+    let (event_id, status, kind, payload, sold_at) = row.ok_or(Error::NotFound("receipt"))?;
     if status != ReceiptStatus::Unmatched {
         return Err(Error::conflict(
             ConflictCode::NotUnmatched,
@@ -66,6 +70,7 @@ pub async fn attach(
         hold: None,
         receipt_id,
         event_id: &event_id,
+        sold_at,
     };
     let invoice_id = apply_sales(conn, std::slice::from_ref(&sale))
         .await?

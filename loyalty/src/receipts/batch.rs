@@ -92,7 +92,8 @@ pub async fn apply_batch(
     for i in 0..parsed.len() {
         if let (None, Some(r)) = (&outcomes[i], parsed[i].receipt) {
             let p = &parsed[i];
-            outcomes[i] = Some(payback(conn, p.message.org_id, &p.head.id, r).await?);
+            let refunded_at = r.sold_at(p.message.received_at);
+            outcomes[i] = Some(payback(conn, p.message.org_id, &p.head.id, r, refunded_at).await?);
         }
     }
     let outcomes: Vec<Outcome> = outcomes
@@ -254,6 +255,7 @@ async fn sell(
             hold: bill.bonus_wallet.map(|w| (w, bill.bonus_payment)),
             receipt_id: &r.id,
             event_id: &p.head.id,
+            sold_at: r.sold_at(p.message.received_at),
         });
         applied_to.push((i, bill.id, bill.customer_id));
     }
@@ -316,11 +318,12 @@ async fn save(
         "update receipts r set status = u.status, reason = u.reason, receipt_id = u.receipt_id,
                 receipt_type = u.receipt_type, bill_id = u.bill_id, customer_id = u.customer_id,
                 invoice_id = u.invoice_id, total_amount = u.total, last_error = null,
-                duplicate_of = u.duplicate_of, processed_at = clock_timestamp(), updated_at = now()
+                duplicate_of = u.duplicate_of, sold_at = u.sold_at, processed_at = clock_timestamp(),
+                updated_at = now()
          from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
-                     $8::bigint[], $9::text[], $10::numeric[], $11::text[])
+                     $8::bigint[], $9::text[], $10::numeric[], $11::text[], $12::timestamptz[])
               as u(org_id, event_id, status, reason, receipt_id, receipt_type, bill_id, customer_id, invoice_id, total,
-                   duplicate_of)
+                   duplicate_of, sold_at)
          where r.org_id = u.org_id and r.event_id = u.event_id and r.status = 'processing'",
     )
     .bind(rows.iter().map(|&i| parsed[i].message.org_id).collect::<Vec<_>>())
@@ -334,6 +337,11 @@ async fn save(
     .bind(rows.iter().map(|&i| invoice(&outcomes[i])).collect::<Vec<_>>())
     .bind(rows.iter().map(|&i| parsed[i].receipt.map(|r| r.total_amount)).collect::<Vec<_>>())
     .bind(rows.iter().map(|&i| duplicate_of.get(&i).cloned()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|&i| parsed[i].receipt.map(|r| r.sold_at(parsed[i].message.received_at)))
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
     .await
     .map_err(|e| match violated_constraint(&e) {

@@ -137,7 +137,33 @@ pub struct Receipt {
     pub date_time: Option<String>,
 }
 
+/// How far ahead of ours a POS clock may run: a `dateTime` later than this after the receipt
+/// reached us is a wrong clock, and the receipt is dated when it arrived.
+pub const POS_CLOCK_AHEAD: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// The oldest sale a receipt may date itself to, before it arrived (a POS offline for a long
+/// time); an older `dateTime` is a wrong clock too.
+pub const OLDEST_SALE: chrono::TimeDelta = chrono::TimeDelta::days(366);
+
 impl Receipt {
+    /// When the sale happened: the POS's `dateTime` (UTC), when it is readable and plausible
+    /// against `received_at` (see [`POS_CLOCK_AHEAD`], [`OLDEST_SALE`]); otherwise `received_at`.
+    /// Entries made from the receipt are dated by it, whenever a worker applies them.
+    pub fn sold_at(&self, received_at: DateTime<Utc>) -> DateTime<Utc> {
+        self.date_time
+            .as_deref()
+            .and_then(|text| DateTime::parse_from_rfc3339(text.trim()).ok())
+            .map(|at| at.with_timezone(&Utc))
+            .filter(|at| {
+                received_at
+                    .checked_add_signed(POS_CLOCK_AHEAD)
+                    .is_some_and(|latest| *at <= latest)
+                    && received_at
+                        .checked_sub_signed(OLDEST_SALE)
+                        .is_some_and(|oldest| *at >= oldest)
+            })
+            .unwrap_or(received_at)
+    }
+
     /// The bill it names, if it names one of ours; why not otherwise.
     pub fn bill_id(&self) -> std::result::Result<i64, String> {
         crate::bills::named_bill_id(self.extras.bill_id.as_deref())
@@ -423,6 +449,40 @@ mod tests {
             message.event,
             serde_json::from_slice::<serde_json::Value>(event).expect("json")
         );
+    }
+
+    #[test]
+    fn a_sale_is_dated_by_its_receipt_unless_the_pos_clock_is_implausible() {
+        let receipt = |date_time: Option<&str>| Receipt {
+            id: "r".into(),
+            kind: ReceiptKind::Sell,
+            items: Vec::new(),
+            total_amount: Decimal::ONE,
+            extras: Extras::default(),
+            date_time: date_time.map(str::to_owned),
+        };
+        let received = at();
+        let day_before = received - chrono::TimeDelta::days(1);
+        assert_eq!(
+            receipt(Some(&day_before.to_rfc3339())).sold_at(received),
+            day_before
+        );
+        assert_eq!(
+            receipt(Some("2026-03-11T12:02:18.000Z")).sold_at(received),
+            DateTime::parse_from_rfc3339("2026-03-11T12:02:18Z")
+                .expect("date")
+                .to_utc(),
+            "a minute ahead is a clock's drift"
+        );
+        for wrong in [
+            Some("2026-03-11T13:01:32Z"),
+            Some("2024-01-01T00:00:00Z"),
+            Some("yesterday"),
+            Some(""),
+            None,
+        ] {
+            assert_eq!(receipt(wrong).sold_at(received), received, "{wrong:?}");
+        }
     }
 
     #[test]

@@ -15,13 +15,15 @@ use crate::orgs;
 use crate::rules::{self, RefundedBefore};
 use crate::time::Stamp;
 
-/// Applies the refund `receipt` (of event `event_id`) of organization `org_id`. If the customer has
-/// already spent the accrual, the wallet stops at zero and the shortfall is recorded for operators.
+/// Applies the refund `receipt` (of event `event_id`) of organization `org_id`, dated
+/// `refunded_at` (the receipt's own time). If the customer has already spent the accrual, the
+/// wallet stops at zero and the shortfall is recorded for operators.
 pub(super) async fn payback(
     conn: &mut PgConnection,
     org_id: i64,
     event_id: &str,
     receipt: &Receipt,
+    refunded_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Outcome> {
     let named = bills::lock_named(conn, &[(org_id, receipt.extras.bill_id.as_deref())]).await?;
     let bill = match named.into_iter().next() {
@@ -77,7 +79,7 @@ pub(super) async fn payback(
     let effects = rules::refund_effects(sale_total, &sale_moved, &before, refunded, available)
         .map_err(out_of_range)?;
 
-    let at = Stamp::now_in(org.time_zone);
+    let at = Stamp::in_zone(refunded_at, org.time_zone);
     let payment_text = describe::refund_payment(&invoice_id);
     let reversal_text = describe::refund_reversal(&invoice_id);
     let entry = |wallet, kind, amount: Decimal, description| {

@@ -26,6 +26,8 @@ pub(super) struct SaleInput<'a> {
     pub hold: Option<(Wallet, Decimal)>,
     pub receipt_id: &'a str,
     pub event_id: &'a str,
+    /// When the sale happened (the receipt's own time): what its entries are dated by.
+    pub sold_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -62,10 +64,9 @@ pub(super) async fn apply_sales(
         .collect();
 
     let invoices = new_invoice_ids(conn, sales).await?;
-    let now = chrono::Utc::now();
     let stamps: Vec<Stamp> = sales
         .iter()
-        .map(|s| Stamp::in_zone(now, s.org.time_zone))
+        .map(|s| Stamp::in_zone(s.sold_at, s.org.time_zone))
         .collect();
     let texts: Vec<[String; 3]> = sales
         .iter()
