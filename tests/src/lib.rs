@@ -383,9 +383,21 @@ impl TestApp {
     /// Puts a receipt where a worker leaves one that failed every attempt: in the dead-letter
     /// queue (6 attempts, `error` as its last error) and recorded as dead. Returns what was published.
     pub async fn bury_receipt(&self, org: i64, event: Value, error: &str) -> Vec<u8> {
+        self.bury_receipt_received(org, event, error, chrono::Utc::now())
+            .await
+    }
+
+    /// [`TestApp::bury_receipt`], received by ingest at `received_at`.
+    pub async fn bury_receipt_received(
+        &self,
+        org: i64,
+        event: Value,
+        error: &str,
+        received_at: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<u8> {
         use loyalty::queue::{Stream, contract};
         let event_id = event["id"].as_str().expect("event id").to_owned();
-        let message = loyalty::receipts::ReceiptMessage::new(org, 1, chrono::Utc::now(), event);
+        let message = loyalty::receipts::ReceiptMessage::new(org, 1, received_at, event);
         let mut conn = self.db.pool.acquire().await.expect("connection");
         loyalty::receipts::record_failure(&mut conn, &message, 6, error, true)
             .await

@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use loyalty::bills::deserialize_id;
 use loyalty::receipts::{self, Attached, ReceiptStatus};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{Listing, Page, PageQuery};
 use crate::AppState;
@@ -63,30 +63,7 @@ pub struct ReceiptQuery {
     pub status: Option<String>,
 }
 
-/// A receipt as recorded.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct ReceiptRecord {
-    pub org_id: i64,
-    pub event_id: String,
-    pub receipt_id: Option<String>,
-    pub event_type: String,
-    pub receipt_type: Option<String>,
-    pub status: ReceiptStatus,
-    pub reason: Option<String>,
-    /// A duplicate's: the event id under which the same receipt (`receipt_id`) took effect.
-    pub duplicate_of: Option<String>,
-    pub bill_id: Option<i64>,
-    pub customer_id: Option<i64>,
-    pub invoice_id: Option<String>,
-    #[schema(value_type = Option<String>)]
-    pub total_amount: Option<rust_decimal::Decimal>,
-    pub attempts: i32,
-    pub last_error: Option<String>,
-    pub received_at: chrono::DateTime<chrono::Utc>,
-    pub processed_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The last change: the last attempt of a retrying or dead receipt.
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
+pub use loyalty::receipts::ReceiptRecord;
 
 /// The organization's receipts, latest first.
 #[utoipa::path(get, path = "/admin/v1/orgs/{org}/receipts", tag = "receipts", params(ReceiptQuery, PageQuery),
@@ -188,15 +165,7 @@ pub async fn receipt_rows(
     limit: i64,
     offset: i64,
 ) -> sqlx::Result<Vec<ReceiptRecord>> {
-    filtered(
-        db,
-        "select org_id, event_id, receipt_id, event_type, receipt_type, status, reason, duplicate_of, bill_id, customer_id,
-                invoice_id, total_amount, attempts, last_error, received_at, processed_at, updated_at
-         from receipts where ($1::bigint is null or org_id = $1) and ($2::text[] is null or status = any($2))
-         order by updated_at desc, event_id limit $3 offset $4",
-        (org, statuses, limit, offset),
-    )
-    .await
+    loyalty::receipts::list(db, org, statuses, limit, offset).await
 }
 
 /// Notifications of one organization (or all), with one of `statuses` (or any), latest first.
@@ -208,24 +177,6 @@ pub async fn notification_rows(
     offset: i64,
 ) -> sqlx::Result<Vec<NotificationRecord>> {
     loyalty::notifications::list(db, org, statuses, limit, offset).await
-}
-
-/// Runs a list query whose parameters are the organization, the statuses, the limit and the offset.
-async fn filtered<T>(
-    db: &sqlx::PgPool,
-    sql: &'static str,
-    (org, statuses, limit, offset): (Option<i64>, Option<&[&str]>, i64, i64),
-) -> sqlx::Result<Vec<T>>
-where
-    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
-{
-    sqlx::query_as(sql)
-        .bind(org)
-        .bind(statuses)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(db)
-        .await
 }
 
 /// A `?status=` filter must name one of the statuses the list has.

@@ -5,13 +5,15 @@
 //!   they move first;
 //! - `sale` and `refund`: what a `SELL` and a `PAYBACK` do (amounts decided by `crate::rules`);
 //! - `attach`: an operator applying an unmatched sale to a customer;
-//! - `failure`: recording receipts that failed, for operators.
+//! - `failure`: recording receipts that failed, for operators;
+//! - `record`: the receipts as operators list them.
 
 mod attach;
 mod batch;
 mod event;
 mod failure;
 mod locking;
+mod record;
 mod refund;
 mod sale;
 
@@ -22,6 +24,7 @@ pub use event::{
     ReceiptItem, ReceiptKind, ReceiptMessage, Refusal,
 };
 pub use failure::{record_failure, record_unreadable};
+pub use record::{ReceiptRecord, list};
 
 use serde::{Deserialize, Serialize};
 
