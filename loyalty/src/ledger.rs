@@ -290,6 +290,8 @@ pub fn insufficient(err: &sqlx::Error) -> Option<&'static str> {
         "main_wallet_not_negative" | "main_wallet_holds_covered" => Some("main wallet"),
         "referral_wallet_not_negative" | "referral_wallet_holds_covered" => Some("referral wallet"),
         "debt_not_negative" => Some("debt"),
+        "pending_wallet_not_negative" => Some("pending wallet"),
+        "pending_referral_wallet_not_negative" => Some("pending referral wallet"),
         _ => None,
     }
 }
@@ -298,7 +300,7 @@ pub fn insufficient(err: &sqlx::Error) -> Option<&'static str> {
 /// it reverses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReceiptMovements {
-    /// Bonuses the receipt accrued to the main wallet.
+    /// Bonuses the receipt accrued to the main wallet (or to the pending wallet, when delayed).
     pub accrued: Decimal,
     /// The bonus payment it took, and from which wallet.
     pub paid: Option<(Wallet, Decimal)>,
@@ -325,7 +327,8 @@ pub async fn receipt_movements(
     let mut movements = ReceiptMovements::default();
     for (wallet, kind, amount) in rows {
         match (wallet, kind) {
-            (Wallet::Main, EntryKind::Accrual) => {
+            // A delayed accrual was made into the pending wallet: it is the same accrual.
+            (Wallet::Main | Wallet::Pending, EntryKind::Accrual) => {
                 movements.accrued = movements.accrued.checked_add(amount).ok_or_else(|| {
                     Error::invalid("amount", crate::money::MoneyError::Overflow.to_string())
                 })?;
