@@ -838,6 +838,140 @@ mod tests {
         assert_eq!(refused(Some(2), bought), "after_first_purchase");
     }
 
+    fn tiered(base: AccrualBase) -> BonusProgramSettings {
+        let tier = |name: &str, min: &str, pct: &str| Tier {
+            name: name.into(),
+            min_spent: Money::from_str(min).expect("money"),
+            percentage: percent(pct),
+        };
+        BonusProgramSettings {
+            invoice_bonus_percentage: percent("1"),
+            accrual_base: base,
+            tiers: vec![tier("Silver", "10000", "3"), tier("Gold", "50000", "5")],
+            ..BonusProgramSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_tiered_customer_earns_the_tier_reached_before_the_purchase() {
+        let program = tiered(AccrualBase::MoneyPaid);
+        // 1 % below Silver, even when this purchase crosses it; 3 % once Silver was reached.
+        assert_eq!(
+            purchase_accrual(&program, d("5000"), d("1000"), d("9000")),
+            Ok(d("40"))
+        );
+        assert_eq!(
+            purchase_accrual(&program, d("5000"), d("1000"), d("10000")),
+            Ok(d("120"))
+        );
+        assert_eq!(
+            purchase_accrual(&program, d("5000"), Decimal::ZERO, d("50000")),
+            Ok(d("250"))
+        );
+    }
+
+    #[test]
+    fn crossing_a_tier_is_reported_once_and_a_batch_counts_the_earlier_sale() {
+        let program = tiered(AccrualBase::Total);
+        let buyer = Buyer {
+            spent_total: d("8000"),
+            ..Buyer::default()
+        };
+        let of = |total: &str| BatchSale {
+            buyer_key: 1,
+            settings: &program,
+            sale: sale(total),
+            buyer,
+        };
+        let effects = batch_sale_effects(&[of("3000"), of("1000"), of("40000")]).expect("in range");
+        let spent: Vec<Decimal> = effects.iter().map(|e| e.spent_after).collect();
+        assert_eq!(spent, [d("11000"), d("12000"), d("52000")]);
+        let reached: Vec<Option<String>> = effects
+            .iter()
+            .map(|e| e.tier_reached.as_ref().map(|t| t.name.clone()))
+            .collect();
+        assert_eq!(reached, [Some("Silver".into()), None, Some("Gold".into())]);
+        // The second and third sales earn Silver's 3 %: the first one's money counts.
+        let accrued: Vec<Option<Decimal>> = effects.iter().map(|e| e.accrual).collect();
+        assert_eq!(accrued, [Some(d("30")), Some(d("30")), Some(d("1200"))]);
+    }
+
+    #[test]
+    fn a_delayed_credit_is_pending_until_the_delay_and_expires_after_its_lifetime() {
+        let at = DateTime::from_timestamp(1_700_000_000, 0).expect("instant");
+        let day = chrono::TimeDelta::days(1);
+        let mut program = tiered(AccrualBase::Total);
+        let timing = credit_timing(&program, at, true).expect("in range");
+        assert_eq!(
+            timing,
+            LotTiming {
+                pending: false,
+                activates_at: at,
+                expires_at: None
+            }
+        );
+        program.accrual_delay_days = 14;
+        program.bonus_lifetime_days = Some(30);
+        let timing = credit_timing(&program, at, true).expect("in range");
+        assert!(timing.pending);
+        assert_eq!(timing.activates_at, at + day * 14);
+        assert_eq!(timing.expires_at, Some(at + day * 44));
+        // An operator's or a promo credit does not wait, but expires all the same.
+        let timing = credit_timing(&program, at, false).expect("in range");
+        assert!(!timing.pending);
+        assert_eq!(timing.expires_at, Some(at + day * 30));
+    }
+
+    fn lot(id: i64, remaining: &str, expires_day: Option<i64>) -> LotBalance {
+        LotBalance {
+            id,
+            remaining: d(remaining),
+            expires_at: expires_day.and_then(|n| DateTime::from_timestamp(n * 86_400, 0)),
+        }
+    }
+
+    #[test]
+    fn an_accrual_is_taken_back_from_its_own_lot_first() {
+        let lots = [lot(1, "100", Some(5)), lot(2, "30", None), lot(3, "50", Some(9))];
+        assert_eq!(
+            take_back_from_lots(Some(2), &lots, d("120")).expect("in range"),
+            (vec![(2, d("30")), (1, d("90"))], Decimal::ZERO)
+        );
+        assert_eq!(
+            take_back_from_lots(None, &lots, d("120")).expect("in range"),
+            (vec![(1, d("100")), (3, d("20"))], Decimal::ZERO)
+        );
+        assert_eq!(
+            take_back_from_lots(Some(2), &lots, d("200")).expect("in range").1,
+            d("20")
+        );
+    }
+
+    #[test]
+    fn a_refund_before_activation_cancels_the_pending_accrual_without_shortfall() {
+        let sale_moved = moved("200", Some((Wallet::Main, "100")));
+        // The main wallet is empty, but the accrual is still pending in full.
+        let effects = refund_effects(
+            d("10000"),
+            &sale_moved,
+            &RefundedBefore::default(),
+            d("2500"),
+            d("200"),
+            true,
+        )
+        .expect("in range");
+        assert_eq!(
+            effects,
+            RefundEffects {
+                given_back: Some((Wallet::Main, d("25"))),
+                accrual_due: d("50"),
+                taken_back: Some(d("50")),
+                taken_from: Wallet::Pending,
+                shortfall: Decimal::ZERO,
+            }
+        );
+    }
+
     mod invariants {
         use super::*;
         use proptest::prelude::*;
@@ -869,6 +1003,39 @@ mod tests {
                 if before.refunded >= total {
                     prop_assert_eq!(before.accrual_reversed, accrued);
                     prop_assert_eq!(before.payment_returned, paid);
+                }
+            }
+
+            #[test]
+            fn taking_back_empties_the_own_lot_first_and_never_takes_more_than_a_lot_holds(
+                holdings in prop::collection::vec((0i64..10_000, prop::option::of(0i64..400)), 1..10),
+                own in 0usize..10,
+                cents in 0i64..100_000,
+            ) {
+                let lots: Vec<LotBalance> = holdings
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (c, exp))| LotBalance {
+                        id: i as i64,
+                        remaining: Decimal::new(*c, 2),
+                        expires_at: exp.and_then(|n| DateTime::from_timestamp(n * 86_400, 0)),
+                    })
+                    .collect();
+                let own = (own < lots.len()).then_some(own as i64);
+                let amount = Decimal::new(cents, 2);
+                let (taken, short) = take_back_from_lots(own, &lots, amount).expect("in range");
+                let total: Decimal = taken.iter().map(|t| t.1).sum();
+                prop_assert_eq!(total + short, amount);
+                let mut seen = HashSet::new();
+                for (id, take) in &taken {
+                    prop_assert!(seen.insert(*id), "a lot is taken from once");
+                    let held = lots.iter().find(|l| l.id == *id).expect("one of the lots");
+                    prop_assert!(*take > Decimal::ZERO && *take <= held.remaining);
+                }
+                if let Some(own) = own {
+                    let own_lot = lots.iter().find(|l| l.id == own).expect("own lot");
+                    let from_own = taken.iter().find(|t| t.0 == own).map_or(Decimal::ZERO, |t| t.1);
+                    prop_assert_eq!(from_own, own_lot.remaining.min(amount));
                 }
             }
 
