@@ -932,7 +932,11 @@ mod tests {
 
     #[test]
     fn an_accrual_is_taken_back_from_its_own_lot_first() {
-        let lots = [lot(1, "100", Some(5)), lot(2, "30", None), lot(3, "50", Some(9))];
+        let lots = [
+            lot(1, "100", Some(5)),
+            lot(2, "30", None),
+            lot(3, "50", Some(9)),
+        ];
         assert_eq!(
             take_back_from_lots(Some(2), &lots, d("120")).expect("in range"),
             (vec![(2, d("30")), (1, d("90"))], Decimal::ZERO)
@@ -942,7 +946,9 @@ mod tests {
             (vec![(1, d("100")), (3, d("20"))], Decimal::ZERO)
         );
         assert_eq!(
-            take_back_from_lots(Some(2), &lots, d("200")).expect("in range").1,
+            take_back_from_lots(Some(2), &lots, d("200"))
+                .expect("in range")
+                .1,
             d("20")
         );
     }

@@ -292,7 +292,11 @@ async fn money_paid_accrues_on_the_part_of_the_sale_paid_in_money() {
 #[tokio::test]
 async fn nothing_when_paid_with_bonuses_accrues_nothing_on_a_bill_paid_with_bonuses() {
     let app = TestApp::spawn().await;
-    let shop = shop(&app, json!({"accrual_base": "nothing_when_paid_with_bonuses"})).await;
+    let shop = shop(
+        &app,
+        json!({"accrual_base": "nothing_when_paid_with_bonuses"}),
+    )
+    .await;
     let alex = customer(&app, shop.org, "Alex").await;
     operator(&app, shop.org, alex, "accrue", "500").await;
     let paid = bill(&app, shop.org, alex, "10000", Some("300")).await;
@@ -451,7 +455,10 @@ async fn a_refund_before_activation_cancels_the_pending_part_without_shortfall()
     // The main wallet is empty: the refunded share comes out of the pending wallet.
     let row = refund(&app, &shop, "rf-1", id, "2500").await;
     let w = wallets(&app, shop.org, alex).await;
-    assert_eq!((w.bonuses, w.pending, w.spent), (d("0"), d("150"), d("7500")));
+    assert_eq!(
+        (w.bonuses, w.pending, w.spent),
+        (d("0"), d("150"), d("7500"))
+    );
     let (taken, shortfall): (Decimal, Decimal) =
         sqlx::query_as("select accrual_taken, shortfall from refunds where receipt_id = 'rf-1'")
             .fetch_one(&app.db.pool)

@@ -184,6 +184,17 @@ pub async fn spend(
         .unwrap_or_default())
 }
 
+/// A spendable lot, as spending reads it.
+#[derive(sqlx::FromRow)]
+struct HeldLot {
+    id: i64,
+    org_id: i64,
+    customer_id: i64,
+    wallet: Wallet,
+    remaining: Decimal,
+    expires_at: Option<DateTime<Utc>>,
+}
+
 /// [`spend`] for many debits at once, in order (two of one wallet: the second takes what the
 /// first left), in three statements: lock the lots, update them, record the moves. The lots must
 /// cover each debit, as they do whenever the ledger accepted it (their sum is the wallet); a
@@ -214,7 +225,7 @@ pub async fn spend_many(
         .collect();
     keys.sort_unstable_by_key(|k| (k.0, k.1, k.2.as_str()));
     keys.dedup();
-    let rows: Vec<(i64, i64, i64, Wallet, Decimal, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let rows: Vec<HeldLot> = sqlx::query_as(
         "select l.id, l.org_id, l.customer_id, l.wallet, l.remaining, l.expires_at
          from bonus_lots l
          join unnest($1::bigint[], $2::bigint[], $3::text[]) as k(org_id, customer_id, wallet)
@@ -229,25 +240,21 @@ pub async fn spend_many(
     .fetch_all(&mut *conn)
     .await?;
     let mut lots: HashMap<(i64, i64, Wallet), Vec<LotBalance>> = HashMap::new();
-    for (id, org_id, customer_id, wallet, remaining, expires_at) in rows {
-        lots.entry((org_id, customer_id, wallet))
+    for lot in rows {
+        lots.entry((lot.org_id, lot.customer_id, lot.wallet))
             .or_default()
             .push(LotBalance {
-                id,
-                remaining,
-                expires_at,
+                id: lot.id,
+                remaining: lot.remaining,
+                expires_at: lot.expires_at,
             });
     }
     let mut moves = Vec::new();
     let mut taken_all = Vec::with_capacity(spendings.len());
     for s in &spendings {
-        let held = lots
-            .entry((s.org_id, s.customer_id, s.wallet))
-            .or_default();
-        let (taken, short) =
-            rules::take_back_from_lots(s.first, held, s.amount).map_err(|e| {
-                Error::invalid("amount", e.to_string())
-            })?;
+        let held = lots.entry((s.org_id, s.customer_id, s.wallet)).or_default();
+        let (taken, short) = rules::take_back_from_lots(s.first, held, s.amount)
+            .map_err(|e| Error::invalid("amount", e.to_string()))?;
         if short > Decimal::ZERO {
             tracing::error!(org = s.org_id, customer = s.customer_id, wallet = s.wallet.as_str(), %short, "the lots hold less than the wallet");
             return Err(Error::conflict(

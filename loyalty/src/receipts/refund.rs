@@ -203,14 +203,7 @@ async fn move_lots(
     if let Some((wallet, back)) = effects.given_back {
         let taken = lots::taken_by_sale(conn, org_id, sale_receipt, wallet).await?;
         let (to_lots, rest) = rules::lots::give_back(&taken, back).map_err(out_of_range)?;
-        lots::give_back(
-            conn,
-            org_id,
-            &to_lots,
-            Source::Refund,
-            Some(refund_receipt),
-        )
-        .await?;
+        lots::give_back(conn, org_id, &to_lots, Source::Refund, Some(refund_receipt)).await?;
         if rest > Decimal::ZERO {
             let timing =
                 rules::credit_timing(settings, refunded_at, false).map_err(out_of_range)?;
