@@ -585,6 +585,51 @@ async fn a_bill_payment_takes_the_soonest_expiring_lots_first_and_its_refund_giv
 }
 
 #[tokio::test]
+async fn a_refund_gives_back_to_a_lot_that_expired_meanwhile_for_the_expiry_step_to_burn() {
+    let app = TestApp::spawn().await;
+    let shop = shop(&app, json!({"bonus_lifetime_days": 30})).await;
+    let alex = customer(&app, shop.org, "Alex").await;
+    // A sale 40 days ago: its accrual expired 10 days ago (no expiry step has burned it yet).
+    let old = bill(&app, shop.org, alex, "10000", None).await;
+    let sold_at = Utc::now() - TimeDelta::days(40);
+    receipt(&app, &shop, "SELL", "rc-old", old, "10000", sold_at).await;
+    operator(&app, shop.org, alex, "accrue", "100").await;
+    let before = lots(&app, shop.org, alex).await;
+    let (expired, fresh) = (before[0].id, before[1].id);
+    assert!(before[0].expires_at.is_some_and(|at| at < Utc::now()));
+
+    // The payment takes the expired lot first (it expires first), then the fresh one.
+    let id = bill(&app, shop.org, alex, "1000", Some("250")).await;
+    sell(&app, &shop, "rc-1", id, "1000").await;
+    assert_eq!(
+        moves(&app, shop.org, "receipt", "rc-1").await,
+        [(expired, d("-200")), (fresh, d("-50"))]
+    );
+    // Refunded: each lot gets back what it gave; the expired one holds 200 again, past its
+    // expiry, where the expiry step finds it.
+    refund(&app, &shop, "rf-1", id, "1000").await;
+    assert_eq!(
+        moves(&app, shop.org, "refund", "rf-1").await,
+        [(expired, d("200")), (fresh, d("50"))]
+    );
+    let after = lots(&app, shop.org, alex).await;
+    assert_eq!(
+        (after[0].remaining, after[1].remaining),
+        (d("200"), d("100"))
+    );
+    let due: i64 = sqlx::query_scalar(
+        "select count(*) from bonus_lots
+         where org_id = $1 and remaining > 0 and not pending and expires_at < now()",
+    )
+    .bind(shop.org)
+    .fetch_one(&app.db.pool)
+    .await
+    .expect("due");
+    assert_eq!(due, 1);
+    assert_lots_match_wallets(&app, shop.org).await;
+}
+
+#[tokio::test]
 async fn an_operator_deduction_takes_from_the_soonest_expiring_lots() {
     let app = TestApp::spawn().await;
     let shop = shop(&app, json!({})).await;
