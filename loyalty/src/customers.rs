@@ -336,6 +336,8 @@ pub async fn apply_promo(
     .execute(&mut *conn)
     .await?;
     if let Some(amount) = effects.bonus {
+        let at = Stamp::now_in(org.time_zone);
+        let reference = referrer.to_string();
         ledger::post(
             conn,
             &NewEntry {
@@ -346,9 +348,20 @@ pub async fn apply_promo(
                 amount,
                 description: describe::PROMO,
                 source: Source::Promo,
-                source_ref: Some(&referrer.to_string()),
-                at: Stamp::now_in(org.time_zone),
+                source_ref: Some(&reference),
+                at,
             },
+        )
+        .await?;
+        credit_lot(
+            conn,
+            org,
+            id,
+            Wallet::Main,
+            amount.get(),
+            at,
+            Source::Promo,
+            Some(&reference),
         )
         .await?;
         let note = Note {
@@ -395,7 +408,14 @@ pub async fn operator_move(
     id: i64,
     m: &OperatorMove<'_>,
 ) -> Result<Balances> {
+    if matches!(m.wallet, Wallet::Pending | Wallet::ReferralPending) {
+        return Err(Error::invalid(
+            "wallet",
+            "pending bonuses move only by the sales, refunds and activations that made them",
+        ));
+    }
     lock(conn, org.id, id).await?;
+    let at = Stamp::now_in(org.time_zone);
     ledger::post(
         conn,
         &NewEntry {
@@ -407,10 +427,40 @@ pub async fn operator_move(
             description: m.description,
             source: Source::Operator,
             source_ref: m.reference,
-            at: Stamp::now_in(org.time_zone),
+            at,
         },
     )
     .await?;
+    // The bonus wallets' lots follow: an accrual opens one, a deduction takes from them.
+    if m.wallet != Wallet::Debt {
+        match m.kind {
+            EntryKind::Accrual => {
+                credit_lot(
+                    conn,
+                    org,
+                    id,
+                    m.wallet,
+                    m.amount.get(),
+                    at,
+                    Source::Operator,
+                    m.reference,
+                )
+                .await?;
+            }
+            _ => {
+                crate::lots::spend(
+                    conn,
+                    org.id,
+                    id,
+                    m.wallet,
+                    m.amount.get(),
+                    Source::Operator,
+                    m.reference,
+                )
+                .await?;
+            }
+        }
+    }
     if m.kind == EntryKind::Accrual && m.wallet != Wallet::Debt {
         let note = Note {
             org_id: org.id,
@@ -422,6 +472,40 @@ pub async fn operator_move(
         notifications::queue(conn, std::slice::from_ref(&note)).await?;
     }
     lock(conn, org.id, id).await
+}
+
+/// Opens the lot of a credit spendable at once (an operator's accrual, a promo bonus): it expires
+/// `bonus_lifetime_days` after `at`, or never.
+#[allow(clippy::too_many_arguments)]
+async fn credit_lot(
+    conn: &mut PgConnection,
+    org: &Organization,
+    customer_id: i64,
+    wallet: Wallet,
+    amount: Decimal,
+    at: Stamp,
+    source: Source,
+    source_ref: Option<&str>,
+) -> Result<()> {
+    let timing = rules::credit_timing(&org.bonus_program_settings, at.utc(), false)
+        .map_err(|e| Error::invalid("amount", e.to_string()))?;
+    crate::lots::open(
+        conn,
+        &[crate::lots::NewLot {
+            org_id: org.id,
+            customer_id,
+            wallet,
+            amount,
+            pending: false,
+            activates_at: timing.activates_at,
+            expires_at: timing.expires_at,
+            source,
+            source_ref,
+            invoice_id: None,
+        }],
+    )
+    .await?;
+    Ok(())
 }
 
 /// A Mini App visit: the customer of this Telegram user (created on the first visit), with the
@@ -573,6 +657,8 @@ pub async fn merge(conn: &mut PgConnection, org_id: i64, into: i64, from: i64) -
         "outbox",
         "receipts",
         "refunds",
+        // The lots follow the wallets (their moves follow their lots).
+        "bonus_lots",
     ] {
         let done = sqlx::query(sqlx::AssertSqlSafe(moved(table)))
             .bind(org_id)
@@ -597,6 +683,9 @@ pub async fn merge(conn: &mut PgConnection, org_id: i64, into: i64, from: i64) -
     sqlx::query(
         "update customers t set
              bonuses = t.bonuses + f.bonuses, referral_bonuses = t.referral_bonuses + f.referral_bonuses,
+             pending_bonuses = t.pending_bonuses + f.pending_bonuses,
+             pending_referral_bonuses = t.pending_referral_bonuses + f.pending_referral_bonuses,
+             spent_total = t.spent_total + f.spent_total,
              debts = t.debts + f.debts, bonuses_held = t.bonuses_held + f.bonuses_held,
              referral_bonuses_held = t.referral_bonuses_held + f.referral_bonuses_held,
              phone_number = coalesce(t.phone_number, f.phone_number),
@@ -614,6 +703,7 @@ pub async fn merge(conn: &mut PgConnection, org_id: i64, into: i64, from: i64) -
     .await?;
     sqlx::query(
         "update customers set bonuses_held = 0, referral_bonuses_held = 0, bonuses = 0, referral_bonuses = 0, debts = 0,
+                              pending_bonuses = 0, pending_referral_bonuses = 0, spent_total = 0,
                               referred_by = null, merged_into = $2
          where org_id = $1 and id = $3",
     )

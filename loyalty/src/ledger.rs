@@ -9,12 +9,13 @@ use crate::error::{ConflictCode, Error, Result, violated_constraint};
 use crate::money::Amount;
 use crate::time::Stamp;
 
-/// The three wallets of a customer (the `wallet` column, and the API's `wallet`).
+/// The wallets of a customer (the `wallet` column, and the API's `wallet`): `referral_pending`
+/// in snake case, as the column's CHECK constraint spells it.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
 )]
-#[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Wallet {
     /// Bonuses earned on purchases (`bonuses`, `history`).
     Main,
@@ -29,6 +30,14 @@ pub enum Wallet {
 }
 
 impl Wallet {
+    pub const ALL: [Wallet; 5] = [
+        Wallet::Main,
+        Wallet::Referral,
+        Wallet::Debt,
+        Wallet::Pending,
+        Wallet::ReferralPending,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Wallet::Main => "main",
@@ -290,6 +299,8 @@ pub fn insufficient(err: &sqlx::Error) -> Option<&'static str> {
         "main_wallet_not_negative" | "main_wallet_holds_covered" => Some("main wallet"),
         "referral_wallet_not_negative" | "referral_wallet_holds_covered" => Some("referral wallet"),
         "debt_not_negative" => Some("debt"),
+        "pending_wallet_not_negative" => Some("pending wallet"),
+        "pending_referral_wallet_not_negative" => Some("pending referral wallet"),
         _ => None,
     }
 }
@@ -298,7 +309,7 @@ pub fn insufficient(err: &sqlx::Error) -> Option<&'static str> {
 /// it reverses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReceiptMovements {
-    /// Bonuses the receipt accrued to the main wallet.
+    /// Bonuses the receipt accrued to the main wallet (or to the pending wallet, when delayed).
     pub accrued: Decimal,
     /// The bonus payment it took, and from which wallet.
     pub paid: Option<(Wallet, Decimal)>,
@@ -325,7 +336,8 @@ pub async fn receipt_movements(
     let mut movements = ReceiptMovements::default();
     for (wallet, kind, amount) in rows {
         match (wallet, kind) {
-            (Wallet::Main, EntryKind::Accrual) => {
+            // A delayed accrual was made into the pending wallet: it is the same accrual.
+            (Wallet::Main | Wallet::Pending, EntryKind::Accrual) => {
                 movements.accrued = movements.accrued.checked_add(amount).ok_or_else(|| {
                     Error::invalid("amount", crate::money::MoneyError::Overflow.to_string())
                 })?;
@@ -337,6 +349,24 @@ pub async fn receipt_movements(
         }
     }
     Ok(movements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wallet_is_written_as_the_column_check_spells_it() {
+        let migration = include_str!("../../migrations/20261201000001_rules_wave.sql");
+        for wallet in Wallet::ALL {
+            let json = serde_json::to_value(wallet).expect("json");
+            assert_eq!(json, serde_json::json!(wallet.as_str()));
+            assert!(
+                migration.contains(&format!("'{}'", wallet.as_str())),
+                "{wallet:?}"
+            );
+        }
+    }
 }
 
 /// A stored entry as read back for the legacy shape.

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
-use crate::ledger::{self, EntryKind, EntryRow, HistoryEntry, ImportedEntry, Wallet};
+use crate::ledger::{self, EntryKind, EntryRow, HistoryEntry, ImportedEntry, Source, Wallet};
 use crate::money::{bounded, deserialize_decimal, parse_decimal, round_money, serialize_decimal};
 use crate::orgs::{self, OrgChanges, OrgDetails};
 use crate::rules::{BonusProgramSettings, LEGACY_FIELDS, SettingsChanges};
@@ -550,11 +550,47 @@ pub async fn import(conn: &mut PgConnection, doc: &serde_json::Value) -> Result<
         import_history(conn, org_id, *id, c).await?;
         import_invoices(conn, org_id, *id, c).await?;
     }
+    open_imported_lots(conn, org_id).await?;
     Ok(ImportOutcome {
         id: org_id,
         customers: customers.len(),
         created: true,
     })
+}
+
+/// Each imported bonus balance becomes one lot (per customer and bonus wallet), spendable now and
+/// never expiring: the old system kept no lots, and an operator decides whether they expire.
+async fn open_imported_lots(conn: &mut PgConnection, org_id: i64) -> Result<()> {
+    let balances: Vec<(i64, Decimal, Decimal)> = sqlx::query_as(
+        "select id, bonuses, referral_bonuses from customers
+         where org_id = $1 and (bonuses > 0 or referral_bonuses > 0) order by id",
+    )
+    .bind(org_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let now = Utc::now();
+    let lots: Vec<crate::lots::NewLot> = balances
+        .iter()
+        .flat_map(|&(customer_id, bonuses, referral)| {
+            [(Wallet::Main, bonuses), (Wallet::Referral, referral)]
+                .into_iter()
+                .filter(|(_, amount)| *amount > Decimal::ZERO)
+                .map(move |(wallet, amount)| crate::lots::NewLot {
+                    org_id,
+                    customer_id,
+                    wallet,
+                    amount,
+                    pending: false,
+                    activates_at: now,
+                    expires_at: None,
+                    source: Source::Import,
+                    source_ref: None,
+                    invoice_id: None,
+                })
+        })
+        .collect();
+    crate::lots::open(conn, &lots).await?;
+    Ok(())
 }
 
 /// The document with every object's keys in sorted order (the fingerprint's canonical form).

@@ -8,9 +8,10 @@
 //! - [`promo_effects`]: the bonus for entering a friend's promo code, and when it is refused;
 //! - under them, [`purchase_accrual`], [`referral_reward`] and [`refund_share`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use crate::error::{ConflictCode, Error};
@@ -20,14 +21,17 @@ use crate::money::{Amount, MoneyError, round_money};
 pub mod lots;
 mod settings;
 pub mod tiers;
+pub use lots::LotBalance;
 pub use settings::*;
 
-/// Bonuses a purchase of `total` earns when `paid_with_bonuses` of it was paid from a wallet.
+/// Bonuses a purchase of `total` earns when `paid_with_bonuses` of it was paid from a wallet, for
+/// a customer who had spent `spent_before` before it (their tier's percentage, [`tiers`]).
 /// Every rule is checked arithmetic: an amount beyond range is an error, never a panic.
 pub fn purchase_accrual(
     settings: &BonusProgramSettings,
     total: Decimal,
     paid_with_bonuses: Decimal,
+    spent_before: Decimal,
 ) -> Result<Decimal, MoneyError> {
     let base = match settings.accrual_base {
         AccrualBase::Total => total,
@@ -40,7 +44,54 @@ pub fn purchase_accrual(
             .ok_or(MoneyError::Overflow)?
             .max(Decimal::ZERO),
     };
-    settings.invoice_bonus_percentage.of(base)
+    tiers::accrual_percentage(settings, spent_before).of(base)
+}
+
+/// When a credit becomes spendable and when it expires, as its lot records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LotTiming {
+    /// In the pending wallet until `activates_at`.
+    pub pending: bool,
+    pub activates_at: DateTime<Utc>,
+    /// `None`: never expires.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The lot of a credit made at `at`: a purchase accrual or a referral reward (`delayed`) waits
+/// `accrual_delay_days` in the pending wallet; every credit expires `bonus_lifetime_days` after it
+/// became spendable (never without a lifetime).
+pub fn credit_timing(
+    settings: &BonusProgramSettings,
+    at: DateTime<Utc>,
+    delayed: bool,
+) -> Result<LotTiming, MoneyError> {
+    let delay = if delayed {
+        settings.accrual_delay_days
+    } else {
+        0
+    };
+    let activates_at = lots::activates_at(at, delay)?;
+    Ok(LotTiming {
+        pending: delay > 0,
+        activates_at,
+        expires_at: lots::expires_at(activates_at, settings.bonus_lifetime_days)?,
+    })
+}
+
+/// What taking back `amount` of a sale's accrual takes from each lot: from the sale's own lot
+/// (`own`) first, then from the others as spending does (soonest expiry first). The second value
+/// is what the lots could not cover.
+pub fn take_back_from_lots(
+    own: Option<i64>,
+    lots: &[LotBalance],
+    amount: Decimal,
+) -> Result<(Vec<(i64, Decimal)>, Decimal), MoneyError> {
+    let (first, others): (Vec<LotBalance>, Vec<LotBalance>) =
+        lots.iter().partition(|l| Some(l.id) == own);
+    let (mut taken, rest) = lots::spend(&first, amount)?;
+    let (more, short) = lots::spend(&others, rest)?;
+    taken.extend(more);
+    Ok((taken, short))
 }
 
 /// What the referrer earns from a friend's purchase: only the first one counts.
@@ -94,6 +145,8 @@ pub struct Buyer {
     pub has_made_first_purchase: bool,
     /// The friend whose promo code the buyer entered.
     pub referred_by: Option<i64>,
+    /// The money spent before this sale (sales less refunds): what the tier is reached by.
+    pub spent_total: Decimal,
 }
 
 /// A referrer's reward for a friend's first purchase.
@@ -105,7 +158,7 @@ pub struct Referral {
 
 /// Everything a sale does to the wallets. Each amount is exactly as the rule computed it (what
 /// notifications show) and is an entry's amount: `None` means no entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaleEffects {
     /// The bill's held bonus payment, captured from its wallet.
     pub payment: Option<(Wallet, Decimal)>,
@@ -115,6 +168,10 @@ pub struct SaleEffects {
     pub first_purchase: bool,
     /// The referrer's reward, when this first purchase has a referrer and earns one.
     pub referral: Option<Referral>,
+    /// What the buyer has spent after this sale.
+    pub spent_after: Decimal,
+    /// The higher tier this sale makes the buyer reach, for the message.
+    pub tier_reached: Option<Tier>,
 }
 
 /// `amount` when it can be a ledger entry's (above zero), else `None`.
@@ -132,7 +189,17 @@ pub fn sale_effects(
         .hold
         .and_then(|(wallet, held)| Some((wallet, entry(held)?)));
     let paid = payment.map_or(Decimal::ZERO, |(_, amount)| amount);
-    let accrual = entry(purchase_accrual(settings, sale.total, paid)?);
+    let accrual = entry(purchase_accrual(
+        settings,
+        sale.total,
+        paid,
+        buyer.spent_total,
+    )?);
+    let spent_after = buyer
+        .spent_total
+        .checked_add(sale.total)
+        .ok_or(MoneyError::Overflow)?;
+    let tier_reached = tiers::newly_reached(settings, buyer.spent_total, spent_after).cloned();
     let first_purchase = !buyer.has_made_first_purchase;
     let referral = if first_purchase {
         let reward = referral_reward(settings, sale.total, true)?;
@@ -148,6 +215,8 @@ pub fn sale_effects(
         accrual,
         first_purchase,
         referral,
+        spent_after,
+        tier_reached,
     })
 }
 
@@ -162,20 +231,28 @@ pub struct BatchSale<'a, K> {
 }
 
 /// What sales applied together, in order, do: a buyer's first purchase is their first sale in the
-/// batch, so two receipts of one customer in one batch reward the referrer once.
+/// batch, so two receipts of one customer in one batch reward the referrer once; and a buyer's
+/// second sale of the batch sees the money the first one spent (its tier).
 pub fn batch_sale_effects<K: Eq + Hash + Copy>(
     sales: &[BatchSale<'_, K>],
 ) -> Result<Vec<SaleEffects>, MoneyError> {
     let mut bought = HashSet::new();
+    let mut spent: HashMap<K, Decimal> = HashMap::new();
     sales
         .iter()
         .map(|s| {
             let buyer = Buyer {
                 has_made_first_purchase: s.buyer.has_made_first_purchase
                     || !bought.insert(s.buyer_key),
+                spent_total: spent
+                    .get(&s.buyer_key)
+                    .copied()
+                    .unwrap_or(s.buyer.spent_total),
                 ..s.buyer
             };
-            sale_effects(s.settings, &s.sale, &buyer)
+            let effects = sale_effects(s.settings, &s.sale, &buyer)?;
+            spent.insert(s.buyer_key, effects.spent_after);
+            Ok(effects)
         })
         .collect()
 }
@@ -200,8 +277,11 @@ pub struct RefundEffects {
     pub given_back: Option<(Wallet, Decimal)>,
     /// The refunded share of the sale's accrual: what is due back.
     pub accrual_due: Decimal,
-    /// What is taken back of it, out of the main wallet.
+    /// What is taken back of it, out of `taken_from`.
     pub taken_back: Option<Decimal>,
+    /// The wallet the accrual is taken back from: the pending wallet while the sale's accrual is
+    /// still pending, else the main wallet.
+    pub taken_from: Wallet,
     /// What is due but was already spent: not taken, recorded.
     pub shortfall: Decimal,
 }
@@ -220,12 +300,17 @@ impl RefundEffects {
 /// what open bills hold). Both reversals are shares of the cumulative refunded amount (see
 /// [`refund_share`]); the accrual is taken back only as far as the wallet, with what this refund
 /// gives back to it, holds: it never goes below zero, and the rest is the shortfall.
+///
+/// While the sale's accrual is still pending (`accrual_pending`), `available` is what its pending
+/// lot still holds: the refunded share is cancelled from the pending wallet, where nothing can
+/// have spent it (no shortfall), and the payment given back does not count towards it.
 pub fn refund_effects(
     sale_total: Decimal,
     sale_moved: &ReceiptMovements,
     before: &RefundedBefore,
     refunded: Decimal,
     available: Decimal,
+    accrual_pending: bool,
 ) -> Result<RefundEffects, MoneyError> {
     let refunded_total = before
         .refunded
@@ -245,7 +330,9 @@ pub fn refund_effects(
         before.accrual_reversed,
     )?;
     let available = match given_back {
-        Some((Wallet::Main, back)) => available.checked_add(back).ok_or(MoneyError::Overflow)?,
+        Some((Wallet::Main, back)) if !accrual_pending => {
+            available.checked_add(back).ok_or(MoneyError::Overflow)?
+        }
         _ => available,
     };
     let taken = accrual_due.min(available.max(Decimal::ZERO));
@@ -253,6 +340,11 @@ pub fn refund_effects(
         given_back,
         accrual_due,
         taken_back: entry(taken),
+        taken_from: if accrual_pending {
+            Wallet::Pending
+        } else {
+            Wallet::Main
+        },
         shortfall: accrual_due.checked_sub(taken).ok_or(MoneyError::Overflow)?,
     })
 }
@@ -344,11 +436,11 @@ mod tests {
     fn a_purchase_earns_its_percentage() {
         let settings = legacy(false);
         assert_eq!(
-            purchase_accrual(&settings, d("11118"), Decimal::ZERO),
+            purchase_accrual(&settings, d("11118"), Decimal::ZERO, Decimal::ZERO),
             Ok(d("222.36"))
         );
         assert_eq!(
-            purchase_accrual(&settings, d("80"), Decimal::ZERO),
+            purchase_accrual(&settings, d("80"), Decimal::ZERO, Decimal::ZERO),
             Ok(d("1.6"))
         );
     }
@@ -356,7 +448,7 @@ mod tests {
     #[test]
     fn paying_with_bonuses_earns_nothing_under_the_last_legacy_rule() {
         assert_eq!(
-            purchase_accrual(&legacy(false), d("10000"), d("400")),
+            purchase_accrual(&legacy(false), d("10000"), d("400"), Decimal::ZERO),
             Ok(Decimal::ZERO)
         );
     }
@@ -365,7 +457,7 @@ mod tests {
     fn paying_with_bonuses_earns_on_the_full_amount_under_the_earlier_rule() {
         // Invoice 9B6E3C60: 10000 with 200 paid by bonuses earned 200.
         assert_eq!(
-            purchase_accrual(&legacy(true), d("10000"), d("200")),
+            purchase_accrual(&legacy(true), d("10000"), d("200"), Decimal::ZERO),
             Ok(d("200"))
         );
     }
@@ -386,7 +478,7 @@ mod tests {
     fn amounts_beyond_range_are_an_overflow_error_never_a_panic() {
         let huge = d("70000000000000000000000000000");
         assert_eq!(
-            purchase_accrual(&legacy(false), huge, Decimal::ZERO),
+            purchase_accrual(&legacy(false), huge, Decimal::ZERO, Decimal::ZERO),
             Err(MoneyError::Overflow)
         );
         assert_eq!(
@@ -443,6 +535,7 @@ mod tests {
     const NEW_FRIEND: Buyer = Buyer {
         has_made_first_purchase: false,
         referred_by: Some(7),
+        spent_total: Decimal::ZERO,
     };
 
     #[test]
@@ -458,6 +551,8 @@ mod tests {
                     referrer: 7,
                     amount: d("50"),
                 }),
+                spent_after: d("1000"),
+                tier_reached: None,
             }
         );
     }
@@ -535,7 +630,7 @@ mod tests {
         // 1 % of 0.49 is 0.0049: nothing, and no entry of zero.
         let effects = sale_effects(&one, &sale("0.49"), &NEW_FRIEND).expect("in range");
         assert_eq!(
-            purchase_accrual(&one, d("0.49"), Decimal::ZERO),
+            purchase_accrual(&one, d("0.49"), Decimal::ZERO, Decimal::ZERO),
             Ok(d("0.00"))
         );
         assert_eq!(effects.accrual, None);
@@ -580,7 +675,7 @@ mod tests {
         refunds
             .iter()
             .map(|r| {
-                let effects = refund_effects(d(total), sale_moved, &before, d(r), available)
+                let effects = refund_effects(d(total), sale_moved, &before, d(r), available, false)
                     .expect("in range");
                 before.refunded += d(r);
                 before.accrual_reversed += effects.accrual_due;
@@ -600,6 +695,7 @@ mod tests {
                 given_back: Some((Wallet::Referral, d("100"))),
                 accrual_due: d("200"),
                 taken_back: Some(d("200")),
+                taken_from: Wallet::Main,
                 shortfall: Decimal::ZERO,
             }]
         );
@@ -643,6 +739,7 @@ mod tests {
                 &RefundedBefore::default(),
                 d("100"),
                 d("1000"),
+                false,
             )
             .expect("in range");
             assert_eq!(
@@ -651,6 +748,7 @@ mod tests {
                     given_back: None,
                     accrual_due: Decimal::ZERO,
                     taken_back: None,
+                    taken_from: Wallet::Main,
                     shortfall: Decimal::ZERO,
                 }
             );
@@ -740,6 +838,146 @@ mod tests {
         assert_eq!(refused(Some(2), bought), "after_first_purchase");
     }
 
+    fn tiered(base: AccrualBase) -> BonusProgramSettings {
+        let tier = |name: &str, min: &str, pct: &str| Tier {
+            name: name.into(),
+            min_spent: Money::from_str(min).expect("money"),
+            percentage: percent(pct),
+        };
+        BonusProgramSettings {
+            invoice_bonus_percentage: percent("1"),
+            accrual_base: base,
+            tiers: vec![tier("Silver", "10000", "3"), tier("Gold", "50000", "5")],
+            ..BonusProgramSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_tiered_customer_earns_the_tier_reached_before_the_purchase() {
+        let program = tiered(AccrualBase::MoneyPaid);
+        // 1 % below Silver, even when this purchase crosses it; 3 % once Silver was reached.
+        assert_eq!(
+            purchase_accrual(&program, d("5000"), d("1000"), d("9000")),
+            Ok(d("40"))
+        );
+        assert_eq!(
+            purchase_accrual(&program, d("5000"), d("1000"), d("10000")),
+            Ok(d("120"))
+        );
+        assert_eq!(
+            purchase_accrual(&program, d("5000"), Decimal::ZERO, d("50000")),
+            Ok(d("250"))
+        );
+    }
+
+    #[test]
+    fn crossing_a_tier_is_reported_once_and_a_batch_counts_the_earlier_sale() {
+        let program = tiered(AccrualBase::Total);
+        let buyer = Buyer {
+            spent_total: d("8000"),
+            ..Buyer::default()
+        };
+        let of = |total: &str| BatchSale {
+            buyer_key: 1,
+            settings: &program,
+            sale: sale(total),
+            buyer,
+        };
+        let effects = batch_sale_effects(&[of("3000"), of("1000"), of("40000")]).expect("in range");
+        let spent: Vec<Decimal> = effects.iter().map(|e| e.spent_after).collect();
+        assert_eq!(spent, [d("11000"), d("12000"), d("52000")]);
+        let reached: Vec<Option<String>> = effects
+            .iter()
+            .map(|e| e.tier_reached.as_ref().map(|t| t.name.clone()))
+            .collect();
+        assert_eq!(reached, [Some("Silver".into()), None, Some("Gold".into())]);
+        // The second and third sales earn Silver's 3 %: the first one's money counts.
+        let accrued: Vec<Option<Decimal>> = effects.iter().map(|e| e.accrual).collect();
+        assert_eq!(accrued, [Some(d("30")), Some(d("30")), Some(d("1200"))]);
+    }
+
+    #[test]
+    fn a_delayed_credit_is_pending_until_the_delay_and_expires_after_its_lifetime() {
+        let at = DateTime::from_timestamp(1_700_000_000, 0).expect("instant");
+        let day = chrono::TimeDelta::days(1);
+        let mut program = tiered(AccrualBase::Total);
+        let timing = credit_timing(&program, at, true).expect("in range");
+        assert_eq!(
+            timing,
+            LotTiming {
+                pending: false,
+                activates_at: at,
+                expires_at: None
+            }
+        );
+        program.accrual_delay_days = 14;
+        program.bonus_lifetime_days = Some(30);
+        let timing = credit_timing(&program, at, true).expect("in range");
+        assert!(timing.pending);
+        assert_eq!(timing.activates_at, at + day * 14);
+        assert_eq!(timing.expires_at, Some(at + day * 44));
+        // An operator's or a promo credit does not wait, but expires all the same.
+        let timing = credit_timing(&program, at, false).expect("in range");
+        assert!(!timing.pending);
+        assert_eq!(timing.expires_at, Some(at + day * 30));
+    }
+
+    fn lot(id: i64, remaining: &str, expires_day: Option<i64>) -> LotBalance {
+        LotBalance {
+            id,
+            remaining: d(remaining),
+            expires_at: expires_day.and_then(|n| DateTime::from_timestamp(n * 86_400, 0)),
+        }
+    }
+
+    #[test]
+    fn an_accrual_is_taken_back_from_its_own_lot_first() {
+        let lots = [
+            lot(1, "100", Some(5)),
+            lot(2, "30", None),
+            lot(3, "50", Some(9)),
+        ];
+        assert_eq!(
+            take_back_from_lots(Some(2), &lots, d("120")).expect("in range"),
+            (vec![(2, d("30")), (1, d("90"))], Decimal::ZERO)
+        );
+        assert_eq!(
+            take_back_from_lots(None, &lots, d("120")).expect("in range"),
+            (vec![(1, d("100")), (3, d("20"))], Decimal::ZERO)
+        );
+        assert_eq!(
+            take_back_from_lots(Some(2), &lots, d("200"))
+                .expect("in range")
+                .1,
+            d("20")
+        );
+    }
+
+    #[test]
+    fn a_refund_before_activation_cancels_the_pending_accrual_without_shortfall() {
+        let sale_moved = moved("200", Some((Wallet::Main, "100")));
+        // The main wallet is empty, but the accrual is still pending in full.
+        let effects = refund_effects(
+            d("10000"),
+            &sale_moved,
+            &RefundedBefore::default(),
+            d("2500"),
+            d("200"),
+            true,
+        )
+        .expect("in range");
+        assert_eq!(
+            effects,
+            RefundEffects {
+                given_back: Some((Wallet::Main, d("25"))),
+                accrual_due: d("50"),
+                taken_back: Some(d("50")),
+                taken_from: Wallet::Pending,
+                shortfall: Decimal::ZERO,
+            }
+        );
+    }
+
     mod invariants {
         use super::*;
         use proptest::prelude::*;
@@ -760,7 +998,7 @@ mod tests {
                 let mut before = RefundedBefore::default();
                 for r in refunds {
                     let refunded = Decimal::new(r, 2);
-                    let e = refund_effects(total, &sale_moved, &before, refunded, Decimal::MAX)
+                    let e = refund_effects(total, &sale_moved, &before, refunded, Decimal::MAX, false)
                         .expect("in range");
                     before.refunded += refunded;
                     before.accrual_reversed += e.accrual_due;
@@ -771,6 +1009,39 @@ mod tests {
                 if before.refunded >= total {
                     prop_assert_eq!(before.accrual_reversed, accrued);
                     prop_assert_eq!(before.payment_returned, paid);
+                }
+            }
+
+            #[test]
+            fn taking_back_empties_the_own_lot_first_and_never_takes_more_than_a_lot_holds(
+                holdings in prop::collection::vec((0i64..10_000, prop::option::of(0i64..400)), 1..10),
+                own in 0usize..10,
+                cents in 0i64..100_000,
+            ) {
+                let lots: Vec<LotBalance> = holdings
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (c, exp))| LotBalance {
+                        id: i as i64,
+                        remaining: Decimal::new(*c, 2),
+                        expires_at: exp.and_then(|n| DateTime::from_timestamp(n * 86_400, 0)),
+                    })
+                    .collect();
+                let own = (own < lots.len()).then_some(own as i64);
+                let amount = Decimal::new(cents, 2);
+                let (taken, short) = take_back_from_lots(own, &lots, amount).expect("in range");
+                let total: Decimal = taken.iter().map(|t| t.1).sum();
+                prop_assert_eq!(total + short, amount);
+                let mut seen = HashSet::new();
+                for (id, take) in &taken {
+                    prop_assert!(seen.insert(*id), "a lot is taken from once");
+                    let held = lots.iter().find(|l| l.id == *id).expect("one of the lots");
+                    prop_assert!(*take > Decimal::ZERO && *take <= held.remaining);
+                }
+                if let Some(own) = own {
+                    let own_lot = lots.iter().find(|l| l.id == own).expect("own lot");
+                    let from_own = taken.iter().find(|t| t.0 == own).map_or(Decimal::ZERO, |t| t.1);
+                    prop_assert_eq!(from_own, own_lot.remaining.min(amount));
                 }
             }
 
@@ -791,6 +1062,7 @@ mod tests {
                     &RefundedBefore::default(),
                     Decimal::new(refunded, 2),
                     available,
+                    false,
                 )
                 .expect("in range");
                 let given_to_main = match e.given_back {
@@ -824,7 +1096,7 @@ mod tests {
                 let mut before = RefundedBefore::default();
                 for r in refunds {
                     let refunded = Decimal::new(r, 2);
-                    let e = refund_effects(total, &sale_moved, &before, refunded, Decimal::MAX)
+                    let e = refund_effects(total, &sale_moved, &before, refunded, Decimal::MAX, false)
                         .expect("in range");
                     prop_assert!(e.accrual_due.normalize().scale() <= 2);
                     before.refunded += refunded;

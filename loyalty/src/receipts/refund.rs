@@ -9,6 +9,7 @@ use crate::bills::{self, BillStatus};
 use crate::customers;
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
+use crate::lots;
 use crate::money::Amount;
 use crate::notifications::{self, Note, NotificationKind};
 use crate::orgs;
@@ -76,8 +77,17 @@ pub(super) async fn payback(
         payment_returned,
     };
     let sale_moved = ledger::receipt_movements(conn, org.id, customer_id, sale_receipt).await?;
-    let effects = rules::refund_effects(sale_total, &sale_moved, &before, refunded, available)
-        .map_err(out_of_range)?;
+    let accrual_lot = lots::sale_accrual_lot(conn, org.id, customer_id, sale_receipt).await?;
+    let pending_lot = accrual_lot.filter(|l| l.pending);
+    let effects = rules::refund_effects(
+        sale_total,
+        &sale_moved,
+        &before,
+        refunded,
+        pending_lot.map_or(available, |l| l.remaining),
+        pending_lot.is_some(),
+    )
+    .map_err(out_of_range)?;
 
     let at = Stamp::in_zone(refunded_at, org.time_zone);
     let payment_text = describe::refund_payment(&invoice_id);
@@ -107,13 +117,33 @@ pub(super) async fn payback(
     }
     if let Some(taken) = effects.taken_back {
         entries.push(entry(
-            Wallet::Main,
+            effects.taken_from,
             EntryKind::Deduction,
             taken,
             reversal_text.as_str(),
         )?);
     }
     ledger::post_many(conn, &entries).await?;
+    move_lots(
+        conn,
+        org.id,
+        customer_id,
+        sale_receipt,
+        &receipt.id,
+        &effects,
+        accrual_lot,
+        refunded_at,
+        &org.bonus_program_settings,
+    )
+    .await?;
+    sqlx::query(
+        "update customers set spent_total = greatest(spent_total - $3, 0) where org_id = $1 and id = $2",
+    )
+    .bind(org.id)
+    .bind(customer_id)
+    .bind(refunded)
+    .execute(&mut *conn)
+    .await?;
     if effects.shortfall > Decimal::ZERO {
         tracing::warn!(org = org.id, customer = customer_id, receipt = %receipt.id, shortfall = %effects.shortfall, "refund shortfall: bonuses already spent");
     }
@@ -151,4 +181,80 @@ pub(super) async fn payback(
         customer_id,
         invoice_id,
     })
+}
+
+/// Moves the lots as the refund's entries moved the wallets. The payment's share goes back to the
+/// lots the sale's payment took from, the last taken first (what earlier refunds gave back is not
+/// given twice); what no lot can take back (a sale paid before lots were kept) opens a new lot.
+/// The accrual's share is cancelled from the sale's pending lot, or taken from the sale's own lot
+/// first and then from the others, soonest expiry first.
+#[allow(clippy::too_many_arguments)]
+async fn move_lots(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customer_id: i64,
+    sale_receipt: &str,
+    refund_receipt: &str,
+    effects: &rules::RefundEffects,
+    accrual_lot: Option<lots::SaleLot>,
+    refunded_at: chrono::DateTime<chrono::Utc>,
+    settings: &rules::BonusProgramSettings,
+) -> Result<()> {
+    if let Some((wallet, back)) = effects.given_back {
+        let taken = lots::taken_by_sale(conn, org_id, sale_receipt, wallet).await?;
+        let (to_lots, rest) = rules::lots::give_back(&taken, back).map_err(out_of_range)?;
+        lots::give_back(conn, org_id, &to_lots, Source::Refund, Some(refund_receipt)).await?;
+        if rest > Decimal::ZERO {
+            let timing =
+                rules::credit_timing(settings, refunded_at, false).map_err(out_of_range)?;
+            lots::open(
+                conn,
+                &[lots::NewLot {
+                    org_id,
+                    customer_id,
+                    wallet,
+                    amount: rest,
+                    pending: false,
+                    activates_at: timing.activates_at,
+                    expires_at: timing.expires_at,
+                    source: Source::Refund,
+                    source_ref: Some(refund_receipt),
+                    invoice_id: None,
+                }],
+            )
+            .await?;
+        }
+    }
+    let Some(taken) = effects.taken_back else {
+        return Ok(());
+    };
+    match accrual_lot {
+        Some(lot) if effects.taken_from == Wallet::Pending => {
+            lots::apply_moves(
+                conn,
+                &[lots::LotMove {
+                    lot_id: lot.id,
+                    org_id,
+                    amount: -taken,
+                    source: Source::Refund,
+                    source_ref: Some(refund_receipt),
+                }],
+            )
+            .await
+        }
+        _ => {
+            let spending = lots::Spending {
+                org_id,
+                customer_id,
+                wallet: Wallet::Main,
+                amount: taken,
+                source: Source::Refund,
+                source_ref: Some(refund_receipt),
+                first: accrual_lot.map(|l| l.id),
+            };
+            lots::spend_many(conn, std::slice::from_ref(&spending))
+                .await
+                .map(drop)
+        }
+    }
 }

@@ -1,5 +1,7 @@
-//! Applying sales to customers, many in a few statements: capture the bill's hold, record the
-//! invoice, accrue, reward the referrer on the first purchase, and queue the notifications.
+//! Applying sales to customers, many in a few statements: capture the bill's hold (taken from the
+//! lots that expire first), record the invoice, accrue (a new lot, pending while the program
+//! delays accruals), reward the referrer on the first purchase, count what the buyer spent (their
+//! tier), and queue the notifications.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,6 +12,7 @@ use super::{ReceiptItem, out_of_range};
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryKind, NewEntry, Source, Wallet, describe};
 use crate::legacy::money_json;
+use crate::lots;
 use crate::money::Amount;
 use crate::notifications::{self, Note, NotificationKind};
 use crate::orgs::Organization;
@@ -37,6 +40,7 @@ pub(super) struct Buyer {
     first_name: Option<String>,
     referred_by: Option<i64>,
     has_made_first_purchase: bool,
+    spent_total: Decimal,
 }
 
 /// Applies the sales in order (two sales of one customer in a batch: only the first is a first
@@ -100,6 +104,7 @@ pub(super) async fn apply_sales(
                     buyer: rules::Buyer {
                         has_made_first_purchase: buyer.has_made_first_purchase,
                         referred_by: buyer.referred_by,
+                        spent_total: buyer.spent_total,
                     },
                 })
             })
@@ -110,8 +115,33 @@ pub(super) async fn apply_sales(
     let mut entries = Vec::new();
     let mut releases: Vec<(i64, i64, Wallet, Decimal)> = Vec::new();
     let mut notes = Vec::new();
-    let mut first_purchases = Vec::new();
+    let mut spendings = Vec::new();
+    let mut lots = Vec::new();
+    // (org, customer, spent by this sale, first purchase): one row per sale, summed per customer.
+    let mut bought: Vec<(i64, i64, Decimal, bool)> = Vec::with_capacity(sales.len());
     for (i, (sale, effects)) in sales.iter().zip(&effects).enumerate() {
+        let settings = &sale.org.bonus_program_settings;
+        // Accruals and referral rewards wait in a pending wallet when the program delays them.
+        let timing = rules::credit_timing(settings, sale.sold_at, true).map_err(out_of_range)?;
+        let lot = |customer_id, wallet, amount| lots::NewLot {
+            org_id: sale.org.id,
+            customer_id,
+            wallet,
+            amount,
+            pending: timing.pending,
+            activates_at: timing.activates_at,
+            expires_at: timing.expires_at,
+            source: Source::Receipt,
+            source_ref: Some(sale.receipt_id),
+            invoice_id: Some(invoices[i].as_str()),
+        };
+        let credited = |wallet: Wallet| {
+            if timing.pending {
+                wallet.pending().unwrap_or(wallet)
+            } else {
+                wallet
+            }
+        };
         let entry = |customer_id, wallet, kind, amount: Decimal, description| {
             Ok::<_, Error>(NewEntry {
                 org_id: sale.org.id,
@@ -134,6 +164,15 @@ pub(super) async fn apply_sales(
         };
         if let Some((wallet, paid)) = effects.payment {
             releases.push((sale.org.id, sale.customer_id, wallet, paid));
+            spendings.push(lots::Spending {
+                org_id: sale.org.id,
+                customer_id: sale.customer_id,
+                wallet,
+                amount: paid,
+                source: Source::Receipt,
+                source_ref: Some(sale.receipt_id),
+                first: None,
+            });
             entries.push(entry(
                 sale.customer_id,
                 wallet,
@@ -144,9 +183,10 @@ pub(super) async fn apply_sales(
             notes.push(note(sale.customer_id, NotificationKind::BonusPayment, paid));
         }
         if let Some(accrual) = effects.accrual {
+            lots.push(lot(sale.customer_id, Wallet::Main, accrual));
             entries.push(entry(
                 sale.customer_id,
-                Wallet::Main,
+                credited(Wallet::Main),
                 EntryKind::Accrual,
                 accrual,
                 texts[i][1].as_str(),
@@ -157,13 +197,29 @@ pub(super) async fn apply_sales(
                 accrual,
             ));
         }
-        if effects.first_purchase {
-            first_purchases.push((sale.org.id, sale.customer_id));
+        bought.push((
+            sale.org.id,
+            sale.customer_id,
+            sale.total,
+            effects.first_purchase,
+        ));
+        if let Some(tier) = &effects.tier_reached {
+            notes.push(Note {
+                org_id: sale.org.id,
+                customer_id: sale.customer_id,
+                kind: NotificationKind::TierReached,
+                payload: serde_json::json!({
+                    "tier": tier.name,
+                    "percentage": tier.percentage.get().normalize().to_string(),
+                }),
+                trace_id: sale.event_id,
+            });
         }
         if let Some(reward) = effects.referral {
+            lots.push(lot(reward.referrer, Wallet::Referral, reward.amount));
             entries.push(entry(
                 reward.referrer,
-                Wallet::Referral,
+                credited(Wallet::Referral),
                 EntryKind::Accrual,
                 reward.amount,
                 texts[i][2].as_str(),
@@ -179,17 +235,23 @@ pub(super) async fn apply_sales(
     insert_invoices(conn, sales, &invoices, &stamps).await?;
     release_holds(conn, &releases).await?;
     ledger::post_many(conn, &entries).await?;
-    if !first_purchases.is_empty() {
-        sqlx::query(
-            "update customers c set has_made_first_purchase = true
-             from unnest($1::bigint[], $2::bigint[]) as f(org_id, id)
-             where c.org_id = f.org_id and c.id = f.id",
-        )
-        .bind(first_purchases.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(first_purchases.iter().map(|k| k.1).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
+    // The payments take from the lots there were before the sales; the accruals open new ones.
+    lots::spend_many(conn, &spendings).await?;
+    lots::open(conn, &lots).await?;
+    sqlx::query(
+        "update customers c set has_made_first_purchase = c.has_made_first_purchase or b.first,
+                                spent_total = c.spent_total + b.spent
+         from (select org_id, id, sum(spent) as spent, bool_or(first) as first
+               from unnest($1::bigint[], $2::bigint[], $3::numeric[], $4::bool[]) as u(org_id, id, spent, first)
+               group by org_id, id) as b
+         where c.org_id = b.org_id and c.id = b.id",
+    )
+    .bind(bought.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(bought.iter().map(|k| k.1).collect::<Vec<_>>())
+    .bind(bought.iter().map(|k| k.2).collect::<Vec<_>>())
+    .bind(bought.iter().map(|k| k.3).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
     notifications::queue(conn, &notes).await?;
     Ok(invoices)
 }
@@ -232,7 +294,7 @@ async fn read_customers(
         return Ok(Vec::new());
     }
     let rows: Vec<Buyer> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select c.org_id, c.id, c.first_name, c.referred_by, c.has_made_first_purchase
+        "select c.org_id, c.id, c.first_name, c.referred_by, c.has_made_first_purchase, c.spent_total
          from customers c join unnest($1::bigint[], $2::bigint[]) as k(org_id, id) on c.org_id = k.org_id and c.id = k.id
          order by c.org_id, c.id {}",
         if lock { "for update of c" } else { "" }
