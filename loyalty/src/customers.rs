@@ -115,7 +115,11 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewCustomer) -> 
         .fetch_optional(&mut *conn)
         .await;
         match inserted {
-            Ok(Some(id)) => return Ok(id),
+            Ok(Some(id)) => {
+                let org = crate::orgs::get(conn, org_id).await?;
+                welcome(conn, &org, id).await?;
+                return Ok(id);
+            }
             Ok(None) if org_missing(conn, org_id).await? => {
                 return Err(Error::NotFound("organization"));
             }
@@ -129,6 +133,39 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewCustomer) -> 
             Err(err) => return Err(err.into()),
         }
     }
+}
+
+/// The organization's welcome bonus (`welcome_bonus`, when above zero), credited to a new
+/// customer once: at creation, or on the first Mini App visit of one created before the bonus was
+/// set. The ledger's unique key keeps it once-only under retries and concurrent first visits.
+/// `false` when there is none or it was credited before.
+pub async fn welcome(
+    conn: &mut PgConnection,
+    org: &Organization,
+    customer_id: i64,
+) -> Result<bool> {
+    let settings = &org.bonus_program_settings;
+    let Ok(amount) = Amount::new(settings.welcome_bonus.get()) else {
+        return Ok(false);
+    };
+    let at = Stamp::now_in(org.time_zone);
+    let expires_at = rules::lots::expires_at(at.utc(), settings.bonus_lifetime_days)
+        .map_err(|e| Error::invalid("bonus_lifetime_days", e.to_string()))?;
+    crate::schedule::credit_once(
+        conn,
+        &crate::schedule::Once {
+            org,
+            customer_id,
+            amount,
+            source: Source::Welcome,
+            reference: "welcome",
+            description: describe::WELCOME,
+            at,
+            expires_at,
+            kind: notifications::NotificationKind::WelcomeBonus,
+        },
+    )
+    .await
 }
 
 async fn org_missing(conn: &mut PgConnection, org_id: i64) -> Result<bool> {
@@ -487,6 +524,7 @@ pub async fn visit(
             trace_id: &code,
         };
         notifications::queue(conn, std::slice::from_ref(&note)).await?;
+        welcome(conn, org, id).await?;
     }
     Ok((id, !welcomed))
 }
