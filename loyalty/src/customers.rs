@@ -486,10 +486,23 @@ pub async fn visit(
             photo_url: user.photo_url.clone(),
             is_premium: user.is_premium,
         };
+        // A savepoint, so that losing the race to a concurrent first visit (the unique
+        // telegram_id refuses this insert) leaves the transaction usable.
+        sqlx::query("savepoint first_visit")
+            .execute(&mut *conn)
+            .await?;
         match create(conn, org.id, &new).await {
+            Ok(_) => {
+                sqlx::query("release savepoint first_visit")
+                    .execute(&mut *conn)
+                    .await?;
+            }
             // A concurrent first visit created it: this request is a returning visit.
-            Ok(_) => {}
-            Err(e) if e.conflict_code() == Some(ConflictCode::TelegramIdTaken) => {}
+            Err(e) if e.conflict_code() == Some(ConflictCode::TelegramIdTaken) => {
+                sqlx::query("rollback to savepoint first_visit")
+                    .execute(&mut *conn)
+                    .await?;
+            }
             Err(other) => return Err(other),
         }
         found = sqlx::query_as(find)

@@ -322,7 +322,7 @@ async fn warn_batch(
             customer_id: w.customer_id,
             kind: NotificationKind::ExpiryWarning,
             payload: serde_json::json!({
-                "amount": w.amount.to_string(),
+                "amount": w.amount.normalize().to_string(),
                 "date": rules::schedule::warning_date(w.expires_on),
             }),
             trace_id: trace,
@@ -499,7 +499,7 @@ pub async fn credit_once(conn: &mut PgConnection, once: &Once<'_>) -> Result<boo
             org_id: once.org.id,
             customer_id: once.customer_id,
             kind: once.kind,
-            payload: serde_json::json!({ "amount": once.amount.get().to_string() }),
+            payload: serde_json::json!({ "amount": once.amount.get().normalize().to_string() }),
             trace_id: &trace,
         }],
     )
