@@ -542,6 +542,40 @@ pub async fn visit(
     Ok((id, !welcomed))
 }
 
+/// Sets the customer's birth date (`YYYY-MM-DD`, a real date, not in the future, not before
+/// 1900), once: when it is set already, a `BirthDateSet` conflict, unless `correct` (an
+/// operator's correction) replaces it. A correction cannot bring a second birthday bonus in a
+/// year that had one: the bonus is once per customer and birthday year.
+pub async fn set_birth_date(
+    conn: &mut PgConnection,
+    org: &Organization,
+    id: i64,
+    text: &str,
+    correct: bool,
+) -> Result<chrono::NaiveDate> {
+    let today = Stamp::now_in(org.time_zone).0.date_naive();
+    let date = rules::schedule::parse_birth_date(text, today)
+        .map_err(|e| Error::invalid("birth_date", e.to_string()))?;
+    lock(conn, org.id, id).await?;
+    let set: Option<chrono::NaiveDate> = sqlx::query_scalar(
+        "update customers set birth_date = $3
+         where org_id = $1 and id = $2 and (birth_date is null or $4)
+         returning birth_date",
+    )
+    .bind(org.id)
+    .bind(id)
+    .bind(date)
+    .bind(correct)
+    .fetch_optional(&mut *conn)
+    .await?;
+    set.ok_or_else(|| {
+        Error::conflict(
+            ConflictCode::BirthDateSet,
+            "the birth date is set already and can be set only once; an operator may correct it",
+        )
+    })
+}
+
 /// What a merge moved.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Merged {

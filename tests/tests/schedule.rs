@@ -895,3 +895,107 @@ async fn a_crash_mid_batch_leaves_nothing_half_done_and_the_rerun_applies_it_onc
     );
     assert_lots_are_the_wallets(pool, org).await;
 }
+
+#[tokio::test]
+async fn a_birth_date_is_set_once_corrected_only_by_an_operator_and_brings_the_birthday_bonus() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let org = org_with(
+        &app,
+        json!({"birthday_bonus": 300, "birthday_window_days": 1}),
+    )
+    .await;
+    let id = customer(&app, org, "Saule").await;
+    let path = format!("/admin/v1/orgs/{org}/customers/{id}/birth_date");
+    let put = |body: Value| send(app.admin(reqwest::Method::PUT, &path).json(&body));
+
+    for (bad, why) in [
+        ("1990-02-30", "real date"),
+        ("10.06.1990", "real date"),
+        ("2999-01-01", "future"),
+        ("1899-12-31", "1900"),
+    ] {
+        let (status, body) = put(json!({"birth_date": bad})).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert_eq!(body["error"]["field"], "birth_date", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .expect("message")
+                .contains(why),
+            "{body}"
+        );
+    }
+    let (status, body) = put(json!({"birth_date": "1991-07-20"})).await;
+    assert_eq!((status, &body), (200, &json!({"birth_date": "1991-07-20"})));
+    let (status, body) = put(json!({"birth_date": "1991-07-21"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "birth_date_already_set");
+    let (status, body) = put(json!({"birth_date": "1991-07-02", "correct": true})).await;
+    assert_eq!((status, &body), (200, &json!({"birth_date": "1991-07-02"})));
+    let (status, _) = send(
+        app.admin(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/orgs/{org}/customers/999999/birth_date"),
+        )
+        .json(&json!({"birth_date": "1991-07-02"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // The corrected date is the one the bonus follows.
+    assert_eq!(
+        schedule::birthday_bonuses(pool, at(2027, 7, 20, 6), BATCH)
+            .await
+            .expect("step"),
+        0
+    );
+    assert_eq!(
+        schedule::birthday_bonuses(pool, at(2027, 7, 3, 6), BATCH)
+            .await
+            .expect("step"),
+        1
+    );
+    // A correction in the same year does not bring a second bonus.
+    let (status, _) = put(json!({"birth_date": "1991-08-15", "correct": true})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        schedule::birthday_bonuses(pool, at(2027, 8, 15, 6), BATCH)
+            .await
+            .expect("step"),
+        0
+    );
+    assert_eq!(entries(pool, org, id, "birthday").await.len(), 1);
+
+    // The customer sets their own in the Mini App, once.
+    let init = init_data(777002, "Timur");
+    let mine = app.url(&format!("/app/v1/orgs/{org}/me/birth_date"));
+    let own = |date: &str| {
+        send(
+            app.http
+                .put(&mine)
+                .header("Authorization", format!("tma {init}"))
+                .json(&json!({"birth_date": date})),
+        )
+    };
+    let (status, body) = own("2030-01-01").await;
+    assert_eq!(
+        (status, body["error"]["field"].clone()),
+        (422, json!("birth_date"))
+    );
+    let (status, body) = own("2001-03-04").await;
+    assert_eq!((status, &body), (200, &json!({"birth_date": "2001-03-04"})));
+    let (status, body) = own("2001-03-05").await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (409, json!("birth_date_already_set"))
+    );
+    let stored: Option<chrono::NaiveDate> = sqlx::query_scalar(
+        "select birth_date from customers where org_id = $1 and telegram_id = 777002",
+    )
+    .bind(org)
+    .fetch_one(pool)
+    .await
+    .expect("customer");
+    assert_eq!(stored, chrono::NaiveDate::from_ymd_opt(2001, 3, 4));
+}

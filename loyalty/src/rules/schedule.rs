@@ -81,6 +81,43 @@ pub fn warning_horizon(
         .ok_or(MoneyError::Overflow)
 }
 
+/// The earliest birth date accepted.
+pub const EARLIEST_BIRTH_DATE: (i32, u32, u32) = (1900, 1, 1);
+
+/// Why a birth date is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BirthDateError {
+    #[error("must be a real date written YYYY-MM-DD")]
+    NotADate,
+    #[error("must not be in the future")]
+    InTheFuture,
+    #[error("must not be before 1900-01-01")]
+    TooEarly,
+}
+
+/// A birth date as a person enters it (`YYYY-MM-DD`): a real date, not after `today`, not
+/// before 1900.
+pub fn parse_birth_date(text: &str, today: NaiveDate) -> Result<NaiveDate, BirthDateError> {
+    let bytes = text.as_bytes();
+    let shaped = bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if !shaped {
+        return Err(BirthDateError::NotADate);
+    }
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| BirthDateError::NotADate)?;
+    let (y, m, d) = EARLIEST_BIRTH_DATE;
+    if NaiveDate::from_ymd_opt(y, m, d).is_some_and(|earliest| date < earliest) {
+        return Err(BirthDateError::TooEarly);
+    }
+    if date > today {
+        return Err(BirthDateError::InTheFuture);
+    }
+    Ok(date)
+}
+
 /// A date as the warning shows it: `DD.MM.YYYY`.
 pub fn warning_date(day: NaiveDate) -> String {
     day.format("%d.%m.%Y").to_string()
@@ -140,6 +177,36 @@ mod tests {
             DateTime::from_timestamp(7 * 86_400, 0)
         );
         assert_eq!(warning_date(d(2027, 3, 8)), "08.03.2027");
+    }
+
+    #[test]
+    fn a_birth_date_is_a_real_past_date_since_1900() {
+        let today = d(2026, 11, 30);
+        assert_eq!(parse_birth_date("1990-06-10", today), Ok(d(1990, 6, 10)));
+        assert_eq!(parse_birth_date("2026-11-30", today), Ok(today));
+        assert_eq!(parse_birth_date("2000-02-29", today), Ok(d(2000, 2, 29)));
+        for bad in [
+            "2001-02-29",
+            "1990-13-01",
+            "1990-6-10",
+            "10.06.1990",
+            "",
+            "1990-06-10T00:00",
+        ] {
+            assert_eq!(
+                parse_birth_date(bad, today),
+                Err(BirthDateError::NotADate),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_birth_date("2026-12-01", today),
+            Err(BirthDateError::InTheFuture)
+        );
+        assert_eq!(
+            parse_birth_date("1899-12-31", today),
+            Err(BirthDateError::TooEarly)
+        );
     }
 
     proptest! {
