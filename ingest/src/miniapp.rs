@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use loyalty::customers;
 use loyalty::init_data::{self, TelegramUser};
@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/app/v1/orgs/{org}/me", get(me))
         .route("/app/v1/orgs/{org}/me/promo", post(promo))
         .route("/app/v1/orgs/{org}/me/history", get(history))
+        .route("/app/v1/orgs/{org}/me/birth_date", put(birth_date))
 }
 
 /// The organization and the Telegram user of a Mini App request. Anything wrong with the
@@ -206,4 +207,34 @@ async fn history(
         items: rows.iter().map(|r| r.to_history()).collect(),
         next_before,
     }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = MiniAppBirthDateRequest)]
+struct BirthDateRequest {
+    /// `YYYY-MM-DD`: a real date, not in the future, not before 1900.
+    #[schema(example = "1990-06-10", pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    birth_date: String,
+}
+
+/// The customer's own birth date, for the birthday bonus: set once; the second time is a 409
+/// (`birth_date_already_set`), and only the shop's operator can correct it.
+#[utoipa::path(put, path = "/app/v1/orgs/{org}/me/birth_date", tag = "Mini App", params(("org" = i64, Path)),
+    request_body = BirthDateRequest,
+    responses((status = 200, body = crate::admin::customers::BirthDate),
+              (status = 409, description = "set already", body = ErrorBody),
+              (status = 422, description = "not a real past date since 1900", body = ErrorBody)),
+    security(("tma" = [])))]
+async fn birth_date(
+    State(state): State<AppState>,
+    caller: MiniAppUser,
+    body: Body<BirthDateRequest>,
+) -> Result<Json<crate::admin::customers::BirthDate>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let (id, _) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
+    let birth_date =
+        customers::set_birth_date(&mut tx, &caller.org, id, &body.value.birth_date, false).await?;
+    tx.commit().await?;
+    Ok(Json(crate::admin::customers::BirthDate { birth_date }))
 }

@@ -98,10 +98,11 @@ impl Modify for SecuritySchemes {
     paths(
         health::healthz, health::readyz,
         pos::hello, pos::list, pos::bill_by_id, pos::receipt,
-        miniapp::me, miniapp::promo, miniapp::history,
+        miniapp::me, miniapp::promo, miniapp::history, miniapp::birth_date,
         orgs::create_org, orgs::get_org, orgs::update_org, orgs::create_integration,
         customers::create_customer, customers::search_customers, customers::get_customer,
         customers::enter_promo, customers::move_bonuses, customers::move_debt, customers::merge_customer,
+        customers::set_birth_date,
         bills::create_bill, bills::list_bills, bills::get_bill, bills::cancel_bill,
         legacy::import, legacy::export,
         receipts::list_receipts, receipts::attach_receipt, receipts::list_notifications,

@@ -115,7 +115,11 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewCustomer) -> 
         .fetch_optional(&mut *conn)
         .await;
         match inserted {
-            Ok(Some(id)) => return Ok(id),
+            Ok(Some(id)) => {
+                let org = crate::orgs::get(conn, org_id).await?;
+                welcome(conn, &org, id).await?;
+                return Ok(id);
+            }
             Ok(None) if org_missing(conn, org_id).await? => {
                 return Err(Error::NotFound("organization"));
             }
@@ -129,6 +133,39 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewCustomer) -> 
             Err(err) => return Err(err.into()),
         }
     }
+}
+
+/// The organization's welcome bonus (`welcome_bonus`, when above zero), credited to a new
+/// customer once: at creation, or on the first Mini App visit of one created before the bonus was
+/// set. The ledger's unique key keeps it once-only under retries and concurrent first visits.
+/// `false` when there is none or it was credited before.
+pub async fn welcome(
+    conn: &mut PgConnection,
+    org: &Organization,
+    customer_id: i64,
+) -> Result<bool> {
+    let settings = &org.bonus_program_settings;
+    let Ok(amount) = Amount::new(settings.welcome_bonus.get()) else {
+        return Ok(false);
+    };
+    let at = Stamp::now_in(org.time_zone);
+    let expires_at = rules::lots::expires_at(at.utc(), settings.bonus_lifetime_days)
+        .map_err(|e| Error::invalid("bonus_lifetime_days", e.to_string()))?;
+    crate::schedule::credit_once(
+        conn,
+        &crate::schedule::Once {
+            org,
+            customer_id,
+            amount,
+            source: Source::Welcome,
+            reference: "welcome",
+            description: describe::WELCOME,
+            at,
+            expires_at,
+            kind: notifications::NotificationKind::WelcomeBonus,
+        },
+    )
+    .await
 }
 
 async fn org_missing(conn: &mut PgConnection, org_id: i64) -> Result<bool> {
@@ -533,10 +570,23 @@ pub async fn visit(
             photo_url: user.photo_url.clone(),
             is_premium: user.is_premium,
         };
+        // A savepoint, so that losing the race to a concurrent first visit (the unique
+        // telegram_id refuses this insert) leaves the transaction usable.
+        sqlx::query("savepoint first_visit")
+            .execute(&mut *conn)
+            .await?;
         match create(conn, org.id, &new).await {
+            Ok(_) => {
+                sqlx::query("release savepoint first_visit")
+                    .execute(&mut *conn)
+                    .await?;
+            }
             // A concurrent first visit created it: this request is a returning visit.
-            Ok(_) => {}
-            Err(e) if e.conflict_code() == Some(ConflictCode::TelegramIdTaken) => {}
+            Err(e) if e.conflict_code() == Some(ConflictCode::TelegramIdTaken) => {
+                sqlx::query("rollback to savepoint first_visit")
+                    .execute(&mut *conn)
+                    .await?;
+            }
             Err(other) => return Err(other),
         }
         found = sqlx::query_as(find)
@@ -571,8 +621,43 @@ pub async fn visit(
             trace_id: &code,
         };
         notifications::queue(conn, std::slice::from_ref(&note)).await?;
+        welcome(conn, org, id).await?;
     }
     Ok((id, !welcomed))
+}
+
+/// Sets the customer's birth date (`YYYY-MM-DD`, a real date, not in the future, not before
+/// 1900), once: when it is set already, a `BirthDateSet` conflict, unless `correct` (an
+/// operator's correction) replaces it. A correction cannot bring a second birthday bonus in a
+/// year that had one: the bonus is once per customer and birthday year.
+pub async fn set_birth_date(
+    conn: &mut PgConnection,
+    org: &Organization,
+    id: i64,
+    text: &str,
+    correct: bool,
+) -> Result<chrono::NaiveDate> {
+    let today = Stamp::now_in(org.time_zone).0.date_naive();
+    let date = rules::schedule::parse_birth_date(text, today)
+        .map_err(|e| Error::invalid("birth_date", e.to_string()))?;
+    lock(conn, org.id, id).await?;
+    let set: Option<chrono::NaiveDate> = sqlx::query_scalar(
+        "update customers set birth_date = $3
+         where org_id = $1 and id = $2 and (birth_date is null or $4)
+         returning birth_date",
+    )
+    .bind(org.id)
+    .bind(id)
+    .bind(date)
+    .bind(correct)
+    .fetch_optional(&mut *conn)
+    .await?;
+    set.ok_or_else(|| {
+        Error::conflict(
+            ConflictCode::BirthDateSet,
+            "the birth date is set already and can be set only once; an operator may correct it",
+        )
+    })
 }
 
 /// What a merge moved.

@@ -36,10 +36,12 @@ pub enum ConflictCode {
     BillIdTaken,
     BillClosed,
     TokenKeysMissing,
+    /// The customer's birth date is set already (only an operator may correct it).
+    BirthDateSet,
 }
 
 impl ConflictCode {
-    pub const ALL: [ConflictCode; 11] = [
+    pub const ALL: [ConflictCode; 12] = [
         ConflictCode::ReceiptRace,
         ConflictCode::InsufficientBalance,
         ConflictCode::TelegramIdTaken,
@@ -51,6 +53,7 @@ impl ConflictCode {
         ConflictCode::BillIdTaken,
         ConflictCode::BillClosed,
         ConflictCode::TokenKeysMissing,
+        ConflictCode::BirthDateSet,
     ];
 
     /// The code as it crosses the API.
@@ -67,6 +70,7 @@ impl ConflictCode {
             ConflictCode::BillIdTaken => "bill_id_taken",
             ConflictCode::BillClosed => "bill_closed",
             ConflictCode::TokenKeysMissing => "token_keys_missing",
+            ConflictCode::BirthDateSet => "birth_date_already_set",
         }
     }
 

@@ -17,6 +17,7 @@ pub mod orgs;
 pub mod queue;
 pub mod receipts;
 pub mod rules;
+pub mod schedule;
 pub mod schema;
 pub mod time;
 

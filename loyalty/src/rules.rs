@@ -19,6 +19,7 @@ use crate::ledger::{ReceiptMovements, Wallet};
 use crate::money::{Amount, MoneyError, round_money};
 
 pub mod lots;
+pub mod schedule;
 mod settings;
 pub mod tiers;
 pub use lots::LotBalance;

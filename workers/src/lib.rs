@@ -5,6 +5,8 @@
 //! A batch is never hostage to one message: when it fails or panics, each of its receipts is
 //! applied on its own, and only the one at fault goes its retry or dead-letter path.
 
+pub mod schedule;
+
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -42,6 +44,13 @@ pub struct Config {
     /// Most receipts applied in one transaction (the consumer's prefetch is concurrency × batch).
     #[arg(long, env = "WORKER_BATCH", default_value_t = DEFAULT_BATCH)]
     pub batch: u16,
+    /// Seconds between runs of the scheduled steps (activation of pending bonuses, expiry,
+    /// expiry warnings, birthday bonuses); 0 turns them off in this worker.
+    #[arg(long, env = "SCHEDULE_INTERVAL_SECS", default_value_t = 60)]
+    pub schedule_interval_secs: u64,
+    /// Most rows a scheduled step changes in one transaction.
+    #[arg(long, env = "SCHEDULE_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub schedule_batch: i64,
 }
 
 /// PostgreSQL connections a worker needs: two per batch in flight (its transaction, and a
@@ -268,19 +277,31 @@ fn applied(message: &ReceiptMessage, span: &Span, outcome: Outcome) -> Verdict<O
 
 /// Connects, migrates, declares the topology and consumes until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // One more connection for the scheduled steps.
     let db = config
         .backends
-        .database(pool_size(config.concurrency))
+        .database(pool_size(config.concurrency) + 1)
         .await?;
     let broker = Arc::new(config.backends.broker());
     tokio::spawn(loyalty_service::telemetry::serve_metrics(
         config.metrics_addr,
     ));
-    Worker::new(db, broker)
+    let scheduled = (config.schedule_interval_secs > 0).then(|| {
+        tokio::spawn(schedule::every(
+            db.clone(),
+            std::time::Duration::from_secs(config.schedule_interval_secs),
+            config.schedule_batch,
+        ))
+    });
+    let consumed = Worker::new(db, broker)
         .run(
             config.concurrency,
             config.batch,
             loyalty_service::shutdown::signal(),
         )
-        .await
+        .await;
+    if let Some(task) = scheduled {
+        task.abort();
+    }
+    consumed
 }

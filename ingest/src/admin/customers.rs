@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use loyalty::customers::{
     self, Balances, BonusOp, CustomerSummary, DebtOp, NewCustomer, OperatorMove,
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{Listing, Page, PageQuery};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Path, Query};
+use crate::extract::{Body, Path, Query};
 use crate::idempotency::Idempotent;
 
 pub fn router() -> Router<AppState> {
@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/orgs/{org}/customers/{id}/bonuses", post(move_bonuses))
         .route("/orgs/{org}/customers/{id}/debts", post(move_debt))
         .route("/orgs/{org}/customers/{id}/merge", post(merge_customer))
+        .route("/orgs/{org}/customers/{id}/birth_date", put(set_birth_date))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -270,4 +271,50 @@ pub async fn merge_customer(
             Ok(merged)
         })
         .await
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BirthDateRequest {
+    /// `YYYY-MM-DD`: a real date, not in the future, not before 1900.
+    #[schema(example = "1990-06-10", pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    pub birth_date: String,
+    /// Replaces a birth date set before (a correction); without it, a set one is a 409.
+    #[serde(default)]
+    pub correct: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BirthDate {
+    /// `YYYY-MM-DD`.
+    #[schema(value_type = String, example = "1990-06-10")]
+    pub birth_date: chrono::NaiveDate,
+}
+
+/// Sets the customer's birth date, for the birthday bonus. It is set once (by an operator or by
+/// the customer in the Mini App); an operator corrects it with `correct: true`. A correction
+/// never brings a second birthday bonus in a year that had one.
+#[utoipa::path(put, path = "/admin/v1/orgs/{org}/customers/{id}/birth_date", tag = "customers",
+    request_body = BirthDateRequest,
+    responses((status = 200, body = BirthDate), (status = 404, body = ErrorBody),
+              (status = 409, description = "set already (`birth_date_already_set`) and not a correction", body = ErrorBody),
+              (status = 422, description = "not a real past date since 1900", body = ErrorBody)),
+    security(("admin" = [])))]
+pub async fn set_birth_date(
+    State(state): State<AppState>,
+    Path((org, id)): Path<(i64, i64)>,
+    body: Body<BirthDateRequest>,
+) -> Result<Json<BirthDate>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let organization = orgs::get(&mut tx, org).await?;
+    let birth_date = customers::set_birth_date(
+        &mut tx,
+        &organization,
+        id,
+        &body.value.birth_date,
+        body.value.correct,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(BirthDate { birth_date }))
 }
