@@ -16,8 +16,10 @@ pub mod notifications;
 pub mod orgs;
 pub mod queue;
 pub mod receipts;
+pub mod reports;
 pub mod rules;
 pub mod schema;
+pub mod standing;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -19,6 +19,7 @@ use crate::money::{Amount, MoneyError, round_money};
 
 pub mod lots;
 mod settings;
+pub mod share;
 pub mod tiers;
 pub use settings::*;
 
