@@ -455,7 +455,11 @@ async fn views(
             let max = match (row.status, available.get(&row.customer_id)) {
                 (BillStatus::Open, Some(&(main, referral))) => {
                     let wallet = row.bonus_wallet.unwrap_or(Wallet::Main);
-                    let free = if wallet == Wallet::Referral { referral } else { main };
+                    let free = if wallet == Wallet::Referral {
+                        referral
+                    } else {
+                        main
+                    };
                     // What this bill itself holds is the customer's to pay on it.
                     let own = if row.bonus_wallet.is_some() {
                         row.bonus_payment

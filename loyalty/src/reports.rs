@@ -326,6 +326,20 @@ fn zone_error(zone: OrgTimeZone) -> impl Fn(sqlx::Error) -> Error {
     }
 }
 
+/// A stored wallet name (read as text: `referral_pending` is two words).
+fn wallet_named(name: &str) -> Result<Wallet> {
+    [
+        Wallet::Main,
+        Wallet::Referral,
+        Wallet::Debt,
+        Wallet::Pending,
+        Wallet::ReferralPending,
+    ]
+    .into_iter()
+    .find(|w| w.as_str() == name)
+    .ok_or_else(|| Error::invalid("wallet", format!("stored wallet {name:?} is unknown")))
+}
+
 fn sum_error() -> Error {
     Error::invalid("amount", "the sum is out of range")
 }
@@ -338,7 +352,7 @@ pub async fn liability(
     zone: OrgTimeZone,
     at: DateTime<Utc>,
 ) -> Result<LiabilityReport> {
-    let balances: Vec<(Wallet, Decimal)> = sqlx::query_as(
+    let balances: Vec<(String, Decimal)> = sqlx::query_as(
         "select wallet, coalesce(sum(case when kind = 'accrual' then amount else -amount end), 0)
          from ledger_entries where org_id = $1 and occurred_at <= $2
          group by wallet",
@@ -347,6 +361,10 @@ pub async fn liability(
     .bind(at)
     .fetch_all(&mut *conn)
     .await?;
+    let balances = balances
+        .into_iter()
+        .map(|(w, b)| Ok((wallet_named(&w)?, b)))
+        .collect::<Result<Vec<_>>>()?;
     let longest = EXPIRY_HORIZONS[EXPIRY_HORIZONS.len() - 1];
     let horizon = |days: i64| at.checked_add_signed(Duration::days(days));
     let until = [horizon(7), horizon(30), horizon(longest)];
@@ -355,7 +373,7 @@ pub async fn liability(
     };
     // Still to expire: what today's lots (created by then) hold and expire by each horizon,
     // overdue ones not yet taken out included.
-    let remaining: Vec<(Wallet, Decimal, Decimal, Decimal)> = sqlx::query_as(
+    let remaining: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
         "select wallet,
                 coalesce(sum(remaining) filter (where expires_at <= $3), 0),
                 coalesce(sum(remaining) filter (where expires_at <= $4), 0),
@@ -372,7 +390,7 @@ pub async fn liability(
     .fetch_all(&mut *conn)
     .await?;
     // Already expired after `at` (for an instant in the past): the expiry entries.
-    let expired: Vec<(Wallet, Decimal, Decimal, Decimal)> = sqlx::query_as(
+    let expired: Vec<(String, Decimal, Decimal, Decimal)> = sqlx::query_as(
         "select wallet,
                 coalesce(sum(amount) filter (where occurred_at <= $3), 0),
                 coalesce(sum(amount) filter (where occurred_at <= $4), 0),
@@ -400,7 +418,8 @@ pub async fn liability(
         let mut expiring = [Decimal::ZERO; 3];
         for (w, a, b, c) in remaining.iter().chain(&expired) {
             // A lot's wallet is main or referral; an expiry entry may debit a pending one.
-            let of = if *w == wallet { true } else { w.pending() == Some(wallet) };
+            let w = wallet_named(w)?;
+            let of = w == wallet || w.pending() == Some(wallet);
             if of && wallet != Wallet::Debt {
                 for (sum, add) in expiring.iter_mut().zip([a, b, c]) {
                     *sum = sum.checked_add(*add).ok_or_else(sum_error)?;
@@ -434,7 +453,7 @@ pub async fn activity(
     period: Period,
 ) -> Result<ActivityReport> {
     let zone_name = zone.to_string();
-    let rows: Vec<(NaiveDate, Source, Wallet, EntryKind, Decimal)> = sqlx::query_as(
+    let rows: Vec<(NaiveDate, Source, String, EntryKind, Decimal)> = sqlx::query_as(
         "select (occurred_at at time zone $2)::date as day, source, wallet, kind, sum(amount)
          from ledger_entries
          where org_id = $1
@@ -451,7 +470,7 @@ pub async fn activity(
     .map_err(zone_error(zone))?;
     let mut days: Vec<ActivityDay> = period.days().map(ActivityDay::empty).collect();
     for (day, source, wallet, kind, amount) in rows {
-        let Some(column) = classify(source, wallet, kind) else {
+        let Some(column) = classify(source, wallet_named(&wallet)?, kind) else {
             continue;
         };
         if let Some(found) = days.iter_mut().find(|d| d.date == day) {
@@ -537,22 +556,43 @@ mod tests {
     fn each_movement_counts_in_one_figure_and_an_activation_once() {
         use EntryKind::*;
         use Source::*;
-        assert_eq!(classify(Receipt, Wallet::Pending, Accrual), Some(Column::Accrued));
-        assert_eq!(classify(Receipt, Wallet::Main, Accrual), Some(Column::Accrued));
+        assert_eq!(
+            classify(Receipt, Wallet::Pending, Accrual),
+            Some(Column::Accrued)
+        );
+        assert_eq!(
+            classify(Receipt, Wallet::Main, Accrual),
+            Some(Column::Accrued)
+        );
         assert_eq!(
             classify(Receipt, Wallet::ReferralPending, Accrual),
             Some(Column::Referral)
         );
-        assert_eq!(classify(Receipt, Wallet::Referral, Deduction), Some(Column::Spent));
+        assert_eq!(
+            classify(Receipt, Wallet::Referral, Deduction),
+            Some(Column::Spent)
+        );
         assert_eq!(
             classify(Refund, Wallet::Pending, Deduction),
             Some(Column::RefundTakenBack)
         );
-        assert_eq!(classify(Activation, Wallet::Main, Accrual), Some(Column::Activated));
+        assert_eq!(
+            classify(Activation, Wallet::Main, Accrual),
+            Some(Column::Activated)
+        );
         assert_eq!(classify(Activation, Wallet::Pending, Deduction), None);
-        assert_eq!(classify(Operator, Wallet::Debt, Payment), Some(Column::DebtPaid));
-        assert_eq!(classify(Import, Wallet::Debt, Accrual), Some(Column::DebtAdded));
-        assert_eq!(classify(Expiry, Wallet::Referral, Deduction), Some(Column::Expired));
+        assert_eq!(
+            classify(Operator, Wallet::Debt, Payment),
+            Some(Column::DebtPaid)
+        );
+        assert_eq!(
+            classify(Import, Wallet::Debt, Accrual),
+            Some(Column::DebtAdded)
+        );
+        assert_eq!(
+            classify(Expiry, Wallet::Referral, Deduction),
+            Some(Column::Expired)
+        );
     }
 
     #[test]

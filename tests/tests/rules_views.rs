@@ -97,11 +97,8 @@ async fn a_bonus_payment_above_the_allowed_share_is_refused_and_the_bill_shows_t
     assert_eq!(num(&other["max_bonus_payment"]), d("100"), "{other}");
 
     // A closed bill is no longer payable: no maximum.
-    let (status, cancelled) = send(app.admin(
-        Method::DELETE,
-        &format!("{bills}/{}", held_elsewhere["id"]),
-    ))
-    .await;
+    let (status, cancelled) =
+        send(app.admin(Method::DELETE, &format!("{bills}/{}", held_elsewhere["id"]))).await;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["max_bonus_payment"], Value::Null);
     let (_, listed) = app.get(&format!("{bills}?status=open")).await;

@@ -151,8 +151,16 @@ pub async fn activity(
     if query.by.as_deref().is_some_and(|by| by != "day") {
         return Err(ApiError::invalid("by", "must be day"));
     }
-    let from = query.from.as_deref().map(|t| parse_day("from", t)).transpose()?;
-    let to = query.to.as_deref().map(|t| parse_day("to", t)).transpose()?;
+    let from = query
+        .from
+        .as_deref()
+        .map(|t| parse_day("from", t))
+        .transpose()?;
+    let to = query
+        .to
+        .as_deref()
+        .map(|t| parse_day("to", t))
+        .transpose()?;
     let mut tx = state.db.begin().await?;
     let organization = orgs::get(&mut tx, org).await?;
     let zone = organization.time_zone;

@@ -53,9 +53,18 @@ mod tests {
 
     #[test]
     fn the_maximum_is_the_cap_or_the_wallet_whichever_is_less() {
-        assert_eq!(max_bonus_payment(pct("30"), d("1000"), d("500")), Ok(d("300")));
-        assert_eq!(max_bonus_payment(pct("30"), d("1000"), d("120.5")), Ok(d("120.5")));
-        assert_eq!(max_bonus_payment(pct("30"), d("1000"), d("-5")), Ok(Decimal::ZERO));
+        assert_eq!(
+            max_bonus_payment(pct("30"), d("1000"), d("500")),
+            Ok(d("300"))
+        );
+        assert_eq!(
+            max_bonus_payment(pct("30"), d("1000"), d("120.5")),
+            Ok(d("120.5"))
+        );
+        assert_eq!(
+            max_bonus_payment(pct("30"), d("1000"), d("-5")),
+            Ok(Decimal::ZERO)
+        );
     }
 
     mod properties {
