@@ -281,6 +281,9 @@ async fn post_movements(app: &TestApp, org: i64, zone: OrgTimeZone) {
     tx.commit().await.expect("commit");
 }
 
+/// A lot as stored: wallet, remaining, expires_at, created_at.
+type StoredLot = (String, Decimal, Option<DateTime<Utc>>, DateTime<Utc>);
+
 #[derive(sqlx::FromRow)]
 struct Stored {
     occurred_at: DateTime<Utc>,
@@ -460,7 +463,7 @@ async fn the_liability_report_equals_the_ledger_and_the_lots_at_an_instant() {
     let org = shop(&app, "Asia/Almaty").await;
     post_movements(&app, org, zone).await;
     let entries = stored_entries(&app, org).await;
-    let lots: Vec<(String, Decimal, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+    let lots: Vec<StoredLot> = sqlx::query_as(
         "select wallet, remaining, expires_at, created_at from bonus_lots where org_id = $1",
     )
     .bind(org)
