@@ -276,3 +276,52 @@ async fn a_legacy_organization_keeps_its_documents_and_its_customers_gain_only_f
         assert_eq!(view["next_tier"], Value::Null);
     }
 }
+
+#[tokio::test]
+async fn the_mini_app_shows_the_customer_where_they_stand() {
+    const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .post(
+            "/admin/v1/orgs",
+            &json!({"name": "Shop", "telegram_bot_token": BOT_TOKEN,
+                    "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 50,
+                        "referrer_first_purchase_percentage": 5, "max_bonus_payment_percentage": 40,
+                        "tiers": [{"name": "Silver", "min_spent": 1000, "percentage": 3}]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let org = body["id"].as_i64().expect("org");
+    let auth_date = Utc::now().timestamp().to_string();
+    let user = json!({"id": 5929031322_i64, "first_name": "Alex"}).to_string();
+    let init = loyalty::init_data::sign(&[("auth_date", &auth_date), ("user", &user)], BOT_TOKEN);
+    let me = |init: String| {
+        send(
+            app.http
+                .get(app.url(&format!("/app/v1/orgs/{org}/me")))
+                .header("Authorization", format!("tma {init}")),
+        )
+    };
+    let (status, first) = me(init.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(num(&first["max_bonus_payment_percentage"]), d("40"));
+    assert_eq!(first["tier"], Value::Null);
+    assert_eq!(first["next_tier"]["name"], "Silver");
+    assert_eq!(num(&first["next_tier"]["rest"]), d("1000"));
+    assert_eq!(num(&first["pending_bonuses"]["total"]), Decimal::ZERO);
+    assert_eq!(first["next_expiry"], Value::Null);
+
+    // Spending past the first tier shows it, and nothing more to reach.
+    let customer: i64 = first["id"].as_str().expect("id").parse().expect("id");
+    sqlx::query("update customers set spent_total = 1200 where org_id = $1 and id = $2")
+        .bind(org)
+        .bind(customer)
+        .execute(&app.db.pool)
+        .await
+        .expect("spent");
+    let (status, again) = me(init).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["tier"], json!({"name": "Silver", "percentage": 3}));
+    assert_eq!(again["next_tier"], Value::Null);
+    assert_eq!(num(&again["spent_total"]), d("1200"));
+}
