@@ -344,27 +344,49 @@ fn sum_error() -> Error {
     Error::invalid("amount", "the sum is out of range")
 }
 
-/// What the organization owed its customers at `at`: balances and pending bonuses from the ledger
-/// (entries dated at or before `at`), what will expire after it from the lots.
+/// What the organization owed its customers at `at`: balances and pending bonuses as the sum of
+/// the entries dated at or before `at` (the wallets now, less the entries after `at`), what will
+/// expire after it from the lots.
 pub async fn liability(
     conn: &mut PgConnection,
     org_id: i64,
     zone: OrgTimeZone,
     at: DateTime<Utc>,
 ) -> Result<LiabilityReport> {
-    let balances: Vec<(String, Decimal)> = sqlx::query_as(
+    // The wallets now (the trigger keeps them equal to the sum of all entries) less what entries
+    // dated after `at` moved: the entries read are those after `at`, none for a report of now.
+    let now: (Decimal, Decimal, Decimal, Decimal, Decimal) = sqlx::query_as(
+        "select coalesce(sum(bonuses), 0), coalesce(sum(referral_bonuses), 0), coalesce(sum(debts), 0),
+                coalesce(sum(pending_bonuses), 0), coalesce(sum(pending_referral_bonuses), 0)
+         from customers where org_id = $1",
+    )
+    .bind(org_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let later: Vec<(String, Decimal)> = sqlx::query_as(
         "select wallet, coalesce(sum(case when kind = 'accrual' then amount else -amount end), 0)
-         from ledger_entries where org_id = $1 and occurred_at <= $2
+         from ledger_entries where org_id = $1 and occurred_at > $2
          group by wallet",
     )
     .bind(org_id)
     .bind(at)
     .fetch_all(&mut *conn)
     .await?;
-    let balances = balances
-        .into_iter()
-        .map(|(w, b)| Ok((wallet_named(&w)?, b)))
-        .collect::<Result<Vec<_>>>()?;
+    let mut balances = vec![
+        (Wallet::Main, now.0),
+        (Wallet::Referral, now.1),
+        (Wallet::Debt, now.2),
+        (Wallet::Pending, now.3),
+        (Wallet::ReferralPending, now.4),
+    ];
+    for (wallet, moved) in later {
+        let wallet = wallet_named(&wallet)?;
+        for (w, balance) in balances.iter_mut() {
+            if *w == wallet {
+                *balance = balance.checked_sub(moved).ok_or_else(sum_error)?;
+            }
+        }
+    }
     let longest = EXPIRY_HORIZONS[EXPIRY_HORIZONS.len() - 1];
     let horizon = |days: i64| at.checked_add_signed(Duration::days(days));
     let until = [horizon(7), horizon(30), horizon(longest)];
