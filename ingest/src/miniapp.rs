@@ -17,6 +17,7 @@ use loyalty::init_data::{self, TelegramUser};
 use loyalty::ledger::{self, HistoryEntry};
 use loyalty::legacy;
 use loyalty::orgs::{self, Organization};
+use loyalty::standing;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -101,13 +102,15 @@ impl FromRequestParts<AppState> for MiniAppUser {
 }
 
 /// The caller as a customer in the legacy shape, created on the first visit, with the shop's
-/// contacts and bonus settings for a "how it works" screen.
+/// contacts and bonus settings for a "how it works" screen, and where the customer stands
+/// (pending bonuses, the next expiry, the tier, the share of a bill bonuses may pay).
 #[utoipa::path(get, path = "/app/v1/orgs/{org}/me", tag = "Mini App", params(("org" = i64, Path)),
     responses((status = 200, body = crate::openapi::MiniAppProfile)), security(("tma" = [])))]
 async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<Value>, ApiError> {
     let mut tx = state.db.begin().await?;
     let (id, first_visit) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
     let customer = legacy::customer(&mut tx, caller.org.id, caller.org.time_zone, id).await?;
+    let standing = standing::standing(&mut tx, &caller.org, id).await?;
     tx.commit().await?;
     if first_visit {
         tracing::info!(org = caller.org.id, customer = id, "first Mini App visit");
@@ -122,6 +125,13 @@ async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<V
     });
     body["bonus_program_settings"] =
         serde_json::to_value(&caller.org.bonus_program_settings).map_err(anyhow::Error::from)?;
+    // Where the customer stands: pending bonuses, the next expiry, the tier, the bill share.
+    if let (Some(body), Value::Object(fields)) = (
+        body.as_object_mut(),
+        serde_json::to_value(&standing).map_err(anyhow::Error::from)?,
+    ) {
+        body.extend(fields);
+    }
     Ok(Json(body))
 }
 

@@ -16,7 +16,7 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::AppState;
-use crate::admin::{bills, customers, legacy, ops, orgs, receipts};
+use crate::admin::{bills, customers, legacy, ops, orgs, receipts, reports};
 use crate::{health, miniapp, pos};
 use loyalty::schema::{NO_NUL, NOT_BLANK};
 
@@ -30,13 +30,15 @@ pub struct Readiness {
 }
 
 /// What the Mini App's `me` answers: the customer in the legacy shape, with the shop's contacts
-/// and bonus settings (`miniapp.rs` adds the two to the customer's JSON).
+/// and bonus settings and where the customer stands (`miniapp.rs` adds them to the customer's JSON).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MiniAppProfile {
     #[serde(flatten)]
     pub customer: loyalty::legacy::LegacyCustomer,
     pub organization: loyalty::orgs::OrgDetails,
     pub bonus_program_settings: loyalty::rules::BonusProgramSettings,
+    #[serde(flatten)]
+    pub standing: loyalty::standing::Standing,
 }
 
 /// What creating an organization takes: the fields of a change, with the name required.
@@ -107,6 +109,7 @@ impl Modify for SecuritySchemes {
         legacy::import, legacy::export,
         receipts::list_receipts, receipts::attach_receipt, receipts::list_notifications,
         ops::summary, ops::queues, ops::dead_letters, ops::replay, receipts::ops_receipts, receipts::ops_notifications,
+        reports::liability, reports::activity,
     ),
     modifiers(&SecuritySchemes)
 )]

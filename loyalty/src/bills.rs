@@ -11,6 +11,7 @@ use crate::ledger::{self, Wallet};
 use crate::money::{
     Amount, MAX_AMOUNT, Money, MoneyError, Percent, Quantity, exact, round_money, serialize_decimal,
 };
+use crate::rules::share::{max_bonus_payment, share_cap};
 use crate::time::{OrgTimeZone, Stamp};
 
 /// What [`deserialize_id`] accepts, for the API's schema.
@@ -120,6 +121,17 @@ pub struct NewBill {
     pub bonus_payment: Option<BonusPayment>,
 }
 
+/// An optional amount, as [`serialize_decimal`] writes one, or null.
+pub fn serialize_optional_decimal<S: serde::Serializer>(
+    value: &Option<Decimal>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => serialize_decimal(v, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// A stored line of a bill; decimals kept as exact strings in the database.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BillItem {
@@ -206,6 +218,12 @@ pub struct Bill {
     #[schema(value_type = f64)]
     pub total: Decimal,
     pub bonus_payment: Option<BillBonusPayment>,
+    /// For an open bill, the most its customer may pay with bonuses: the share of the total the
+    /// program allows (`max_bonus_payment_percentage`, rounded down to the cent), and no more than
+    /// the wallet holds beyond what other open bills reserve. Null once paid or cancelled.
+    #[serde(serialize_with = "serialize_optional_decimal")]
+    #[schema(value_type = Option<f64>)]
+    pub max_bonus_payment: Option<Decimal>,
     /// RFC 3339 with the organization's offset.
     pub created_at: String,
     /// Local wall-clock time, as the register shows it.
@@ -226,7 +244,8 @@ pub struct BillRow {
 }
 
 impl BillRow {
-    pub fn view(self, zone: OrgTimeZone) -> Bill {
+    /// The bill as operators see it; `max_bonus_payment` as [`Bill::max_bonus_payment`] says.
+    pub fn view(self, zone: OrgTimeZone, max_bonus_payment: Option<Decimal>) -> Bill {
         let at = Stamp::in_zone(self.created_at, zone);
         Bill {
             id: self.id,
@@ -239,6 +258,7 @@ impl BillRow {
                 amount: self.bonus_payment,
                 wallet,
             }),
+            max_bonus_payment,
             created_at: at.rfc3339(),
             date: at.local_str(),
         }
@@ -317,7 +337,7 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
     if new.id.is_some_and(|id| id < 1) {
         return Err(Error::invalid("id", "must be a positive whole number"));
     }
-    let zone = zone_of(conn, org_id).await?;
+    let (zone, share) = program_of(conn, org_id).await?;
     let created_at = new
         .date
         .as_deref()
@@ -331,6 +351,15 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
             return Err(Error::invalid(
                 "bonus_payment.amount",
                 format!("must not exceed the bill's total {total}"),
+            ));
+        }
+        let cap = share_cap(share, total).map_err(|e| Error::invalid("items", e.to_string()))?;
+        if payment.amount.get() > cap {
+            return Err(Error::invalid(
+                "bonus_payment.amount",
+                format!(
+                    "must not exceed {cap}: bonuses may pay at most {share}% of the bill's total {total} (max_bonus_payment {cap})"
+                ),
             ));
         }
         hold(
@@ -368,7 +397,88 @@ pub async fn create(conn: &mut PgConnection, org_id: i64, new: &NewBill) -> Resu
         Some("bills_pkey") => Error::conflict(ConflictCode::BillIdTaken, format!("this organization already has a bill with id {id}")),
         _ => e.into(),
     })?;
-    Ok(row.view(zone))
+    views(conn, org_id, zone, share, vec![row])
+        .await?
+        .pop()
+        .ok_or(Error::NotFound("bill"))
+}
+
+/// The organization's time zone and the share of a bill bonuses may pay.
+async fn program_of(conn: &mut PgConnection, org_id: i64) -> Result<(OrgTimeZone, Percent)> {
+    let (zone, share): (String, Decimal) = sqlx::query_as(
+        "select time_zone, max_bonus_payment_percentage from organizations where id = $1",
+    )
+    .bind(org_id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(Error::NotFound("organization"))?;
+    let corrupt = |field: &str| Error::invalid(field, "stored value out of range");
+    Ok((
+        zone.parse().map_err(|_| corrupt("time_zone"))?,
+        Percent::new(share).map_err(|_| corrupt("max_bonus_payment_percentage"))?,
+    ))
+}
+
+/// Bills as operators see them, each open one with the most its customer may pay with bonuses
+/// now (one query for all their customers' wallets).
+async fn views(
+    conn: &mut PgConnection,
+    org_id: i64,
+    zone: OrgTimeZone,
+    share: Percent,
+    rows: Vec<BillRow>,
+) -> Result<Vec<Bill>> {
+    let mut customers: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.status == BillStatus::Open)
+        .map(|r| r.customer_id)
+        .collect();
+    customers.sort_unstable();
+    customers.dedup();
+    let available: std::collections::HashMap<i64, (Decimal, Decimal)> = if customers.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        sqlx::query_as::<_, (i64, Decimal, Decimal)>(
+            "select id, bonuses - bonuses_held, referral_bonuses - referral_bonuses_held
+             from customers where org_id = $1 and id = any($2)",
+        )
+        .bind(org_id)
+        .bind(&customers)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|(id, main, referral)| (id, (main, referral)))
+        .collect()
+    };
+    rows.into_iter()
+        .map(|row| {
+            let max = match (row.status, available.get(&row.customer_id)) {
+                (BillStatus::Open, Some(&(main, referral))) => {
+                    let wallet = row.bonus_wallet.unwrap_or(Wallet::Main);
+                    let free = if wallet == Wallet::Referral {
+                        referral
+                    } else {
+                        main
+                    };
+                    // What this bill itself holds is the customer's to pay on it.
+                    let own = if row.bonus_wallet.is_some() {
+                        row.bonus_payment
+                    } else {
+                        Decimal::ZERO
+                    };
+                    let available = free.checked_add(own).ok_or_else(|| {
+                        Error::invalid("bonus_payment", MoneyError::Overflow.to_string())
+                    })?;
+                    Some(
+                        max_bonus_payment(share, row.total, available)
+                            .map_err(|e| Error::invalid("total", e.to_string()))?,
+                    )
+                }
+                _ => None,
+            };
+            Ok(row.view(zone, max))
+        })
+        .collect()
 }
 
 /// The shop's local wall-clock time of a bill, in the organization's zone; a time the clocks skip
@@ -482,7 +592,7 @@ pub async fn list(
                 .ok_or_else(|| Error::invalid("status", "must be open, paid or cancelled"))
         })
         .transpose()?;
-    let zone = zone_of(conn, org_id).await?;
+    let (zone, share) = program_of(conn, org_id).await?;
     let rows: Vec<BillRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {BILL_COLUMNS} from bills where org_id = $1 and ($2::text is null or status = $2)
          order by created_at desc, id desc limit $3 offset $4"
@@ -493,11 +603,11 @@ pub async fn list(
     .bind(offset)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows.into_iter().map(|r| r.view(zone)).collect())
+    views(conn, org_id, zone, share, rows).await
 }
 
 pub async fn get(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bill> {
-    let zone = zone_of(conn, org_id).await?;
+    let (zone, share) = program_of(conn, org_id).await?;
     let row: BillRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {BILL_COLUMNS} from bills where org_id = $1 and id = $2"
     )))
@@ -506,7 +616,10 @@ pub async fn get(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bill> 
     .fetch_optional(&mut *conn)
     .await?
     .ok_or(Error::NotFound("bill"))?;
-    Ok(row.view(zone))
+    views(conn, org_id, zone, share, vec![row])
+        .await?
+        .pop()
+        .ok_or(Error::NotFound("bill"))
 }
 
 /// Cancels an open bill and releases its hold; a paid bill cannot be cancelled.

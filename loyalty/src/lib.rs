@@ -16,9 +16,11 @@ pub mod notifications;
 pub mod orgs;
 pub mod queue;
 pub mod receipts;
+pub mod reports;
 pub mod rules;
 pub mod schedule;
 pub mod schema;
+pub mod standing;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -21,6 +21,7 @@ use crate::money::{Amount, MoneyError, round_money};
 pub mod lots;
 pub mod schedule;
 mod settings;
+pub mod share;
 pub mod tiers;
 pub use lots::LotBalance;
 pub use settings::*;

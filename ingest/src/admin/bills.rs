@@ -32,7 +32,7 @@ pub struct CreatedBill {
 #[utoipa::path(post, path = "/admin/v1/orgs/{org}/bills", tag = "bills", request_body = NewBill,
     responses((status = 201, body = CreatedBill), (status = 404, body = ErrorBody),
               (status = 409, description = "bonuses short once other open bills are counted (insufficient_balance), or the number (bill_number_taken) or the shop's id (bill_id_taken) taken", body = ErrorBody),
-              (status = 422, body = ErrorBody)),
+              (status = 422, description = "a value refused; a bonus payment above the bill's total or above the share bonuses may pay (`max_bonus_payment_percentage`) names `bonus_payment.amount`, with the maximum in the message", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_bill(
     State(state): State<AppState>,

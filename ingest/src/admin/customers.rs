@@ -12,6 +12,7 @@ use loyalty::ledger::{EntryKind, Wallet, describe};
 use loyalty::legacy::{self, LegacyCustomer};
 use loyalty::money::Amount;
 use loyalty::orgs;
+use loyalty::standing::{self, Standing};
 use serde::{Deserialize, Serialize};
 
 use super::{Listing, Page, PageQuery};
@@ -86,19 +87,30 @@ pub async fn search_customers(
     Ok(Json(Listing::new(found, page)))
 }
 
-/// The customer in exactly the legacy export's shape.
+/// The customer as operators see it: the legacy export's shape, and where they stand in the
+/// program (`loyalty::standing`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CustomerView {
+    #[serde(flatten)]
+    pub customer: LegacyCustomer,
+    #[serde(flatten)]
+    pub standing: Standing,
+}
+
+/// The customer in the legacy export's shape, with pending bonuses, the next expiry, the tier and
+/// the share of a bill bonuses may pay.
 #[utoipa::path(get, path = "/admin/v1/orgs/{org}/customers/{id}", tag = "customers",
-    responses((status = 200, body = LegacyCustomer), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = CustomerView), (status = 404, body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn get_customer(
     State(state): State<AppState>,
     Path((org, id)): Path<(i64, i64)>,
-) -> Result<Json<LegacyCustomer>, ApiError> {
+) -> Result<Json<CustomerView>, ApiError> {
     let mut tx = state.db.begin().await?;
     let organization = orgs::get(&mut tx, org).await?;
-    Ok(Json(
-        legacy::customer(&mut tx, org, organization.time_zone, id).await?,
-    ))
+    let customer = legacy::customer(&mut tx, org, organization.time_zone, id).await?;
+    let standing = standing::standing(&mut tx, &organization, id).await?;
+    Ok(Json(CustomerView { customer, standing }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -6,6 +6,7 @@ pub mod legacy;
 pub mod ops;
 pub mod orgs;
 pub mod receipts;
+pub mod reports;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Request, State};
@@ -26,6 +27,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(bills::router())
         .merge(receipts::router())
         .merge(ops::router())
+        .merge(reports::router())
         .merge(legacy::router(state.config.import_body_limit))
         // Its own fallbacks, so they sit behind the token too: without it, every path is a 401
         // and the routes cannot be probed.
