@@ -372,7 +372,7 @@ pub async fn liability(
     .bind(at)
     .fetch_all(&mut *conn)
     .await?;
-    let mut balances = vec![
+    let mut balances = [
         (Wallet::Main, now.0),
         (Wallet::Referral, now.1),
         (Wallet::Debt, now.2),
