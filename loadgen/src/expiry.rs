@@ -93,7 +93,12 @@ async fn run(args: &ExpiryArgs, scratch: &Scratch) -> anyhow::Result<()> {
         "copy bonus_lots (org_id, customer_id, wallet, amount, remaining, pending, activates_at,
                           expires_at, source) from stdin",
         n,
-        |i| format!("{org}\t{}\tmain\t10\t10\tf\t{created}\t{expired}\timport\n", i + 1),
+        |i| {
+            format!(
+                "{org}\t{}\tmain\t10\t10\tf\t{created}\t{expired}\timport\n",
+                i + 1
+            )
+        },
     )
     .await
     .context("copy lots")?;
@@ -145,7 +150,9 @@ async fn run(args: &ExpiryArgs, scratch: &Scratch) -> anyhow::Result<()> {
         .fetch_one(&db)
         .await?;
     if burned != n || usize::try_from(entries)? != n || !left.is_zero() || !wallets.is_zero() {
-        bail!("burned {burned}, {entries} entries, {left} left in lots, {wallets} in wallets; expected {n} and nothing left");
+        bail!(
+            "burned {burned}, {entries} entries, {left} left in lots, {wallets} in wallets; expected {n} and nothing left"
+        );
     }
     println!(
         "expiry of {n} lots (batch {}): expire_due {:.2} s = {step_rate:.0} lots/s; \

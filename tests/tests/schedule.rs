@@ -128,24 +128,26 @@ async fn wallets(
 /// The lots' invariant: for every customer, the spendable lots' remainders add up to each bonus
 /// wallet and the pending lots' to each pending wallet.
 async fn assert_lots_are_the_wallets(pool: &PgPool, org: i64) {
-    let off: Vec<(i64, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal)> =
-        sqlx::query_as(
-            "select c.id, c.bonuses, coalesce(sum(l.remaining) filter (where l.wallet = 'main' and not l.pending), 0),
-                    c.referral_bonuses, coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and not l.pending), 0),
-                    c.pending_bonuses, coalesce(sum(l.remaining) filter (where l.wallet = 'main' and l.pending), 0),
-                    c.pending_referral_bonuses, coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and l.pending), 0)
+    let off: Vec<(i64, String)> = sqlx::query_as(
+        "with sums as (
+             select c.id, c.bonuses, c.referral_bonuses, c.pending_bonuses, c.pending_referral_bonuses,
+                    coalesce(sum(l.remaining) filter (where l.wallet = 'main' and not l.pending), 0) as main,
+                    coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and not l.pending), 0) as referral,
+                    coalesce(sum(l.remaining) filter (where l.wallet = 'main' and l.pending), 0) as pending,
+                    coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and l.pending), 0) as referral_pending
              from customers c left join bonus_lots l on l.org_id = c.org_id and l.customer_id = c.id
              where c.org_id = $1
-             group by c.org_id, c.id
-             having c.bonuses <> coalesce(sum(l.remaining) filter (where l.wallet = 'main' and not l.pending), 0)
-                 or c.referral_bonuses <> coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and not l.pending), 0)
-                 or c.pending_bonuses <> coalesce(sum(l.remaining) filter (where l.wallet = 'main' and l.pending), 0)
-                 or c.pending_referral_bonuses <> coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and l.pending), 0)",
-        )
-        .bind(org)
-        .fetch_all(pool)
-        .await
-        .expect("invariant query");
+             group by c.org_id, c.id)
+         select id, format('wallets %s/%s/%s/%s, lots %s/%s/%s/%s', bonuses, referral_bonuses,
+                           pending_bonuses, pending_referral_bonuses, main, referral, pending, referral_pending)
+         from sums
+         where bonuses <> main or referral_bonuses <> referral or pending_bonuses <> pending
+            or pending_referral_bonuses <> referral_pending",
+    )
+    .bind(org)
+    .fetch_all(pool)
+    .await
+    .expect("invariant query");
     assert!(off.is_empty(), "lots differ from wallets: {off:?}");
 }
 
@@ -726,7 +728,7 @@ async fn the_welcome_bonus_is_credited_once_on_creation_or_on_two_concurrent_fir
 async fn busy_org(app: &TestApp, customers: usize) -> (i64, Vec<i64>) {
     let pool = &app.db.pool;
     let org = org_with(
-        &app,
+        app,
         json!({"birthday_bonus": 10, "birthday_window_days": 0, "expiry_warning_days": 7,
                "bonus_lifetime_days": 30, "accrual_delay_days": 1}),
     )
