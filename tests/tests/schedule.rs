@@ -1001,3 +1001,62 @@ async fn a_birth_date_is_set_once_corrected_only_by_an_operator_and_brings_the_b
     .expect("customer");
     assert_eq!(stored, chrono::NaiveDate::from_ymd_opt(2001, 3, 4));
 }
+
+#[tokio::test]
+async fn the_workers_binary_runs_the_steps_on_its_timer_and_counts_their_rows() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let org = org_with(&app, json!({"accrual_delay_days": 1})).await;
+    let buyer = customer(&app, org, "Yerbol").await;
+    let due = Utc::now() - chrono::TimeDelta::minutes(5);
+    credit(
+        pool,
+        org,
+        buyer,
+        Wallet::Main,
+        "12",
+        true,
+        due,
+        None,
+        Some("T-1"),
+    )
+    .await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let backends = &app.state.config.backends;
+    let _workers = tokio::process::Command::new(e2e::binary("workers"))
+        .env("DATABASE_URL", &app.db.url)
+        .env("AMQP_URL", &backends.amqp_url)
+        .env("QUEUE_PREFIX", &backends.queue_prefix)
+        .env("TOKEN_KEYS", e2e::TOKEN_KEYS)
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("SCHEDULE_INTERVAL_SECS", "1")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the workers start");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if wallets(pool, org, buyer).await.0 == dec("12") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never activated");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("loyalty_scheduled_rows_total{step=\"activate_due\"} 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(entries(pool, org, buyer, "activation").await.len(), 2);
+    assert_lots_are_the_wallets(pool, org).await;
+}
