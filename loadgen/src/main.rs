@@ -16,6 +16,7 @@
 
 mod broker;
 mod cpu;
+mod expiry;
 mod http;
 mod pgbench;
 mod report;
@@ -83,6 +84,9 @@ pub enum Command {
     /// Pushes receipts through the real ingest, workers and notifier while injecting faults
     /// (SIGKILL, restarts, closed broker and database connections), then proves the invariants.
     Soak(soak::SoakArgs),
+    /// Times the scheduled expiry step burning 10^6 due lots against a plain update of the same
+    /// rows (the baseline), in one run.
+    Expiry(expiry::ExpiryArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,8 +129,10 @@ async fn main() -> anyhow::Result<()> {
     // sqlx's slow-statement warnings (dropping a database takes a second) are not news here.
     loyalty_service::telemetry::init("warn,sqlx::query=error");
     let args = Args::parse();
-    if let Some(Command::Soak(soak)) = args.command {
-        return soak::main(soak).await;
+    match args.command {
+        Some(Command::Soak(soak)) => return soak::main(soak).await,
+        Some(Command::Expiry(expiry)) => return expiry::main(expiry).await,
+        None => {}
     }
     if args.receipts == 0 || args.customers == 0 || args.concurrency == 0 {
         bail!("--receipts, --customers and --concurrency must be positive");

@@ -55,13 +55,13 @@ async fn lock_free_customers(
 /// The organizations of `ids`, each read once.
 async fn organizations(
     conn: &mut PgConnection,
-    ids: Vec<i64>,
+    mut ids: Vec<i64>,
 ) -> Result<HashMap<i64, Organization>> {
-    let mut found = HashMap::new();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found = HashMap::with_capacity(ids.len());
     for id in ids {
-        if !found.contains_key(&id) {
-            found.insert(id, orgs::get(conn, id).await?);
-        }
+        found.insert(id, orgs::get(conn, id).await?);
     }
     Ok(found)
 }

@@ -128,24 +128,26 @@ async fn wallets(
 /// The lots' invariant: for every customer, the spendable lots' remainders add up to each bonus
 /// wallet and the pending lots' to each pending wallet.
 async fn assert_lots_are_the_wallets(pool: &PgPool, org: i64) {
-    let off: Vec<(i64, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal)> =
-        sqlx::query_as(
-            "select c.id, c.bonuses, coalesce(sum(l.remaining) filter (where l.wallet = 'main' and not l.pending), 0),
-                    c.referral_bonuses, coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and not l.pending), 0),
-                    c.pending_bonuses, coalesce(sum(l.remaining) filter (where l.wallet = 'main' and l.pending), 0),
-                    c.pending_referral_bonuses, coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and l.pending), 0)
+    let off: Vec<(i64, String)> = sqlx::query_as(
+        "with sums as (
+             select c.id, c.bonuses, c.referral_bonuses, c.pending_bonuses, c.pending_referral_bonuses,
+                    coalesce(sum(l.remaining) filter (where l.wallet = 'main' and not l.pending), 0) as main,
+                    coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and not l.pending), 0) as referral,
+                    coalesce(sum(l.remaining) filter (where l.wallet = 'main' and l.pending), 0) as pending,
+                    coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and l.pending), 0) as referral_pending
              from customers c left join bonus_lots l on l.org_id = c.org_id and l.customer_id = c.id
              where c.org_id = $1
-             group by c.org_id, c.id
-             having c.bonuses <> coalesce(sum(l.remaining) filter (where l.wallet = 'main' and not l.pending), 0)
-                 or c.referral_bonuses <> coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and not l.pending), 0)
-                 or c.pending_bonuses <> coalesce(sum(l.remaining) filter (where l.wallet = 'main' and l.pending), 0)
-                 or c.pending_referral_bonuses <> coalesce(sum(l.remaining) filter (where l.wallet = 'referral' and l.pending), 0)",
-        )
-        .bind(org)
-        .fetch_all(pool)
-        .await
-        .expect("invariant query");
+             group by c.org_id, c.id)
+         select id, format('wallets %s/%s/%s/%s, lots %s/%s/%s/%s', bonuses, referral_bonuses,
+                           pending_bonuses, pending_referral_bonuses, main, referral, pending, referral_pending)
+         from sums
+         where bonuses <> main or referral_bonuses <> referral or pending_bonuses <> pending
+            or pending_referral_bonuses <> referral_pending",
+    )
+    .bind(org)
+    .fetch_all(pool)
+    .await
+    .expect("invariant query");
     assert!(off.is_empty(), "lots differ from wallets: {off:?}");
 }
 
@@ -726,7 +728,7 @@ async fn the_welcome_bonus_is_credited_once_on_creation_or_on_two_concurrent_fir
 async fn busy_org(app: &TestApp, customers: usize) -> (i64, Vec<i64>) {
     let pool = &app.db.pool;
     let org = org_with(
-        &app,
+        app,
         json!({"birthday_bonus": 10, "birthday_window_days": 0, "expiry_warning_days": 7,
                "bonus_lifetime_days": 30, "accrual_delay_days": 1}),
     )
@@ -998,4 +1000,63 @@ async fn a_birth_date_is_set_once_corrected_only_by_an_operator_and_brings_the_b
     .await
     .expect("customer");
     assert_eq!(stored, chrono::NaiveDate::from_ymd_opt(2001, 3, 4));
+}
+
+#[tokio::test]
+async fn the_workers_binary_runs_the_steps_on_its_timer_and_counts_their_rows() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let org = org_with(&app, json!({"accrual_delay_days": 1})).await;
+    let buyer = customer(&app, org, "Yerbol").await;
+    let due = Utc::now() - chrono::TimeDelta::minutes(5);
+    credit(
+        pool,
+        org,
+        buyer,
+        Wallet::Main,
+        "12",
+        true,
+        due,
+        None,
+        Some("T-1"),
+    )
+    .await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let backends = &app.state.config.backends;
+    let _workers = tokio::process::Command::new(e2e::binary("workers"))
+        .env("DATABASE_URL", &app.db.url)
+        .env("AMQP_URL", &backends.amqp_url)
+        .env("QUEUE_PREFIX", &backends.queue_prefix)
+        .env("TOKEN_KEYS", e2e::TOKEN_KEYS)
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("SCHEDULE_INTERVAL_SECS", "1")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the workers start");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if wallets(pool, org, buyer).await.0 == dec("12") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never activated");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("loyalty_scheduled_rows_total{step=\"activate_due\"} 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(entries(pool, org, buyer, "activation").await.len(), 2);
+    assert_lots_are_the_wallets(pool, org).await;
 }
