@@ -209,11 +209,26 @@ async fn a_pending_lot_activates_at_its_time_not_before_and_once() {
         Some("INV-7"),
     )
     .await;
-    // A lot without an invoice. (A referral reward waits the same way, but the referral pending
-    // wallet is left out here: `Wallet::ReferralPending` encodes as "referralpending" in SQL, which
-    // the wallet check refuses; to be fixed in `ledger.rs`.)
-    let reward = credit(pool, org, buyer, Wallet::Main, "30", true, due, None, None).await;
-    assert_eq!(wallets(pool, org, buyer).await.2, dec("150.50"));
+    // A friend's reward, without an invoice, waits in the referral pending wallet.
+    let reward = credit(
+        pool,
+        org,
+        buyer,
+        Wallet::Referral,
+        "30",
+        true,
+        due,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            wallets(pool, org, buyer).await.2,
+            wallets(pool, org, buyer).await.3
+        ),
+        (dec("120.50"), dec("30"))
+    );
 
     let before = due - chrono::TimeDelta::seconds(1);
     assert_eq!(
@@ -224,7 +239,7 @@ async fn a_pending_lot_activates_at_its_time_not_before_and_once() {
     );
     assert_eq!(
         wallets(pool, org, buyer).await,
-        (dec("0"), dec("0"), dec("150.50"), dec("0"), dec("0"))
+        (dec("0"), dec("0"), dec("120.50"), dec("30"), dec("0"))
     );
 
     assert_eq!(
@@ -235,7 +250,7 @@ async fn a_pending_lot_activates_at_its_time_not_before_and_once() {
     );
     assert_eq!(
         wallets(pool, org, buyer).await,
-        (dec("150.50"), dec("0"), dec("0"), dec("0"), dec("0"))
+        (dec("120.50"), dec("30"), dec("0"), dec("0"), dec("0"))
     );
     let moved = entries(pool, org, buyer, "activation").await;
     let lot_ref = Some(lot.to_string());
@@ -263,11 +278,21 @@ async fn a_pending_lot_activates_at_its_time_not_before_and_once() {
         ]
     );
     let reward_ref = Some(reward.to_string());
-    assert!(
+    assert_eq!(
         moved
             .iter()
             .filter(|e| e.5 == reward_ref)
-            .all(|e| e.3 == "Активация бонусов"),
+            .map(|e| (e.0.as_str(), e.1.as_str(), e.2, e.3.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                "referral_pending",
+                "deduction",
+                dec("30"),
+                "Активация бонусов"
+            ),
+            ("referral", "accrual", dec("30"), "Активация бонусов"),
+        ],
         "{moved:?}"
     );
     // Shown in the organization's zone (Almaty, +05:00).
@@ -1047,16 +1072,21 @@ async fn the_workers_binary_runs_the_steps_on_its_timer_and_counts_their_rows() 
         assert!(std::time::Instant::now() < deadline, "never activated");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics text");
-    assert!(
-        metrics.contains("loyalty_scheduled_rows_total{step=\"activate_due\"} 1\n"),
-        "{metrics}"
-    );
+    // The step counts its rows once it returns, a moment after its transaction committed.
+    let counted = "loyalty_scheduled_rows_total{step=\"activate_due\"} 1\n";
+    loop {
+        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text");
+        if metrics.contains(counted) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(entries(pool, org, buyer, "activation").await.len(), 2);
     assert_lots_are_the_wallets(pool, org).await;
 }
