@@ -286,6 +286,9 @@ pub struct RefundEffects {
     pub taken_from: Wallet,
     /// What is due but was already spent: not taken, recorded.
     pub shortfall: Decimal,
+    /// What the buyer's money spent (their tier's measure) goes down by: the refunded amount, but
+    /// never more of the sale than was not refunded before.
+    pub spent_lowered: Decimal,
 }
 
 impl RefundEffects {
@@ -348,6 +351,12 @@ pub fn refund_effects(
             Wallet::Main
         },
         shortfall: accrual_due.checked_sub(taken).ok_or(MoneyError::Overflow)?,
+        spent_lowered: refunded.max(Decimal::ZERO).min(
+            sale_total
+                .checked_sub(before.refunded)
+                .ok_or(MoneyError::Overflow)?
+                .max(Decimal::ZERO),
+        ),
     })
 }
 
@@ -699,6 +708,7 @@ mod tests {
                 taken_back: Some(d("200")),
                 taken_from: Wallet::Main,
                 shortfall: Decimal::ZERO,
+                spent_lowered: d("10000"),
             }]
         );
     }
@@ -720,10 +730,16 @@ mod tests {
     fn a_refund_larger_than_the_sale_reverses_no_more_than_the_sale() {
         let sale_moved = moved("200", Some((Wallet::Main, "100")));
         let effects = refund_all("10000", &sale_moved, &["25000"], d("1000"));
+        assert_eq!(effects[0].spent_lowered, d("10000"));
         assert_eq!(effects[0].payment_returned(), d("100"));
         assert_eq!(effects[0].accrual_taken(), d("200"));
         // And a refund after everything was refunded reverses nothing.
         let effects = refund_all("10000", &sale_moved, &["10000", "500"], d("1000"));
+        assert_eq!(
+            effects[1].spent_lowered,
+            Decimal::ZERO,
+            "the sale counts no more"
+        );
         assert_eq!(effects[1].given_back, None);
         assert_eq!(effects[1].taken_back, None);
         assert_eq!(effects[1].shortfall, Decimal::ZERO);
@@ -752,6 +768,7 @@ mod tests {
                     taken_back: None,
                     taken_from: Wallet::Main,
                     shortfall: Decimal::ZERO,
+                    spent_lowered: if total == "0" { d("0") } else { d("100") },
                 }
             );
         }
@@ -976,6 +993,7 @@ mod tests {
                 taken_back: Some(d("50")),
                 taken_from: Wallet::Pending,
                 shortfall: Decimal::ZERO,
+                spent_lowered: d("2500"),
             }
         );
     }
@@ -998,6 +1016,7 @@ mod tests {
             ) {
                 let sale_moved = ReceiptMovements { accrued, paid: Some((Wallet::Referral, paid)) };
                 let mut before = RefundedBefore::default();
+                let mut spent_lowered = Decimal::ZERO;
                 for r in refunds {
                     let refunded = Decimal::new(r, 2);
                     let e = refund_effects(total, &sale_moved, &before, refunded, Decimal::MAX, false)
@@ -1005,8 +1024,11 @@ mod tests {
                     before.refunded += refunded;
                     before.accrual_reversed += e.accrual_due;
                     before.payment_returned += e.payment_returned();
+                    spent_lowered += e.spent_lowered;
                     prop_assert!(before.accrual_reversed <= accrued);
                     prop_assert!(before.payment_returned <= paid);
+                    // What the buyer spent goes down by the refunds, never by more than the sale.
+                    prop_assert_eq!(spent_lowered, before.refunded.min(total));
                 }
                 if before.refunded >= total {
                     prop_assert_eq!(before.accrual_reversed, accrued);

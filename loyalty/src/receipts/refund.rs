@@ -141,7 +141,7 @@ pub(super) async fn payback(
     )
     .bind(org.id)
     .bind(customer_id)
-    .bind(refunded)
+    .bind(effects.spent_lowered)
     .execute(&mut *conn)
     .await?;
     if effects.shortfall > Decimal::ZERO {

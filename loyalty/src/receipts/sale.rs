@@ -283,6 +283,12 @@ pub(super) async fn lock_buyers(
 }
 
 /// Reads customers' rows, locking them (in one fixed order: organization, id) when `lock`.
+///
+/// The lock is `FOR NO KEY UPDATE`: it excludes every other change of these wallets as `FOR
+/// UPDATE` does, but not the foreign-key check of `referred_by`. PostgreSQL runs that check (a
+/// `FOR KEY SHARE` of the referrer) whenever a row already updated in this transaction is updated
+/// again (a sale's ledger entry, then what the buyer spent); with `FOR UPDATE` it waited for the
+/// batch that holds the referrer as a buyer, and two such batches deadlocked.
 async fn read_customers(
     conn: &mut PgConnection,
     mut keys: Vec<(i64, i64)>,
@@ -297,7 +303,7 @@ async fn read_customers(
         "select c.org_id, c.id, c.first_name, c.referred_by, c.has_made_first_purchase, c.spent_total
          from customers c join unnest($1::bigint[], $2::bigint[]) as k(org_id, id) on c.org_id = k.org_id and c.id = k.id
          order by c.org_id, c.id {}",
-        if lock { "for update of c" } else { "" }
+        if lock { "for no key update of c" } else { "" }
     )))
     .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
