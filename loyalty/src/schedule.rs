@@ -175,7 +175,35 @@ async fn expire_batch(conn: &mut PgConnection, now: DateTime<Utc>, batch: i64) -
         return Ok(0);
     }
     let locked = lock_free_customers(conn, &candidates).await?;
-    let lots = due::lock_expiries(conn, &locked, now).await?;
+    let burned = burn_locked(conn, &locked, now, None).await?;
+    if burned > 0 {
+        tracing::info!(lots = burned, "expired lots burned");
+    }
+    Ok(burned)
+}
+
+/// Burns, in the caller's transaction, what is left of `customer`'s lots that had expired at `at`
+/// (the caller holds the customer's lock), dated `at`. A refund that gives bonuses back to lots
+/// that expired meanwhile burns them at once this way, at the refund's instant: they leave the
+/// wallet after they came back, and never stay spendable. Returns the lots burned from.
+pub async fn burn_expired_at(
+    conn: &mut PgConnection,
+    org_id: i64,
+    customer_id: i64,
+    at: DateTime<Utc>,
+) -> Result<usize> {
+    burn_locked(conn, &[(org_id, customer_id)], at, Some(at)).await
+}
+
+/// Burns the expired lots (at `now`) of the `locked` customers, each dated `dated` or, without
+/// it, the instant it expired; only what open bills do not hold.
+async fn burn_locked(
+    conn: &mut PgConnection,
+    locked: &[(i64, i64)],
+    now: DateTime<Utc>,
+    dated: Option<DateTime<Utc>>,
+) -> Result<usize> {
+    let lots = due::lock_expiries(conn, locked, now).await?;
     if lots.is_empty() {
         return Ok(0);
     }
@@ -234,13 +262,12 @@ async fn expire_batch(conn: &mut PgConnection, now: DateTime<Utc>, batch: i64) -
             description: describe::EXPIRY,
             source: Source::Expiry,
             source_ref: Some(reference),
-            at: Stamp::in_zone(lot.expires_at.unwrap_or(now), zone),
+            at: Stamp::in_zone(dated.or(lot.expires_at).unwrap_or(now), zone),
         });
     }
     ledger::post_many(conn, &entries).await?;
     let taken: Vec<(i64, Decimal)> = burned.iter().map(|(l, a)| (l.id, *a)).collect();
     due::take(conn, Source::Expiry, &taken).await?;
-    tracing::info!(lots = taken.len(), "expired lots burned");
     Ok(taken.len())
 }
 

@@ -180,7 +180,9 @@ async fn a_payment_consumes_lots_across_an_expiry_and_every_figure_follows_the_l
     );
 
     // Half the paid bill refunded: 75 of the payment goes back, to the lots it came from in
-    // reverse (50 to the second, 25 to the first); both have expired, so the next run burns it.
+    // reverse (50 to the second, 25 to the first); both have expired by then, so it burns at once,
+    // dated by the refund, and is never spendable again.
+    let refunded_at = t0 + TimeDelta::days(40);
     post_receipt(
         &app,
         org,
@@ -189,19 +191,36 @@ async fn a_payment_consumes_lots_across_an_expiry_and_every_figure_follows_the_l
         "r-paid",
         paid,
         "250",
-        t0 + TimeDelta::days(40),
+        refunded_at,
     )
     .await;
-    assert_eq!(remaining(&app, org).await, vec![d("25"), d("50")]);
-    assert_eq!(wallets(&app, org, &alex).await, (d("75"), d("0")));
+    assert_eq!(remaining(&app, org).await, vec![d("0"), d("0")]);
+    assert_eq!(wallets(&app, org, &alex).await, (d("0"), d("0")));
+    let burned: Vec<(Decimal, DateTime<Utc>)> = sqlx::query_as(
+        "select amount, occurred_at from ledger_entries
+         where org_id = $1 and source = 'expiry' order by seq",
+    )
+    .bind(org)
+    .fetch_all(&app.db.pool)
+    .await
+    .expect("entries");
+    assert_eq!(
+        burned
+            .iter()
+            .map(|(amount, at)| (*amount, at.timestamp_millis()))
+            .collect::<Vec<_>>(),
+        vec![
+            (d("50"), second_expiry.timestamp_millis()),
+            (d("25"), refunded_at.timestamp_millis()),
+            (d("50"), refunded_at.timestamp_millis()),
+        ]
+    );
     assert_eq!(
         schedule::expire_due(&app.db.pool, Utc::now(), 100)
             .await
             .expect("expiry"),
-        2
+        0
     );
-    assert_eq!(wallets(&app, org, &alex).await, (d("0"), d("0")));
-    assert_eq!(remaining(&app, org).await, vec![d("0"), d("0")]);
 
     // The reports at each step equal the ledger: 200 accrued, 150 spent, 75 given back, 125
     // burned; pending until activation.

@@ -585,7 +585,7 @@ async fn a_bill_payment_takes_the_soonest_expiring_lots_first_and_its_refund_giv
 }
 
 #[tokio::test]
-async fn a_refund_gives_back_to_a_lot_that_expired_meanwhile_for_the_expiry_step_to_burn() {
+async fn a_refund_gives_back_to_a_lot_that_expired_meanwhile_and_it_burns_at_once() {
     let app = TestApp::spawn().await;
     let shop = shop(&app, json!({"bonus_lifetime_days": 30})).await;
     let alex = customer(&app, shop.org, "Alex").await;
@@ -605,27 +605,29 @@ async fn a_refund_gives_back_to_a_lot_that_expired_meanwhile_for_the_expiry_step
         moves(&app, shop.org, "receipt", "rc-1").await,
         [(expired, d("-200")), (fresh, d("-50"))]
     );
-    // Refunded: each lot gets back what it gave; the expired one holds 200 again, past its
-    // expiry, where the expiry step finds it.
+    // Refunded: each lot gets back what it gave; what the expired one got back burns at once, in
+    // the refund's transaction and dated by it, so it is never spendable again.
     refund(&app, &shop, "rf-1", id, "1000").await;
     assert_eq!(
         moves(&app, shop.org, "refund", "rf-1").await,
         [(expired, d("200")), (fresh, d("50"))]
     );
-    let after = lots(&app, shop.org, alex).await;
     assert_eq!(
-        (after[0].remaining, after[1].remaining),
-        (d("200"), d("100"))
+        moves(&app, shop.org, "expiry", &expired.to_string()).await,
+        [(expired, d("-200"))]
     );
-    let due: i64 = sqlx::query_scalar(
-        "select count(*) from bonus_lots
-         where org_id = $1 and remaining > 0 and not pending and expires_at < now()",
+    let after = lots(&app, shop.org, alex).await;
+    assert_eq!((after[0].remaining, after[1].remaining), (d("0"), d("100")));
+    assert_eq!(wallets(&app, shop.org, alex).await.bonuses, d("100"));
+    let (refunded_at, burned_at): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+        "select (select occurred_at from ledger_entries where org_id = $1 and source = 'refund'),
+                (select occurred_at from ledger_entries where org_id = $1 and source = 'expiry')",
     )
     .bind(shop.org)
     .fetch_one(&app.db.pool)
     .await
-    .expect("due");
-    assert_eq!(due, 1);
+    .expect("dates");
+    assert_eq!(burned_at, refunded_at);
     assert_lots_match_wallets(&app, shop.org).await;
 }
 

@@ -136,6 +136,10 @@ pub(super) async fn payback(
         &org.bonus_program_settings,
     )
     .await?;
+    // What came back to lots that had expired by the refund burns now, dated by the refund.
+    if effects.given_back.is_some() {
+        crate::schedule::burn_expired_at(conn, org.id, customer_id, refunded_at).await?;
+    }
     sqlx::query(
         "update customers set spent_total = greatest(spent_total - $3, 0) where org_id = $1 and id = $2",
     )
@@ -185,7 +189,9 @@ pub(super) async fn payback(
 
 /// Moves the lots as the refund's entries moved the wallets. The payment's share goes back to the
 /// lots the sale's payment took from, the last taken first (what earlier refunds gave back is not
-/// given twice); what no lot can take back (a sale paid before lots were kept) opens a new lot.
+/// given twice; what comes back to a lot that has expired by then burns right after, see
+/// `schedule::burn_expired_at`); what no lot can take back (a sale paid before lots were kept)
+/// opens a new lot.
 /// The accrual's share is cancelled from the sale's pending lot, or taken from the sale's own lot
 /// first and then from the others, soonest expiry first.
 #[allow(clippy::too_many_arguments)]
