@@ -7,12 +7,19 @@
 //!    nothing else);
 //! 3. customers, ascending by (organization, id), every customer whose row the transaction will
 //!    change, in one statement: the buyer and, before the first purchase, the referrer; both sides
-//!    of a promo code; both sides of a merge and the customers the merged one referred;
+//!    of a promo code; both sides of a merge and the customers the merged one referred. The receipt
+//!    path locks them `FOR NO KEY UPDATE`: it still excludes every other writer of those rows, but
+//!    a second update of a buyer in the batch (what they spent) re-checks the `referred_by` foreign
+//!    key, and under `FOR UPDATE` that check waited on other batches' referrers and deadlocked.
+//!    The scheduled steps take customers `FOR UPDATE SKIP LOCKED` (a busy customer waits for the
+//!    next run);
 //! 4. bills, ascending by id. A transaction that starts from a bill (cancelling it, a sale or a
 //!    refund naming it) reads it unlocked, locks its customer, then locks the bill and checks its
 //!    customer is still the one locked (a merge may have moved it; then it runs again);
-//! 5. rows only inserted, or only touched through their owner's lock: ledger entries, invoices,
-//!    refunds, the outbox.
+//! 5. a customer's lots (`bonus_lots`), after the customer (and the bills): spending, giving back, activating
+//!    and burning lock them `FOR UPDATE` under the customer's lock;
+//! 6. rows only inserted, or only touched through their owner's lock: ledger entries, lot moves,
+//!    invoices, refunds, expiry warnings, the outbox.
 //!
 //! A lock taken out of its place is left only where the rows cannot be known in advance (a promo
 //! code entered between reading a buyer and locking it names a referrer not yet locked). The

@@ -32,10 +32,14 @@ pub enum NotificationKind {
     BirthdayBonus,
     /// The customer reached tier `{tier}`: purchases now earn `{percentage}` %.
     TierReached,
+    /// A purchase accrual that waits in the pending wallet until `{date}`.
+    PendingAccrual,
+    /// A referral reward that waits in the pending referral wallet until `{date}`.
+    PendingReferralReward,
 }
 
 impl NotificationKind {
-    pub const ALL: [NotificationKind; 11] = [
+    pub const ALL: [NotificationKind; 13] = [
         NotificationKind::PurchaseAccrual,
         NotificationKind::ReferralReward,
         NotificationKind::PromoBonus,
@@ -47,6 +51,8 @@ impl NotificationKind {
         NotificationKind::WelcomeBonus,
         NotificationKind::BirthdayBonus,
         NotificationKind::TierReached,
+        NotificationKind::PendingAccrual,
+        NotificationKind::PendingReferralReward,
     ];
 
     /// Its name, as stored and as the organizations' templates are keyed.
@@ -63,6 +69,8 @@ impl NotificationKind {
             NotificationKind::WelcomeBonus => "welcome_bonus",
             NotificationKind::BirthdayBonus => "birthday_bonus",
             NotificationKind::TierReached => "tier_reached",
+            NotificationKind::PendingAccrual => "pending_accrual",
+            NotificationKind::PendingReferralReward => "pending_referral_reward",
         }
     }
 }
@@ -81,7 +89,7 @@ macro_rules! names_of {
 }
 
 /// The kinds' names (the keys an organization's templates may have).
-pub const KINDS: [&str; 11] = names_of!(NotificationKind);
+pub const KINDS: [&str; 13] = names_of!(NotificationKind);
 
 /// Where a notification's delivery stands (the `outbox.status` check constraint's values).
 #[derive(
@@ -203,6 +211,12 @@ pub fn default_template(kind: NotificationKind) -> &'static str {
         }
         NotificationKind::TierReached => {
             "⭐ Вы достигли уровня «{tier}» в «{shop}»: теперь с каждой покупки начисляется {percentage} % бонусами."
+        }
+        NotificationKind::PendingAccrual => {
+            "🎁 За покупку по накладной #{invoice} в «{shop}» начислено {amount} {currency} бонусов. Они станут доступны {date}."
+        }
+        NotificationKind::PendingReferralReward => {
+            "🤝 Ваш друг совершил первую покупку в «{shop}»: вам начислено {amount} {currency} реферальных бонусов. Они станут доступны {date}."
         }
     }
 }

@@ -137,7 +137,8 @@ pub struct OrgChanges {
     #[schema(min_length = 1, max_length = 8, pattern = r"\S")]
     pub currency_symbol: Option<String>,
     /// Templates by kind (purchase_accrual, referral_reward, promo_bonus, operator_accrual,
-    /// bonus_payment, refund, welcome, expiry_warning, welcome_bonus, birthday_bonus, tier_reached),
+    /// bonus_payment, refund, welcome, expiry_warning, welcome_bonus, birthday_bonus, tier_reached,
+    /// pending_accrual, pending_referral_reward),
     /// replacing the Russian defaults; `""` restores a default. HTML, with placeholders {amount}
     /// {balance} {referral_balance} {invoice} {shop} {currency} {returned} {taken} {promo_code}
     /// {date} {tier} {percentage}.

@@ -115,6 +115,32 @@ async fn a_payment_consumes_lots_across_an_expiry_and_every_figure_follows_the_l
         post_receipt(&app, org, &token, "SELL", &format!("s{i}"), b, "1000", at).await;
     }
     assert_eq!(wallets(&app, org, &alex).await, (d("0"), d("200")));
+    // The messages say the bonuses wait, and until when (the shop's local date).
+    let told: Vec<(String, Value)> =
+        sqlx::query_as("select kind, payload from outbox where org_id = $1 order by id")
+            .bind(org)
+            .fetch_all(&app.db.pool)
+            .await
+            .expect("outbox");
+    let on = |days: i64| {
+        (t0 + TimeDelta::days(days))
+            .with_timezone(&chrono_tz::Asia::Almaty)
+            .format("%d.%m.%Y")
+            .to_string()
+    };
+    assert_eq!(
+        told.iter()
+            .map(|(kind, payload)| (
+                kind.as_str(),
+                payload["amount"].clone(),
+                payload["date"].clone()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            ("pending_accrual", json!("100"), json!(on(7))),
+            ("pending_accrual", json!("100"), json!(on(8))),
+        ]
+    );
     assert_eq!(
         liability(&app, org, t0 + TimeDelta::days(2)).await.1,
         d("200")

@@ -155,12 +155,36 @@ pub(super) async fn apply_sales(
                 at: stamps[i],
             })
         };
-        let note = |customer_id, kind: NotificationKind, amount: Decimal| Note {
-            org_id: sale.org.id,
-            customer_id,
-            kind,
-            payload: serde_json::json!({ "amount": amount.to_string(), "invoice_id": invoices[i] }),
-            trace_id: sale.event_id,
+        // A pending credit's message says when it becomes spendable (the shop's local date).
+        let activates_on = timing.pending.then(|| {
+            rules::schedule::warning_date(
+                timing
+                    .activates_at
+                    .with_timezone(&sale.org.time_zone.0)
+                    .date_naive(),
+            )
+        });
+        let note = |customer_id, kind: NotificationKind, amount: Decimal| {
+            let mut payload =
+                serde_json::json!({ "amount": amount.to_string(), "invoice_id": invoices[i] });
+            let kind = match (kind, &activates_on) {
+                (NotificationKind::PurchaseAccrual, Some(date)) => {
+                    payload["date"] = serde_json::json!(date);
+                    NotificationKind::PendingAccrual
+                }
+                (NotificationKind::ReferralReward, Some(date)) => {
+                    payload["date"] = serde_json::json!(date);
+                    NotificationKind::PendingReferralReward
+                }
+                (kind, _) => kind,
+            };
+            Note {
+                org_id: sale.org.id,
+                customer_id,
+                kind,
+                payload,
+                trace_id: sale.event_id,
+            }
         };
         if let Some((wallet, paid)) = effects.payment {
             releases.push((sale.org.id, sale.customer_id, wallet, paid));
