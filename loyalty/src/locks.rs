@@ -36,16 +36,33 @@ use crate::error::Result;
 
 /// Locks the customers (organization, id), in the order above; returns those that exist.
 pub async fn customers(conn: &mut PgConnection, keys: &[(i64, i64)]) -> Result<Vec<(i64, i64)>> {
+    lock_customers(conn, keys, "for update of c").await
+}
+
+/// Locks those of the customers (organization, id) no other transaction holds, in the order
+/// above, and returns them: a scheduled step leaves a busy customer to its next run.
+pub async fn free_customers(
+    conn: &mut PgConnection,
+    keys: &[(i64, i64)],
+) -> Result<Vec<(i64, i64)>> {
+    lock_customers(conn, keys, "for update of c skip locked").await
+}
+
+async fn lock_customers(
+    conn: &mut PgConnection,
+    keys: &[(i64, i64)],
+    lock: &'static str,
+) -> Result<Vec<(i64, i64)>> {
     let mut keys = keys.to_vec();
     keys.sort_unstable();
     keys.dedup();
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select c.org_id, c.id
          from customers c join unnest($1::bigint[], $2::bigint[]) as k(org_id, id)
            on c.org_id = k.org_id and c.id = k.id
          order by c.org_id, c.id
-         for update of c",
-    )
+         {lock}"
+    )))
     .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
     .fetch_all(conn)

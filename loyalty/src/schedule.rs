@@ -31,27 +31,6 @@ fn money(err: MoneyError) -> Error {
     Error::invalid("amount", err.to_string())
 }
 
-/// Locks those of `customers` no other transaction holds, in the program's order; returns them.
-async fn lock_free_customers(
-    conn: &mut PgConnection,
-    customers: &[(i64, i64)],
-) -> Result<Vec<(i64, i64)>> {
-    let mut keys = customers.to_vec();
-    keys.sort_unstable();
-    keys.dedup();
-    Ok(sqlx::query_as(
-        "select c.org_id, c.id
-         from customers c join unnest($1::bigint[], $2::bigint[]) as k(org_id, id)
-           on c.org_id = k.org_id and c.id = k.id
-         order by c.org_id, c.id
-         for update of c skip locked",
-    )
-    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-    .fetch_all(conn)
-    .await?)
-}
-
 /// The organizations of `ids`, each read once.
 async fn organizations(
     conn: &mut PgConnection,
@@ -98,7 +77,7 @@ async fn activate_batch(conn: &mut PgConnection, now: DateTime<Utc>, batch: i64)
     if candidates.is_empty() {
         return Ok(0);
     }
-    let locked = lock_free_customers(conn, &candidates).await?;
+    let locked = crate::locks::free_customers(conn, &candidates).await?;
     let lots = due::lock_activations(conn, &locked, now).await?;
     if lots.is_empty() {
         return Ok(0);
@@ -174,7 +153,7 @@ async fn expire_batch(conn: &mut PgConnection, now: DateTime<Utc>, batch: i64) -
     if candidates.is_empty() {
         return Ok(0);
     }
-    let locked = lock_free_customers(conn, &candidates).await?;
+    let locked = crate::locks::free_customers(conn, &candidates).await?;
     let burned = burn_locked(conn, &locked, now, None).await?;
     if burned > 0 {
         tracing::info!(lots = burned, "expired lots burned");
@@ -429,7 +408,7 @@ async fn birthday_batch(
         return Ok(0);
     }
     let keys: Vec<(i64, i64)> = candidates.iter().map(|c| (org.id, c.0)).collect();
-    let locked = lock_free_customers(conn, &keys).await?;
+    let locked = crate::locks::free_customers(conn, &keys).await?;
     let amount = Amount::new(bonus).map_err(money)?;
     let expires_at = rules::lots::expires_at(now, settings.bonus_lifetime_days).map_err(money)?;
     let mut done = 0usize;

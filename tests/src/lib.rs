@@ -370,11 +370,28 @@ impl TestApp {
 
     /// An open bill of one item for `customer`, paid with no bonuses; returns its id.
     pub async fn open_bill(&self, org: i64, customer: &str, price: u32) -> i64 {
+        self.bill_paying(org, customer, &price.to_string(), None)
+            .await
+    }
+
+    /// An open bill of one item at `price` for `customer`, paying `bonuses` of it from the main
+    /// wallet; returns its id.
+    pub async fn bill_paying(
+        &self,
+        org: i64,
+        customer: &str,
+        price: &str,
+        bonuses: Option<&str>,
+    ) -> i64 {
+        let mut body = serde_json::json!({
+            "customer_id": customer,
+            "items": [{"name": "Чай", "quantity": 1, "unit_price": price}]
+        });
+        if let Some(amount) = bonuses {
+            body["bonus_payment"] = serde_json::json!({"amount": amount, "wallet": "main"});
+        }
         let (status, created) = self
-            .post(
-                &format!("/admin/v1/orgs/{org}/bills"),
-                &serde_json::json!({"customer_id": customer, "items": [{"name": "x", "quantity": 1, "unit_price": price}]}),
-            )
+            .post(&format!("/admin/v1/orgs/{org}/bills"), &body)
             .await;
         assert_eq!(status, 201, "{created}");
         created["id"].as_i64().expect("bill id")

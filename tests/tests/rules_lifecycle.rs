@@ -18,10 +18,15 @@ fn n(v: &Value) -> Decimal {
     Decimal::from_str_exact(&v.to_string()).unwrap_or_else(|_| panic!("a number: {v}"))
 }
 
+/// An organization and its POS token.
+struct Shop {
+    org: i64,
+    token: String,
+}
+
 async fn post_receipt(
     app: &TestApp,
-    org: i64,
-    token: &str,
+    shop: &Shop,
     kind: &str,
     id: &str,
     bill: i64,
@@ -31,26 +36,14 @@ async fn post_receipt(
     let event_id = format!("ev-{id}");
     let mut event = receipt_event_at(&event_id, id, Some(bill), total, sold_at);
     event["data"]["type"] = json!(kind);
-    let (status, body) = app.post_receipt(token, &event).await;
+    let (status, body) = app.post_receipt(&shop.token, &event).await;
     assert_eq!(status, 200, "{body}");
     app.worker()
         .consumer(1, 10)
         .run_until_empty()
         .await
         .expect("consumed");
-    app.wait_receipt(org, &event_id, "processed").await;
-}
-
-async fn bill(app: &TestApp, org: i64, customer: &str, price: &str, bonuses: Option<&str>) -> i64 {
-    let mut body = json!({"customer_id": customer, "items": [{"name": "Чай", "quantity": 1, "unit_price": price}]});
-    if let Some(amount) = bonuses {
-        body["bonus_payment"] = json!({"amount": amount, "wallet": "main"});
-    }
-    let (status, created) = app
-        .post(&format!("/admin/v1/orgs/{org}/bills"), &body)
-        .await;
-    assert_eq!(status, 201, "{created}");
-    created["id"].as_i64().expect("bill id")
+    app.wait_receipt(shop.org, &event_id, "processed").await;
 }
 
 /// (spendable bonuses, pending bonuses) of the customer.
@@ -105,14 +98,17 @@ async fn a_payment_consumes_lots_across_an_expiry_and_every_figure_follows_the_l
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let token = app.pos_token(org, "time-to-grow-pro").await;
+    let shop = Shop {
+        org,
+        token: app.pos_token(org, "time-to-grow-pro").await,
+    };
     let alex = app.customer(org, "Alex").await;
 
     // Two sales a day apart, 60 and 59 days ago: 100 each, pending for 7 days, then 30 days to live.
     let t0 = Utc::now() - TimeDelta::days(60);
     for (i, at) in [t0, t0 + TimeDelta::days(1)].into_iter().enumerate() {
-        let b = bill(&app, org, &alex, "1000", None).await;
-        post_receipt(&app, org, &token, "SELL", &format!("s{i}"), b, "1000", at).await;
+        let b = app.bill_paying(org, &alex, "1000", None).await;
+        post_receipt(&app, &shop, "SELL", &format!("s{i}"), b, "1000", at).await;
     }
     assert_eq!(wallets(&app, org, &alex).await, (d("0"), d("200")));
     // The messages say the bonuses wait, and until when (the shop's local date).
@@ -155,11 +151,10 @@ async fn a_payment_consumes_lots_across_an_expiry_and_every_figure_follows_the_l
 
     // A bill paid with 150 bonuses: the lot that expires first (the first sale's) is emptied,
     // the second gives 50. Paying with bonuses earns nothing (the default accrual base).
-    let paid = bill(&app, org, &alex, "500", Some("150")).await;
+    let paid = app.bill_paying(org, &alex, "500", Some("150")).await;
     post_receipt(
         &app,
-        org,
-        &token,
+        &shop,
         "SELL",
         "s-paid",
         paid,
@@ -209,17 +204,7 @@ async fn a_payment_consumes_lots_across_an_expiry_and_every_figure_follows_the_l
     // reverse (50 to the second, 25 to the first); both have expired by then, so it burns at once,
     // dated by the refund, and is never spendable again.
     let refunded_at = t0 + TimeDelta::days(40);
-    post_receipt(
-        &app,
-        org,
-        &token,
-        "PAYBACK",
-        "r-paid",
-        paid,
-        "250",
-        refunded_at,
-    )
-    .await;
+    post_receipt(&app, &shop, "PAYBACK", "r-paid", paid, "250", refunded_at).await;
     assert_eq!(remaining(&app, org).await, vec![d("0"), d("0")]);
     assert_eq!(wallets(&app, org, &alex).await, (d("0"), d("0")));
     let burned: Vec<(Decimal, DateTime<Utc>)> = sqlx::query_as(

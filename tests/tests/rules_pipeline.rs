@@ -40,18 +40,8 @@ async fn customer(app: &TestApp, org: i64, name: &str) -> i64 {
 
 /// A bill of one item at `price`, paying `bonuses` of it from the main wallet.
 async fn bill(app: &TestApp, org: i64, customer: i64, price: &str, bonuses: Option<&str>) -> i64 {
-    let mut body = json!({
-        "customer_id": customer.to_string(),
-        "items": [{"name": "Чай", "quantity": 1, "unit_price": price}]
-    });
-    if let Some(amount) = bonuses {
-        body["bonus_payment"] = json!({"amount": amount, "wallet": "main"});
-    }
-    let (status, created) = app
-        .post(&format!("/admin/v1/orgs/{org}/bills"), &body)
-        .await;
-    assert_eq!(status, 201, "{created}");
-    created["id"].as_i64().expect("bill id")
+    app.bill_paying(org, &customer.to_string(), price, bonuses)
+        .await
 }
 
 async fn operator(app: &TestApp, org: i64, customer: i64, op: &str, amount: &str) {
