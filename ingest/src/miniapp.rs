@@ -224,7 +224,10 @@ async fn history(
 #[schema(as = MiniAppBirthDateRequest)]
 struct BirthDateRequest {
     /// `YYYY-MM-DD`: a real date, not in the future, not before 1900.
-    #[schema(example = "1990-06-10", pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    #[schema(
+        example = "1990-06-10",
+        pattern = r"^(19|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+    )]
     birth_date: String,
 }
 

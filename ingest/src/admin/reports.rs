@@ -64,7 +64,7 @@ fn csv(body: String, name: &str) -> Response {
 pub struct LiabilityQuery {
     /// The instant, RFC 3339 with an offset (`2026-03-21T00:00:00+05:00`), 2000 to 2100; now when
     /// absent.
-    #[param(format = DateTime)]
+    #[param(format = DateTime, pattern = "^20[0-9]{2}-")]
     pub at: Option<String>,
 }
 
@@ -112,10 +112,10 @@ pub async fn liability(
 #[into_params(parameter_in = Query)]
 pub struct ActivityQuery {
     /// The first local day (`2026-03-01`), 2000 to 2100; 29 days before `to` when absent.
-    #[param(format = Date)]
+    #[param(format = Date, pattern = "^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     pub from: Option<String>,
     /// The last local day, included; today when absent. At most 366 days after `from`.
-    #[param(format = Date)]
+    #[param(format = Date, pattern = "^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     pub to: Option<String>,
     /// `day` (the only grouping).
     #[param(pattern = "^day$")]

@@ -26,7 +26,7 @@ pub enum AccrualBase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub name: String,
     pub min_spent: Money,
     pub percentage: Percent,
@@ -69,7 +69,7 @@ pub struct BonusProgramSettings {
     #[serde(default = "default_warning_days")]
     #[schema(maximum = 365)]
     pub expiry_warning_days: u32,
-    /// Levels by money spent, ascending by `min_spent` (default: none).
+    /// Levels by money spent, kept in ascending order of `min_spent` (default: none).
     #[serde(default)]
     #[schema(max_items = 20)]
     pub tiers: Vec<Tier>,
@@ -157,25 +157,11 @@ impl BonusProgramSettings {
                 format!("at most {MAX_TIERS} tiers"),
             ));
         }
-        let mut names = std::collections::HashSet::new();
         for (i, tier) in self.tiers.iter().enumerate() {
-            let name = tier.name.trim();
-            if name.is_empty() || tier.name.chars().count() > 64 {
+            if tier.name.trim().is_empty() || tier.name.chars().count() > 64 {
                 return Err(Error::invalid(
                     field(&format!("tiers[{i}].name")),
-                    "must be 1 to 64 characters",
-                ));
-            }
-            if !names.insert(name.to_lowercase()) {
-                return Err(Error::invalid(
-                    field(&format!("tiers[{i}].name")),
-                    "two tiers have this name",
-                ));
-            }
-            if i > 0 && tier.min_spent <= self.tiers[i - 1].min_spent {
-                return Err(Error::invalid(
-                    field(&format!("tiers[{i}].min_spent")),
-                    "tiers must be in ascending order of min_spent, each above the one before",
+                    "must be 1 to 64 characters, not only spaces",
                 ));
             }
         }
@@ -206,30 +192,57 @@ pub struct SettingsChanges {
     pub referrer_first_purchase_percentage: Option<Percent>,
     pub max_bonus_payment_percentage: Option<Percent>,
     pub accrual_base: Option<AccrualBase>,
-    /// Earlier name of `accrual_base`: true is `total`, false `nothing_when_paid_with_bonuses`.
+    /// Earlier name of `accrual_base`: true is `total`, false `nothing_when_paid_with_bonuses`;
+    /// ignored when `accrual_base` is given too.
     #[schema(deprecated)]
     pub accrue_when_paying_with_bonuses: Option<bool>,
+    #[serde(default, deserialize_with = "days")]
     #[schema(maximum = 3650)]
     pub accrual_delay_days: Option<u32>,
     /// `null` (or absent from a full document) means never; a number of days sets it.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_days")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 36500)]
     pub bonus_lifetime_days: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "days")]
     #[schema(maximum = 365)]
     pub expiry_warning_days: Option<u32>,
     #[schema(max_items = 20)]
     pub tiers: Option<Vec<Tier>>,
     pub welcome_bonus: Option<Money>,
     pub birthday_bonus: Option<Money>,
+    #[serde(default, deserialize_with = "days")]
     #[schema(maximum = 60)]
     pub birthday_window_days: Option<u32>,
 }
 
-/// A field that is present, even as `null`, is `Some`.
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+/// Tiers in ascending order of `min_spent` (as given among equals: the later one of two at the
+/// same amount is the one reached).
+fn ascending(mut tiers: Vec<Tier>) -> Vec<Tier> {
+    tiers.sort_by_key(|t| t.min_spent);
+    tiers
+}
+
+/// A number of days: a JSON integer, or a number whose decimals are zeros (`18.0` is 18, as JSON
+/// Schema's `integer` reads it); `null` is `None`.
+fn days<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u32>, D::Error> {
+    use rust_decimal::prelude::ToPrimitive;
+    use serde::de::Error as _;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    rust_decimal::Decimal::from_str_exact(&number.to_string())
+        .ok()
+        .filter(|n| n.fract().is_zero())
+        .and_then(|n| n.to_u32())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number of days")))
+}
+
+/// [`days`] where a present `null` means "never": `Some(None)`.
+fn present_days<'de, D: serde::Deserializer<'de>>(
     d: D,
-) -> std::result::Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
+) -> std::result::Result<Option<Option<u32>>, D::Error> {
+    days(d).map(Some)
 }
 
 impl From<BonusProgramSettings> for SettingsChanges {
@@ -263,17 +276,8 @@ impl SettingsChanges {
                 AccrualBase::NothingWhenPaidWithBonuses
             }),
             (None, None) => None,
-            (Some(base), Some(old)) => {
-                let same = (base == AccrualBase::Total && old)
-                    || (base == AccrualBase::NothingWhenPaidWithBonuses && !old);
-                if !same {
-                    return Err(Error::invalid(
-                        "bonus_program_settings.accrue_when_paying_with_bonuses",
-                        "contradicts accrual_base; send accrual_base alone",
-                    ));
-                }
-                Some(base)
-            }
+            // The newer name wins over the earlier one.
+            (Some(base), Some(_)) => Some(base),
         };
         let next = BonusProgramSettings {
             invoice_bonus_percentage: self
@@ -298,7 +302,10 @@ impl SettingsChanges {
             expiry_warning_days: self
                 .expiry_warning_days
                 .unwrap_or(current.expiry_warning_days),
-            tiers: self.tiers.clone().unwrap_or_else(|| current.tiers.clone()),
+            tiers: match &self.tiers {
+                Some(tiers) => ascending(tiers.clone()),
+                None => current.tiers.clone(),
+            },
             welcome_bonus: self.welcome_bonus.unwrap_or(current.welcome_bonus),
             birthday_bonus: self.birthday_bonus.unwrap_or(current.birthday_bonus),
             birthday_window_days: self
@@ -350,12 +357,41 @@ mod tests {
             None
         );
 
-        let bad: SettingsChanges = serde_json::from_str(
+        let unordered: SettingsChanges = serde_json::from_str(
             r#"{"tiers": [{"name": "Gold", "min_spent": 100000, "percentage": 5}, {"name": "Silver", "min_spent": 50000, "percentage": 3}]}"#,
         )
         .expect("shape");
-        let err = bad.apply_to(&current).expect_err("descending tiers");
-        assert!(err.to_string().contains("tiers[1].min_spent"), "{err}");
+        let names: Vec<String> = unordered
+            .apply_to(&current)
+            .expect("kept in order")
+            .tiers
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["Silver", "Gold"]);
+        let blank: SettingsChanges = serde_json::from_str(
+            r#"{"tiers": [{"name": "Gold", "min_spent": 1, "percentage": 5}, {"name": "  ", "min_spent": 5, "percentage": 3}]}"#,
+        )
+        .expect("shape");
+        let err = blank.apply_to(&current).expect_err("a blank name");
+        assert!(err.to_string().contains("tiers[1].name"), "{err}");
+        let whole: SettingsChanges =
+            serde_json::from_str(r#"{"accrual_delay_days": 14.0, "bonus_lifetime_days": 18.00}"#)
+                .expect("whole numbers written with a point");
+        assert_eq!(
+            (whole.accrual_delay_days, whole.bonus_lifetime_days),
+            (Some(14), Some(Some(18)))
+        );
+        for wrong in [
+            r#"{"accrual_delay_days": 1.5}"#,
+            r#"{"accrual_delay_days": -1}"#,
+            r#"{"expiry_warning_days": "7"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<SettingsChanges>(wrong).is_err(),
+                "{wrong}"
+            );
+        }
         let old: SettingsChanges =
             serde_json::from_str(r#"{"accrue_when_paying_with_bonuses": true}"#).expect("old");
         assert_eq!(
