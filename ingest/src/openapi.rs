@@ -101,7 +101,7 @@ impl Modify for SecuritySchemes {
         health::healthz, health::readyz,
         pos::hello, pos::list, pos::bill_by_id, pos::receipt,
         miniapp::me, miniapp::promo, miniapp::history, miniapp::birth_date,
-        orgs::create_org, orgs::get_org, orgs::update_org, orgs::create_integration,
+        orgs::create_org, orgs::get_org, orgs::update_org, orgs::create_integration, orgs::set_imported_expiry,
         customers::create_customer, customers::search_customers, customers::get_customer,
         customers::enter_promo, customers::move_bonuses, customers::move_debt, customers::merge_customer,
         customers::set_birth_date,

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use loyalty::orgs::{self, NewIntegration, OrgChanges, Organization};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,54 @@ pub fn router() -> Router<AppState> {
         .route("/orgs", post(create_org))
         .route("/orgs/{org}", get(get_org).patch(update_org))
         .route("/orgs/{org}/integrations", post(create_integration))
+        .route(
+            "/orgs/{org}/imported-bonuses/expiry",
+            put(set_imported_expiry),
+        )
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportedExpiryRequest {
+    /// The local day (`YYYY-MM-DD`, after today) at whose start the imported balances expire;
+    /// `null`: they never expire (as imported).
+    #[schema(
+        pattern = r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$",
+        example = "2027-03-01"
+    )]
+    pub expires_on: Option<String>,
+}
+
+/// Gives the organization's imported balances (lots that never expire: the legacy import's, and
+/// the balances there were before lots were kept) an expiry: they burn at the start of
+/// `expires_on` in the organization's time zone, what is left of them, and customers are told
+/// `expiry_warning_days` before. Setting it again moves the date; `null` takes it away.
+#[utoipa::path(put, path = "/admin/v1/orgs/{org}/imported-bonuses/expiry", tag = "organizations",
+    request_body = ImportedExpiryRequest,
+    responses((status = 200, body = loyalty::lots::ImportedExpiry), (status = 404, body = ErrorBody),
+              (status = 422, description = "not a day after today", body = ErrorBody)),
+    security(("admin" = [])))]
+pub async fn set_imported_expiry(
+    State(state): State<AppState>,
+    Path(org): Path<i64>,
+    body: Body<ImportedExpiryRequest>,
+) -> Result<Json<loyalty::lots::ImportedExpiry>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let organization = orgs::get(&mut tx, org).await?;
+    let expires_at = match body.value.expires_on.as_deref() {
+        None => None,
+        Some(text) => Some(
+            loyalty::rules::lots::start_of_local_day(
+                text,
+                organization.time_zone.0,
+                chrono::Utc::now(),
+            )
+            .map_err(|message| ApiError::invalid("expires_on", message))?,
+        ),
+    };
+    let changed = loyalty::lots::set_imported_expiry(&mut tx, org, expires_at).await?;
+    tx.commit().await?;
+    Ok(Json(changed))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -361,3 +361,47 @@ pub struct SaleLot {
     pub remaining: Decimal,
     pub pending: bool,
 }
+
+/// What setting the imported balances' expiry changed: the lots and what they hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ImportedExpiry {
+    /// Lots of imported balances (and of the balances there were before lots were kept) changed.
+    pub lots: i64,
+    /// What they hold, together.
+    #[serde(serialize_with = "crate::money::serialize_decimal")]
+    #[schema(value_type = f64)]
+    pub amount: Decimal,
+}
+
+/// Gives every spendable lot of an imported balance of `org_id` (the import's and the opening
+/// lots, which never expire on their own) the expiry `expires_at`, or none again with `None`.
+/// Their customers are locked first, in the program's order (then their lots).
+pub async fn set_imported_expiry(
+    conn: &mut PgConnection,
+    org_id: i64,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<ImportedExpiry> {
+    let owners: Vec<(i64, i64)> = sqlx::query_as(
+        "select distinct org_id, customer_id from bonus_lots
+         where org_id = $1 and source in ('import', 'opening') and not pending and remaining > 0",
+    )
+    .bind(org_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    crate::locks::customers(conn, &owners).await?;
+    let (lots, amount): (i64, Option<Decimal>) = sqlx::query_as(
+        "with changed as (
+             update bonus_lots set expires_at = $2
+             where org_id = $1 and source in ('import', 'opening') and not pending and remaining > 0
+             returning remaining)
+         select count(*), sum(remaining) from changed",
+    )
+    .bind(org_id)
+    .bind(expires_at)
+    .fetch_one(conn)
+    .await?;
+    Ok(ImportedExpiry {
+        lots,
+        amount: crate::money::exact(amount.unwrap_or_default()),
+    })
+}

@@ -26,6 +26,30 @@ pub fn expires_at(
         .transpose()
 }
 
+/// The first instant of the local day `text` (`YYYY-MM-DD`) in `zone`, which must come after
+/// `now`'s local day: when bonuses given that expiry date burn. The refusal says why.
+pub fn start_of_local_day(
+    text: &str,
+    zone: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, String> {
+    use chrono::TimeZone;
+    let day = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+        .map_err(|_| "must be a day of the calendar written YYYY-MM-DD".to_owned())?;
+    if day <= now.with_timezone(&zone).date_naive() {
+        return Err("must be a day after today (the shop's)".to_owned());
+    }
+    // Midnight may not exist (a clock moved forward at it): the first instant there is.
+    let midnight = day.and_time(chrono::NaiveTime::MIN);
+    (0..=3)
+        .find_map(|hour| {
+            zone.from_local_datetime(&(midnight + chrono::TimeDelta::hours(hour)))
+                .earliest()
+        })
+        .map(|at| at.with_timezone(&Utc))
+        .ok_or_else(|| "is not a day in the shop's time zone".to_owned())
+}
+
 /// What a lot still holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LotBalance {
@@ -98,6 +122,22 @@ mod tests {
             remaining: Decimal::from(remaining),
             expires_at: expires.and_then(day),
         }
+    }
+
+    #[test]
+    fn an_expiry_date_is_the_start_of_a_later_local_day() {
+        let now = DateTime::parse_from_rfc3339("2026-11-30T20:00:00Z")
+            .expect("instant")
+            .to_utc();
+        let almaty = chrono_tz::Asia::Almaty;
+        // 20:00 UTC is already 1 December in Almaty (+05:00): the 1st is today there.
+        assert!(start_of_local_day("2026-12-01", almaty, now).is_err());
+        assert_eq!(
+            start_of_local_day("2026-12-02", almaty, now).map(|at| at.to_rfc3339()),
+            Ok("2026-12-01T19:00:00+00:00".to_owned())
+        );
+        assert!(start_of_local_day("2026-02-30", almaty, now).is_err());
+        assert!(start_of_local_day("soon", almaty, now).is_err());
     }
 
     #[test]
