@@ -469,6 +469,10 @@ pub mod pos_shapes {
         pub prepayment: f64,
         #[schema(rename = "prepaymentEnable")]
         pub prepayment_enable: bool,
+        /// The most the customer may pay on this bill with bonuses; present only where the
+        /// organization's `max_bonus_payment_percentage` is below 100.
+        #[schema(rename = "maxbonuspayment")]
+        pub max_bonus_payment: Option<f64>,
     }
 
     #[derive(ToSchema)]

@@ -99,6 +99,23 @@ struct BillAnswer<'a> {
     prepayment: Decimal,
     #[serde(rename = "prepaymentEnable")]
     prepayment_enable: bool,
+    /// The most the customer may pay with bonuses, only where the program caps the share.
+    #[serde(
+        rename = "maxbonuspayment",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_optional_decimal"
+    )]
+    max_bonus_payment: Option<Decimal>,
+}
+
+fn serialize_optional_decimal<S: serde::Serializer>(
+    value: &Option<Decimal>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serialize_decimal(value, s),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Serialize)]
@@ -224,6 +241,7 @@ async fn bill_by_id(
         products,
         prepayment: bill.bonus_payment,
         prepayment_enable: true,
+        max_bonus_payment: bills::pos_max_bonus_payment(&mut conn, pos.org_id, bill.id).await?,
     };
     Ok(Json(answer).into_response())
 }

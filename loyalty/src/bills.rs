@@ -622,6 +622,21 @@ pub async fn get(conn: &mut PgConnection, org_id: i64, id: i64) -> Result<Bill> 
         .ok_or(Error::NotFound("bill"))
 }
 
+/// The most a bill's customer may pay on it with bonuses, for the register: `None` when the
+/// organization lets bonuses pay the whole bill (the old system's answer, unchanged), else as the
+/// operators' view computes it ([`Bill::max_bonus_payment`]).
+pub async fn pos_max_bonus_payment(
+    conn: &mut PgConnection,
+    org_id: i64,
+    id: i64,
+) -> Result<Option<Decimal>> {
+    let (_, share) = program_of(conn, org_id).await?;
+    if share == Percent::HUNDRED {
+        return Ok(None);
+    }
+    Ok(get(conn, org_id, id).await?.max_bonus_payment)
+}
+
 /// Cancels an open bill and releases its hold; a paid bill cannot be cancelled.
 ///
 /// Customers are locked before bills (`crate::locks`): the bill is read unlocked, its customer

@@ -83,6 +83,14 @@ async fn a_bonus_payment_above_the_allowed_share_is_refused_and_the_bill_shows_t
     let (_, shown) = app.get(&format!("{bills}/{}", created["id"])).await;
     assert_eq!(num(&shown["max_bonus_payment"]), d("286.5"), "{shown}");
     assert_eq!(num(&shown["bonus_payment"]["amount"]), d("286.5"));
+    // The register sees it too, beside the prepayment.
+    let token = app.pos_token(org, "time-to-grow-pro").await;
+    let (status, pos_bill) = app
+        .pos_get(&token, &format!("/api/v2/bill/byid/{}", created["id"]))
+        .await;
+    assert_eq!(status, 200, "{pos_bill}");
+    assert_eq!(num(&pos_bill["maxbonuspayment"]), d("286.5"), "{pos_bill}");
+    assert_eq!(num(&pos_bill["prepayment"]), d("286.5"));
 
     // A bill without a payment shows the share too; a customer with less than the share, the
     // wallet (less what other open bills hold).
@@ -117,6 +125,11 @@ async fn a_bonus_payment_above_the_allowed_share_is_refused_and_the_bill_shows_t
     patch_settings(&app, org, json!({"max_bonus_payment_percentage": 100})).await;
     let (status, body) = app.post(&bills, &bill(&rich, Some("713.5"))).await;
     assert_eq!(status, 201, "{body}");
+    // Without a cap the register's answer is the old system's, without the field.
+    let (_, pos_bill) = app
+        .pos_get(&token, &format!("/api/v2/bill/byid/{}", body["id"]))
+        .await;
+    assert_eq!(pos_bill.get("maxbonuspayment"), None, "{pos_bill}");
 }
 
 #[tokio::test]
