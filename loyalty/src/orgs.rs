@@ -227,6 +227,20 @@ pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Organization> {
     row.ok_or(Error::NotFound("organization"))?.try_into()
 }
 
+/// The organizations of `ids` (repeats read once), by id.
+pub async fn by_id(
+    conn: &mut PgConnection,
+    mut ids: Vec<i64>,
+) -> Result<std::collections::HashMap<i64, Organization>> {
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found = std::collections::HashMap::with_capacity(ids.len());
+    for id in ids {
+        found.insert(id, get(conn, id).await?);
+    }
+    Ok(found)
+}
+
 /// Applies the fields that are present; absent ones stay as they are. A bot token is sealed under
 /// `keys` (see `set_bot_token`).
 pub async fn update(

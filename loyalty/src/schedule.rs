@@ -31,20 +31,6 @@ fn money(err: MoneyError) -> Error {
     Error::invalid("amount", err.to_string())
 }
 
-/// The organizations of `ids`, each read once.
-async fn organizations(
-    conn: &mut PgConnection,
-    mut ids: Vec<i64>,
-) -> Result<HashMap<i64, Organization>> {
-    ids.sort_unstable();
-    ids.dedup();
-    let mut found = HashMap::with_capacity(ids.len());
-    for id in ids {
-        found.insert(id, orgs::get(conn, id).await?);
-    }
-    Ok(found)
-}
-
 /// Runs a batch (an expression over `$conn`, a transaction) again and again, each in its own
 /// transaction, until one does nothing; the total done.
 macro_rules! until_done {
@@ -82,7 +68,7 @@ async fn activate_batch(conn: &mut PgConnection, now: DateTime<Utc>, batch: i64)
     if lots.is_empty() {
         return Ok(0);
     }
-    let zones = organizations(conn, lots.iter().map(|l| l.org_id).collect()).await?;
+    let zones = orgs::by_id(conn, lots.iter().map(|l| l.org_id).collect()).await?;
     let texts: Vec<String> = lots
         .iter()
         .map(|l| match &l.invoice_id {
@@ -224,7 +210,7 @@ async fn burn_locked(
     if burned.is_empty() {
         return Ok(0);
     }
-    let zones = organizations(conn, burned.iter().map(|b| b.0.org_id).collect()).await?;
+    let zones = orgs::by_id(conn, burned.iter().map(|b| b.0.org_id).collect()).await?;
     let refs: Vec<String> = burned.iter().map(|b| b.0.id.to_string()).collect();
     let mut entries = Vec::with_capacity(burned.len());
     for ((lot, amount), reference) in burned.iter().zip(&refs) {

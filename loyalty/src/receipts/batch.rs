@@ -210,13 +210,11 @@ async fn sell(
         .collect();
     let bills = bills::lock_named(conn, &named).await?;
 
-    let mut orgs: HashMap<i64, Organization> = HashMap::new();
-    for &i in &sales {
-        let org_id = parsed[i].message.org_id;
-        if let std::collections::hash_map::Entry::Vacant(slot) = orgs.entry(org_id) {
-            slot.insert(orgs::get(conn, org_id).await?);
-        }
-    }
+    let orgs: HashMap<i64, Organization> = orgs::by_id(
+        conn,
+        sales.iter().map(|&i| parsed[i].message.org_id).collect(),
+    )
+    .await?;
     let mut paying: HashSet<(i64, i64)> = HashSet::new();
     let mut inputs = Vec::new();
     let mut applied_to: Vec<(usize, i64, i64)> = Vec::new();
