@@ -57,6 +57,11 @@ pub struct Config {
         default_value = "https://api.telegram.org"
     )]
     pub telegram_api_url: String,
+    /// This service's public HTTPS address (e.g. `https://bonus.example.kz`): the Mini App is
+    /// `<PUBLIC_URL>/app/<org>/`, and the shops' bots get their webhook and menu button there
+    /// when their token is set. Unset: bots are left as their owners configured them.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<reqwest::Url>,
     /// How long Mini App init data stays valid after its auth_date, in seconds.
     #[arg(long, env = "MINIAPP_MAX_AGE", default_value_t = 86_400)]
     pub miniapp_max_age: u64,

@@ -1,6 +1,7 @@
 //! The loyalty program's domain, shared by `ingest`, `workers` and `notifier`: money and the bonus
 //! rules (pure), the PostgreSQL ledger (storage), the legacy export format and the queue contract.
 
+pub mod access;
 pub mod bills;
 pub mod crypto;
 pub mod customers;

@@ -40,6 +40,10 @@ pub struct Organization {
     pub currency_symbol: String,
     /// Message templates that replace the defaults, by kind.
     pub notification_templates: std::collections::BTreeMap<String, String>,
+    /// The bot's @username, learned from the Bot API when the token is set.
+    pub telegram_bot_username: Option<String>,
+    /// The Mini App's short name in @BotFather, for `t.me/<bot>/<short name>` links.
+    pub miniapp_short_name: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -66,6 +70,8 @@ struct OrgRow {
     telegram_bot_token_set: bool,
     currency_symbol: String,
     notification_templates: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
+    telegram_bot_username: Option<String>,
+    miniapp_short_name: Option<String>,
 }
 
 impl TryFrom<OrgRow> for Organization {
@@ -113,6 +119,8 @@ impl TryFrom<OrgRow> for Organization {
             telegram_bot_token_set: r.telegram_bot_token_set,
             currency_symbol: r.currency_symbol,
             notification_templates: r.notification_templates.0,
+            telegram_bot_username: r.telegram_bot_username,
+            miniapp_short_name: r.miniapp_short_name,
         })
     }
 }
@@ -144,6 +152,10 @@ pub struct OrgChanges {
     /// {date} {tier} {percentage}.
     #[schema(schema_with = crate::notifications::templates_schema)]
     pub notification_templates: Option<std::collections::BTreeMap<String, String>>,
+    /// The Mini App's short name in @BotFather (3 to 30 of `A-Za-z0-9_`), so share links open
+    /// the app itself (`t.me/<bot>/<short name>?startapp=…`); `""` removes it (links open the bot).
+    #[schema(pattern = "^([A-Za-z0-9_]{3,30})?$")]
+    pub miniapp_short_name: Option<String>,
 }
 
 impl OrgChanges {
@@ -178,6 +190,17 @@ impl OrgChanges {
                 ));
             }
         }
+        if let Some(name) = &self.miniapp_short_name {
+            let valid = name.is_empty()
+                || ((3..=30).contains(&name.len())
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+            if !valid {
+                return Err(Error::invalid(
+                    "miniapp_short_name",
+                    "must be 3 to 30 letters, digits or underscores, or empty to remove it",
+                ));
+            }
+        }
         if let Some(token) = &self.telegram_bot_token {
             // The Bot API's token shape: "<bot id>:<secret>".
             let valid = token.is_empty()
@@ -201,7 +224,7 @@ const SELECT_ORG: &str =
         max_bonus_payment_percentage, accrual_base, accrual_delay_days, bonus_lifetime_days,
         expiry_warning_days, tiers, welcome_bonus, birthday_bonus, birthday_window_days,
         telegram_bot_token_sealed is not null or telegram_bot_token is not null as telegram_bot_token_set,
-        currency_symbol, notification_templates
+        currency_symbol, notification_templates, telegram_bot_username, miniapp_short_name
     from organizations";
 
 pub async fn create(conn: &mut PgConnection, keys: &TokenKeys, new: &OrgChanges) -> Result<i64> {
@@ -279,7 +302,9 @@ pub async fn update(
             tiers = coalesce($19, tiers),
             welcome_bonus = coalesce($20, welcome_bonus),
             birthday_bonus = coalesce($21, birthday_bonus),
-            birthday_window_days = coalesce($22, birthday_window_days)
+            birthday_window_days = coalesce($22, birthday_window_days),
+            miniapp_short_name = case when $23::text is null then miniapp_short_name
+                else nullif($23, '') end
          where id = $1",
     )
     .bind(id)
@@ -304,6 +329,7 @@ pub async fn update(
     .bind(s.map(|s| s.welcome_bonus.get()))
     .bind(s.map(|s| s.birthday_bonus.get()))
     .bind(s.map(|s| days(s.birthday_window_days)))
+    .bind(&c.miniapp_short_name)
     .execute(&mut *conn)
     .await?;
     if updated.rows_affected() == 0 {

@@ -199,6 +199,7 @@ impl TestApp {
             import_body_limit: 64 * 1024 * 1024,
             rabbitmq_management_url: management_url().await,
             miniapp_max_age: 86_400,
+            public_url: None,
             db_pool_size: 16,
             miniapp_rate: std::num::NonZeroU32::new(5).expect("non-zero"),
             miniapp_burst: std::num::NonZeroU32::new(20).expect("non-zero"),
