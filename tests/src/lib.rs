@@ -178,11 +178,16 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_on(vec![amqp_url().await.to_owned()]).await
+    }
+
+    /// Ingest on the broker whose nodes `amqp_urls` name (a cluster of its own, say).
+    pub async fn spawn_on(amqp_urls: Vec<String>) -> Self {
         let db = TestDb::new().await;
         let config = ingest::Config {
             backends: loyalty_service::config::Backends {
                 database_url: db.url.clone(),
-                amqp_url: amqp_url().await.to_owned(),
+                amqp_url: amqp_urls,
                 queue_prefix: format!("test.{}.", uuid_like()),
             },
             secrets: loyalty_service::config::Secrets {
@@ -528,7 +533,7 @@ pub fn receipt_event_at(
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Each test's queues go with it.
-        let url = self.state.config.backends.amqp_url.clone();
+        let urls = self.state.config.backends.amqp_url.clone();
         let queues = self.state.broker.topology().queues();
         let deleted = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -536,7 +541,8 @@ impl Drop for TestApp {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+                let conn = loyalty::queue::Nodes::new(&urls)
+                    .connect(lapin::ConnectionProperties::default())
                     .await?;
                 let channel = conn.create_channel().await?;
                 for queue in queues {
