@@ -2,7 +2,7 @@
 //! prefix, and the keys of the bot tokens. Each binary flattens these into its own `Config`
 //! (`ingest::Config`, `workers::Config`, `notifier::Config`) beside the settings only it reads.
 
-use loyalty::queue::{Broker, Topology};
+use loyalty::queue::{Broker, Nodes, Topology};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Backends {
@@ -14,14 +14,18 @@ pub struct Backends {
         default_value = "postgres://postgres@127.0.0.1:5432/loyalty"
     )]
     pub database_url: String,
-    /// RabbitMQ connection URL.
+    /// RabbitMQ connection URL; for a cluster, one per node, comma-separated or one
+    /// `--amqp-url` each. Every connection goes to a node that answers, and to another one when
+    /// its node goes away.
     #[arg(
         long,
         env = "AMQP_URL",
         hide_env_values = true,
+        value_delimiter = ',',
+        value_parser = loyalty::queue::nodes::check_urls,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
-    pub amqp_url: String,
+    pub amqp_url: Vec<String>,
     /// Prefix of every queue name (several deployments, or test runs, on one broker).
     #[arg(long, env = "QUEUE_PREFIX", default_value = "")]
     pub queue_prefix: String,
@@ -37,8 +41,8 @@ impl Backends {
 
     /// A broker handle on this deployment's queues (it connects on first use).
     pub fn broker(&self) -> Broker {
-        Broker::new(
-            self.amqp_url.clone(),
+        Broker::with_nodes(
+            Nodes::new(&self.amqp_url),
             Topology::new(self.queue_prefix.clone()),
         )
     }

@@ -181,14 +181,19 @@ impl TestApp {
         Self::spawn_with(|_| {}).await
     }
 
+    /// Ingest on the broker whose nodes `amqp_urls` name (a cluster of its own, say).
+    pub async fn spawn_on(amqp_urls: Vec<String>) -> Self {
+        Self::spawn_with(|config| config.backends.amqp_url = amqp_urls).await
+    }
+
     /// [`TestApp::spawn`] with its configuration changed by `configure` first (a Bot API
-    /// stand-in, a public URL).
+    /// stand-in, a public URL, the nodes of a cluster).
     pub async fn spawn_with(configure: impl FnOnce(&mut ingest::Config)) -> Self {
         let db = TestDb::new().await;
         let mut config = ingest::Config {
             backends: loyalty_service::config::Backends {
                 database_url: db.url.clone(),
-                amqp_url: amqp_url().await.to_owned(),
+                amqp_url: vec![amqp_url().await.to_owned()],
                 queue_prefix: format!("test.{}.", uuid_like()),
             },
             secrets: loyalty_service::config::Secrets {
@@ -535,7 +540,7 @@ pub fn receipt_event_at(
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Each test's queues go with it.
-        let url = self.state.config.backends.amqp_url.clone();
+        let urls = self.state.config.backends.amqp_url.clone();
         let queues = self.state.broker.topology().queues();
         let deleted = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -543,7 +548,8 @@ impl Drop for TestApp {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+                let conn = loyalty::queue::Nodes::new(&urls)
+                    .connect(lapin::ConnectionProperties::default())
                     .await?;
                 let channel = conn.create_channel().await?;
                 for queue in queues {

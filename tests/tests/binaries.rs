@@ -24,7 +24,7 @@ fn start(app: &TestApp, name: &str, metrics_port: u16, env: &[(&str, &str)]) -> 
     Command::new(binary(name))
         .envs(env.iter().copied())
         .env("DATABASE_URL", &app.db.url)
-        .env("AMQP_URL", &backends.amqp_url)
+        .env("AMQP_URL", backends.amqp_url.join(","))
         .env("QUEUE_PREFIX", &backends.queue_prefix)
         .env("TOKEN_KEYS", e2e::TOKEN_KEYS)
         .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))

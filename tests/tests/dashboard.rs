@@ -132,7 +132,7 @@ async fn the_summary_still_answers_while_rabbitmq_is_unreachable() {
     let app = TestApp::spawn().await;
     // The same service with a broker handle pointing nowhere, as when RabbitMQ is down.
     let mut config = (*app.state.config).clone();
-    config.backends.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    config.backends.amqp_url = vec!["amqp://guest:guest@127.0.0.1:1/%2f".into()];
     let state = ingest::AppState::new(app.db.pool.clone(), config).expect("ingest state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -95,7 +95,7 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
     }
     let mut worker = Command::new(binary("workers"))
         .env("DATABASE_URL", &app.db.url)
-        .env("AMQP_URL", &app.state.config.backends.amqp_url)
+        .env("AMQP_URL", app.state.config.backends.amqp_url.join(","))
         .env("QUEUE_PREFIX", &app.state.config.backends.queue_prefix)
         .env("WORKER_CONCURRENCY", "8")
         .env("METRICS_ADDR", "127.0.0.1:0")

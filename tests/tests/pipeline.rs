@@ -417,7 +417,7 @@ async fn an_unreachable_broker_gets_a_503_with_retry_after_never_a_200() {
     let mut app = TestApp::spawn().await;
     let shop = shop(&app).await;
     let mut config = (*app.state.config).clone();
-    config.backends.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    config.backends.amqp_url = vec!["amqp://guest:guest@127.0.0.1:1/%2f".into()];
     app.state = ingest::AppState::new(app.db.pool.clone(), config).expect("ingest state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -1054,7 +1054,7 @@ async fn the_workers_binary_runs_the_steps_on_its_timer_and_counts_their_rows() 
     let backends = &app.state.config.backends;
     let _workers = tokio::process::Command::new(e2e::binary("workers"))
         .env("DATABASE_URL", &app.db.url)
-        .env("AMQP_URL", &backends.amqp_url)
+        .env("AMQP_URL", backends.amqp_url.join(","))
         .env("QUEUE_PREFIX", &backends.queue_prefix)
         .env("TOKEN_KEYS", e2e::TOKEN_KEYS)
         .env("METRICS_ADDR", format!("127.0.0.1:{port}"))

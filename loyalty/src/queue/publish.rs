@@ -1,5 +1,5 @@
 //! The broker handle: one connection and confirm-mode channel for publishing, rebuilt by itself
-//! after the broker goes away, and new connections for consumers.
+//! after the broker (or its node of a cluster) goes away, and new connections for consumers.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{LongString, ShortString};
@@ -7,6 +7,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::{Mutex, RwLock};
 
 use super::contract;
+use super::nodes::Nodes;
 use super::topology::Topology;
 
 /// Why a publish did not happen; the message must then be considered not sent.
@@ -22,7 +23,7 @@ pub enum PublishError {
 
 /// A connection and a confirm-mode channel, rebuilt when the broker goes away.
 pub struct Broker {
-    url: String,
+    nodes: Nodes,
     topology: Topology,
     link: RwLock<Option<(Connection, Channel)>>,
     /// Listing and replaying dead letters take them off their queue for a moment; one at a time,
@@ -34,10 +35,17 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A handle that connects on first use (and again after every loss of the connection).
-    pub fn new(url: impl Into<String>, topology: Topology) -> Self {
+    /// A handle that connects on first use (and again after every loss of the connection);
+    /// `url` names one node, or several of a cluster comma-separated.
+    pub fn new(url: impl AsRef<str>, topology: Topology) -> Self {
+        Self::with_nodes(Nodes::new([url]), topology)
+    }
+
+    /// A handle on the nodes of a cluster (or a single node): every connection goes to one that
+    /// answers.
+    pub fn with_nodes(nodes: Nodes, topology: Topology) -> Self {
         Self {
-            url: url.into(),
+            nodes,
             topology,
             link: RwLock::new(None),
             dead_letters: Mutex::new(()),
@@ -49,12 +57,14 @@ impl Broker {
         &self.topology
     }
 
+    /// The broker's nodes.
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
     /// The virtual host the AMQP URL names ("/" when it names none).
     pub fn vhost(&self) -> String {
-        self.url
-            .parse::<lapin::uri::AMQPUri>()
-            .map(|uri| uri.vhost)
-            .unwrap_or_else(|_| "/".to_owned())
+        self.nodes.vhost()
     }
 
     /// Names connections after the deployment's queue prefix, so operators (and tests) can tell them apart.
@@ -73,13 +83,9 @@ impl Broker {
         if let Some(channel) = live(link.as_ref()) {
             return Ok(channel);
         }
-        let conn = Connection::connect(
-            &self.url,
-            ConnectionProperties::default().with_connection_name(self.connection_name("publisher")),
-        )
-        .await?;
+        let conn = self.open("publisher").await?;
+        self.topology.declare(&conn).await?;
         let channel = conn.create_channel().await?;
-        self.topology.declare(&channel).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
@@ -88,16 +94,22 @@ impl Broker {
         Ok(channel)
     }
 
-    /// A new connection of its own (consumers keep theirs apart from the publisher's).
+    /// A new connection of its own (consumers keep theirs apart from the publisher's), with the
+    /// topology declared.
     pub async fn connect(&self) -> lapin::Result<Connection> {
-        let conn = Connection::connect(
-            &self.url,
-            ConnectionProperties::default().with_connection_name(self.connection_name("consumer")),
-        )
-        .await?;
-        let channel = conn.create_channel().await?;
-        self.topology.declare(&channel).await?;
+        let conn = self.open("consumer").await?;
+        self.topology.declare(&conn).await?;
         Ok(conn)
+    }
+
+    /// A new connection to a node that answers, declaring nothing (for tools and clean-ups that
+    /// must not create queues).
+    pub async fn open(&self, role: &str) -> lapin::Result<Connection> {
+        self.nodes
+            .connect(
+                ConnectionProperties::default().with_connection_name(self.connection_name(role)),
+            )
+            .await
     }
 
     /// Publishes a message to `queue` (persistent, JSON, whatever `properties` say) and returns

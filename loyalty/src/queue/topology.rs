@@ -1,13 +1,14 @@
 //! The queues of one deployment and how they are declared: per stream a main queue, one delay
-//! queue per retry step and a dead-letter queue, all durable quorum queues, declared idempotently
-//! by every service at start.
+//! queue per retry step and a dead-letter queue, all durable quorum queues (replicated on three
+//! nodes of a cluster), declared idempotently by every service at start.
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ErrorKind};
 
 /// How many times a message is tried before it goes to the dead-letter queue.
 pub const MAX_ATTEMPTS: u32 = 6;
@@ -22,6 +23,10 @@ pub const REDELIVERY_LIMIT: i64 = 20;
 /// back, which 4.0–4.2 count as a delivery), and explicit so 4.x's default of 20 never applies.
 /// (-1, 4.x's "no limit", makes 3.x drop a message at its first return.)
 pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
+/// The members of each queue this code creates: a quorum of three survives the loss of any one
+/// node. On a broker of fewer nodes, RabbitMQ places a member on each node it has.
+pub const QUORUM_GROUP_SIZE: i64 = 3;
 
 /// The first retry waits this long; each later one twice the one before, up to `LONGEST_RETRY_DELAY`.
 const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -97,43 +102,81 @@ impl Topology {
             .collect()
     }
 
-    /// Declares every queue; safe to run from every service at every start.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    /// Every queue with where its dead letters go and its delivery limit, in declaration order.
+    fn declarations(&self) -> Vec<(String, Option<String>, i64)> {
+        let mut out = Vec::new();
         for stream in Stream::ALL {
             // A message whose consumer dies on it again and again (a poison message) goes to the
             // dead letters after REDELIVERY_LIMIT deliveries instead of looping forever.
-            declare_quorum(
-                channel,
-                &self.main(stream),
-                Some(&self.dead(stream)),
-                REDELIVERY_LIMIT,
-            )
-            .await?;
+            out.push((self.main(stream), Some(self.dead(stream)), REDELIVERY_LIMIT));
             for attempt in 2..=MAX_ATTEMPTS {
-                declare_quorum(
-                    channel,
-                    &self.retry(stream, attempt),
-                    Some(&self.main(stream)),
+                out.push((
+                    self.retry(stream, attempt),
+                    Some(self.main(stream)),
                     REDELIVERY_LIMIT,
-                )
-                .await?;
+                ));
             }
             // Dead letters are listed (taken and given back) by operators: never a limit that
             // could drop one.
-            declare_quorum(
-                channel,
-                &self.dead(stream),
-                None,
-                DEAD_LETTER_DELIVERY_LIMIT,
-            )
-            .await?;
+            out.push((self.dead(stream), None, DEAD_LETTER_DELIVERY_LIMIT));
+        }
+        out
+    }
+
+    /// Declares every queue that does not exist yet; safe to run from every service at every
+    /// start, on a single broker as on a cluster.
+    ///
+    /// A queue that exists is left as it is: redeclaring it with other arguments than it was
+    /// created with (RabbitMQ 3.10 compares `x-quorum-initial-group-size`, the delivery limit and
+    /// the dead-letter route, and an absent argument differs from a present one) fails with
+    /// PRECONDITION_FAILED, and the queues of a deployment that predates an argument must keep
+    /// working. So each queue is looked up (a passive declare) and only created when missing.
+    pub async fn declare(&self, conn: &Connection) -> lapin::Result<()> {
+        let mut channel = conn.create_channel().await?;
+        for (name, dead_letter_to, limit) in self.declarations() {
+            match exists(&channel, &name).await {
+                Ok(true) => continue,
+                // A passive declare of a missing queue closes its channel.
+                Ok(false) => channel = conn.create_channel().await?,
+                Err(err) => return Err(err),
+            }
+            declare_quorum(&channel, &name, dead_letter_to.as_deref(), limit).await?;
+        }
+        if let Err(err) = channel.close(200, "declared".into()).await {
+            // The channel goes with its connection anyway.
+            tracing::debug!(error = %err, "closing the declaring channel failed");
         }
         Ok(())
     }
 }
 
-/// Declares a durable quorum queue with its delivery limit and, if given, where its expired or
-/// over-delivered messages go (through the default exchange).
+/// Whether `queue` exists; `false` leaves `channel` closed by the broker.
+async fn exists(channel: &Channel, queue: &str) -> lapin::Result<bool> {
+    let found = channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match found {
+        Ok(_) => Ok(true),
+        Err(err) => match err.kind() {
+            ErrorKind::ProtocolError(amqp)
+                if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
+            {
+                Ok(false)
+            }
+            _ => Err(err),
+        },
+    }
+}
+
+/// Declares a durable quorum queue of [`QUORUM_GROUP_SIZE`] members with its delivery limit and,
+/// if given, where its expired or over-delivered messages go (through the default exchange).
 pub async fn declare_quorum(
     channel: &Channel,
     name: &str,
@@ -144,6 +187,10 @@ pub async fn declare_quorum(
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-quorum-initial-group-size".into(),
+        AMQPValue::LongLongInt(QUORUM_GROUP_SIZE),
     );
     args.insert(
         "x-delivery-limit".into(),

@@ -1,0 +1,341 @@
+//! A RabbitMQ cluster losing a node under load. Three nodes of the test's own (started by
+//! `.ci/rabbit-cluster` beside the local broker, which is left alone) carry ingest's and a
+//! worker's connections; POS registers post receipts at a steady pace, and the node leading the
+//! `receipts` quorum queue is killed in the middle. Every receipt that got a 200 is applied exactly
+//! once; while the cluster elects a new leader, POSTs get 503 with `Retry-After` or succeed. The
+//! time until receipts flow again and the 503s are printed and written to
+//! `target/cluster-failover.json`.
+//!
+//! Skipped (saying so) where the RabbitMQ server is not installed; `REQUIRE_CLUSTER=1` (set by
+//! `.ci/run`) makes that a failure.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use e2e::{TestApp, receipt_event};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/rabbit-cluster");
+const RABBIT_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+/// Receipts the registers post in all, and how many registers post at once.
+const RECEIPTS: usize = 360;
+const REGISTERS: usize = 4;
+/// The pause of one register between two receipts: together about 20 receipts a second.
+const PACE: Duration = Duration::from_millis(200);
+/// How soon a register sends a refused receipt again (sooner than `Retry-After`, to time the
+/// failover finely).
+const RESEND_AFTER: Duration = Duration::from_millis(200);
+
+/// Three RabbitMQ nodes of this test's own, stopped and deleted when dropped (even when the test
+/// fails).
+struct Cluster {
+    dir: PathBuf,
+    urls: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts and clusters the nodes; None (the test is skipped) where RabbitMQ is not installed.
+    fn start() -> Option<Self> {
+        if !Path::new(RABBIT_SERVER).exists() {
+            assert!(
+                std::env::var("REQUIRE_CLUSTER").as_deref() != Ok("1"),
+                "REQUIRE_CLUSTER=1 but the RabbitMQ server ({RABBIT_SERVER}) is not installed"
+            );
+            eprintln!(
+                "SKIPPED: the RabbitMQ server ({RABBIT_SERVER}) is not installed, so no cluster can be started"
+            );
+            return None;
+        }
+        // Names and ports of this process's own, so that runs beside each other do not collide.
+        let pid = std::process::id();
+        let first_port = 30_000 + (pid % 5_000) * 3;
+        let dir = std::env::temp_dir().join(format!("rabbit-cluster-{pid}"));
+        // Dropped even if the start fails half-way: whatever started is stopped.
+        let mut cluster = Cluster {
+            dir,
+            urls: Vec::new(),
+        };
+        let started = std::process::Command::new(SCRIPT)
+            .arg("start")
+            .arg(&cluster.dir)
+            .arg(format!("lc{pid}n"))
+            .arg(first_port.to_string())
+            .output()
+            .expect("the cluster script runs");
+        assert!(
+            started.status.success(),
+            "the cluster did not start: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        cluster.urls = String::from_utf8_lossy(&started.stdout)
+            .trim()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(cluster.urls.len(), 3, "three nodes: {:?}", cluster.urls);
+        Some(cluster)
+    }
+
+    /// The node leading the quorum queue `queue`.
+    async fn leader(&self, queue: &str) -> String {
+        let out = tokio::process::Command::new(SCRIPT)
+            .arg("leader")
+            .arg(&self.dir)
+            .arg(queue)
+            .output()
+            .await
+            .expect("the cluster script runs");
+        assert!(
+            out.status.success(),
+            "no leader for {queue}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Kills a node with SIGKILL: a crash, no goodbye to its clients or peers.
+    async fn kill(&self, node: &str) {
+        let out = tokio::process::Command::new(SCRIPT)
+            .arg("kill")
+            .arg(&self.dir)
+            .arg(node)
+            .output()
+            .await
+            .expect("the cluster script runs");
+        assert!(
+            out.status.success(),
+            "{node} was not killed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let stopped = std::process::Command::new(SCRIPT)
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        if !stopped.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!("the test's RabbitMQ nodes were not all stopped: {stopped:?}");
+        }
+    }
+}
+
+/// What the registers saw.
+#[derive(Default)]
+struct Tally {
+    /// When each receipt got its 200, and when its first POST was sent.
+    accepted: Vec<(Instant, Instant)>,
+    /// 503s, with whether `Retry-After` came with it.
+    unavailable: Vec<(Instant, bool)>,
+}
+
+/// One register: posts its receipts one after the other, each again after a 503 until it gets
+/// its 200; any other answer fails the test.
+async fn register(
+    app: Arc<TestApp>,
+    token: String,
+    receipts: Vec<(usize, i64)>,
+    tally: Arc<Mutex<Tally>>,
+) {
+    for (i, bill) in receipts {
+        let event = receipt_event(&format!("ev-{i}"), &format!("rc-{i}"), Some(bill), "100");
+        let first_sent = Instant::now();
+        loop {
+            let response = app
+                .http
+                .post(app.url("/api/v2/receipts"))
+                .bearer_auth(&token)
+                .json(&event)
+                .send()
+                .await
+                .expect("ingest answers");
+            match response.status().as_u16() {
+                200 => {
+                    tally
+                        .lock()
+                        .await
+                        .accepted
+                        .push((Instant::now(), first_sent));
+                    break;
+                }
+                503 => {
+                    let retry_after = response.headers().contains_key("retry-after");
+                    tally
+                        .lock()
+                        .await
+                        .unavailable
+                        .push((Instant::now(), retry_after));
+                    tokio::time::sleep(RESEND_AFTER).await;
+                }
+                status => panic!(
+                    "receipt {i}: {status} {}",
+                    response.text().await.unwrap_or_default()
+                ),
+            }
+        }
+        tokio::time::sleep(PACE).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_receipts_queue_leader_loses_and_doubles_no_accepted_receipt() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let app = Arc::new(TestApp::spawn_on(cluster.urls.clone()).await);
+    let org = app.org().await;
+    let token = app.pos_token(org, "shop").await;
+    let customer = app.customer(org, "Alex").await;
+    let bills: Vec<i64> = futures::future::join_all((0..RECEIPTS).map(|i| {
+        let (app, customer) = (app.clone(), customer.clone());
+        async move {
+            let (status, bill) = app
+                .post(
+                    &format!("/admin/v1/orgs/{org}/bills"),
+                    &json!({"customer_id": customer, "number": format!("K{i}"), "items": [{"name": "x", "quantity": 1, "unit_price": 100}]}),
+                )
+                .await;
+            assert_eq!(status, 201, "{bill}");
+            bill["id"].as_i64().expect("id")
+        }
+    }))
+    .await;
+    let worker = app.start_worker();
+
+    let started = Instant::now();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let registers: Vec<_> = (0..REGISTERS)
+        .map(|r| {
+            let receipts = bills
+                .iter()
+                .enumerate()
+                .skip(r)
+                .step_by(REGISTERS)
+                .map(|(i, bill)| (i, *bill))
+                .collect();
+            tokio::spawn(register(
+                app.clone(),
+                token.clone(),
+                receipts,
+                tally.clone(),
+            ))
+        })
+        .collect();
+
+    // Receipts flow: then the node leading the receipts queue dies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.processed(org).await < 40 {
+        assert!(Instant::now() < deadline, "no receipt was applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queue = app
+        .state
+        .broker
+        .topology()
+        .main(loyalty::queue::Stream::Receipts);
+    let leader = cluster.leader(&queue).await;
+    let killed_at = Instant::now();
+    let killed_at_utc: DateTime<Utc> = Utc::now();
+    cluster.kill(&leader).await;
+    let accepted_before_kill = tally.lock().await.accepted.len();
+    eprintln!(
+        "killed {leader}, the leader of {queue}, after {accepted_before_kill} receipts were accepted"
+    );
+
+    for r in registers {
+        r.await.expect("the register posted all its receipts");
+    }
+    let posting = started.elapsed();
+
+    // Every receipt got its 200 in the end: each is applied, once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.processed(org).await < RECEIPTS as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {RECEIPTS} accepted receipts were applied",
+            app.processed(org).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, read) = app
+        .get(&format!("/admin/v1/orgs/{org}/customers/{customer}"))
+        .await;
+    assert_eq!(
+        read["history"].as_array().map(Vec::len),
+        Some(RECEIPTS),
+        "one accrual per receipt"
+    );
+    assert_eq!(read["bonuses"], json!(2 * RECEIPTS), "2 % of 100 each");
+    let applied: Vec<(String, i64)> =
+        sqlx::query_as("select status, count(*) from receipts where org_id = $1 group by 1")
+            .bind(org)
+            .fetch_all(&app.db.pool)
+            .await
+            .expect("statuses");
+    assert_eq!(applied, vec![("processed".to_owned(), RECEIPTS as i64)]);
+
+    // The figures: how long until ingest accepted again and the worker applied a receipt received
+    // after the kill, and what the registers were told meanwhile.
+    let tally = tally.lock().await;
+    assert!(
+        tally
+            .unavailable
+            .iter()
+            .all(|(_, retry_after)| *retry_after),
+        "every 503 says when to retry"
+    );
+    let accepting_again = tally
+        .accepted
+        .iter()
+        .filter(|(_, first_sent)| *first_sent >= killed_at)
+        .map(|(at, _)| at.duration_since(killed_at))
+        .min()
+        .expect("receipts were posted after the kill");
+    let first_applied_after: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "select min(processed_at) from receipts where org_id = $1 and received_at > $2",
+    )
+    .bind(org)
+    .bind(killed_at_utc)
+    .fetch_one(&app.db.pool)
+    .await
+    .expect("query");
+    let applying_again = first_applied_after
+        .expect("receipts were received after the kill")
+        .signed_duration_since(killed_at_utc)
+        .to_std()
+        .unwrap_or_default();
+    let refused = tally.unavailable.len();
+    let refused_after_kill = tally
+        .unavailable
+        .iter()
+        .filter(|(at, _)| *at >= killed_at)
+        .count();
+    let figures = json!({
+        "receipts": RECEIPTS,
+        "registers": REGISTERS,
+        "posting_seconds": posting.as_secs_f64(),
+        "killed_node": leader,
+        "accepted_before_kill": accepted_before_kill,
+        "accepting_again_ms": accepting_again.as_millis() as u64,
+        "applying_again_ms": applying_again.as_millis() as u64,
+        "answered_503": refused,
+        "answered_503_after_kill": refused_after_kill,
+    });
+    eprintln!("cluster failover: {figures}");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    std::fs::write(
+        target.join("cluster-failover.json"),
+        serde_json::to_string_pretty(&figures).expect("json"),
+    )
+    .expect("figures written");
+    drop(tally);
+    worker.stop().await;
+}
