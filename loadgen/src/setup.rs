@@ -152,6 +152,9 @@ pub struct Environment {
     server: JoinHandle<std::io::Result<()>>,
 }
 
+/// `TOKEN_KEYS` of the in-process ingest: a fixed key, for scratch databases only.
+const LOADGEN_TOKEN_KEYS: &str = "loadgen:bG9hZGdlbi1zY2FsZS1rZXktbm90LWEtc2VjcmV0ISE=";
+
 /// Telegram ids of seeded customers start here.
 pub const TELEGRAM_IDS: i64 = 7_000_000_000;
 
@@ -211,6 +214,9 @@ impl Environment {
             "100000",
             "--miniapp-burst",
             "100000",
+            // Seals the bot token of `loadgen scale`'s organization (a key for scratch data only).
+            "--token-keys",
+            LOADGEN_TOKEN_KEYS,
         ])?;
         // The pool size ingest runs with in production (`ingest::run`).
         let ingest_db = loyalty::db::connect(&db_url, 16).await?;
