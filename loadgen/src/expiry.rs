@@ -12,9 +12,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use chrono::{TimeDelta, Utc};
-use sqlx::PgPool;
 
-use crate::setup::Scratch;
+use crate::setup::{Scratch, copy_lines};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExpiryArgs {
@@ -43,29 +42,6 @@ pub async fn main(args: ExpiryArgs) -> anyhow::Result<()> {
     cleaned
 }
 
-/// Sends `rows` lines to `copy` (a `COPY … FROM STDIN` statement) in chunks.
-async fn copy_lines(
-    db: &PgPool,
-    copy: &str,
-    rows: usize,
-    line: impl Fn(usize) -> String,
-) -> anyhow::Result<()> {
-    let mut conn = db.acquire().await?;
-    let mut sink = conn.copy_in_raw(copy).await?;
-    let mut chunk = String::with_capacity(8 << 20);
-    for i in 0..rows {
-        chunk.push_str(&line(i));
-        if chunk.len() > (4 << 20) {
-            sink.send(std::mem::take(&mut chunk).into_bytes()).await?;
-        }
-    }
-    if !chunk.is_empty() {
-        sink.send(chunk.into_bytes()).await?;
-    }
-    sink.finish().await?;
-    Ok(())
-}
-
 async fn run(args: &ExpiryArgs, scratch: &Scratch) -> anyhow::Result<()> {
     let n = args.lots;
     let (db_url, _) = scratch.create_database().await?;
@@ -80,8 +56,9 @@ async fn run(args: &ExpiryArgs, scratch: &Scratch) -> anyhow::Result<()> {
     let created = Utc::now() - TimeDelta::days(60);
     let expired = Utc::now() - TimeDelta::days(30);
     let (created, expired) = (created.to_rfc3339(), expired.to_rfc3339());
+    let mut conn = db.acquire().await?;
     copy_lines(
-        &db,
+        &mut conn,
         "copy customers (org_id, id, first_name, bonuses) from stdin",
         n,
         |i| format!("{org}\t{}\tC{i}\t10\n", i + 1),
@@ -89,7 +66,7 @@ async fn run(args: &ExpiryArgs, scratch: &Scratch) -> anyhow::Result<()> {
     .await
     .context("copy customers")?;
     copy_lines(
-        &db,
+        &mut conn,
         "copy bonus_lots (org_id, customer_id, wallet, amount, remaining, pending, activates_at,
                           expires_at, source) from stdin",
         n,
@@ -102,6 +79,7 @@ async fn run(args: &ExpiryArgs, scratch: &Scratch) -> anyhow::Result<()> {
     )
     .await
     .context("copy lots")?;
+    drop(conn);
     sqlx::query("vacuum analyze").execute(&db).await?;
     eprintln!("      {:.1} s", started.elapsed().as_secs_f64());
 

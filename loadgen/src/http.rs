@@ -264,7 +264,7 @@ impl Client {
 }
 
 /// The `q` quantile of sorted values (nearest rank); 0 when empty.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -48,7 +48,14 @@ impl Scratch {
 
     /// Drops the databases and deletes the queues; tries everything, reports the first failure.
     pub async fn clean(&self) -> anyhow::Result<()> {
-        let dropped = async {
+        let dropped = self.drop_databases().await;
+        let deleted = self.delete_queues().await;
+        dropped.and(deleted)
+    }
+
+    /// Drops the scratch databases.
+    pub async fn drop_databases(&self) -> anyhow::Result<()> {
+        async {
             let mut admin = PgConnection::connect(&self.server_url).await?;
             for db in [&self.db_name, &self.pgbench_db] {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -60,8 +67,12 @@ impl Scratch {
             anyhow::Ok(())
         }
         .await
-        .context("drop the scratch databases");
-        let deleted = async {
+        .context("drop the scratch databases")
+    }
+
+    /// Deletes the run's queues.
+    pub async fn delete_queues(&self) -> anyhow::Result<()> {
+        async {
             let conn =
                 lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
                     .await?;
@@ -77,8 +88,7 @@ impl Scratch {
             anyhow::Ok(())
         }
         .await
-        .context("delete the scratch queues");
-        dropped.and(deleted)
+        .context("delete the scratch queues")
     }
 
     /// Creates and migrates the scratch database; returns its URL and a small pool on it.
@@ -100,6 +110,29 @@ impl Scratch {
     }
 }
 
+/// Sends `rows` lines to `copy` (a `COPY … FROM STDIN` statement) in chunks, on `conn` (so a
+/// session setting made on it applies).
+pub async fn copy_lines(
+    conn: &mut PgConnection,
+    copy: &str,
+    rows: usize,
+    line: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    let mut sink = conn.copy_in_raw(copy).await?;
+    let mut chunk = String::with_capacity(8 << 20);
+    for i in 0..rows {
+        chunk.push_str(&line(i));
+        if chunk.len() > (4 << 20) {
+            sink.send(std::mem::take(&mut chunk).into_bytes()).await?;
+        }
+    }
+    if !chunk.is_empty() {
+        sink.send(chunk.into_bytes()).await?;
+    }
+    sink.finish().await?;
+    Ok(())
+}
+
 /// `url` with its path replaced by `/database`.
 pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     let mut parsed = url::Url::parse(url)?;
@@ -118,6 +151,9 @@ pub struct Environment {
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
 }
+
+/// `TOKEN_KEYS` of the in-process ingest: a fixed key, for scratch databases only.
+const LOADGEN_TOKEN_KEYS: &str = "loadgen:bG9hZGdlbi1zY2FsZS1rZXktbm90LWEtc2VjcmV0ISE=";
 
 /// Telegram ids of seeded customers start here.
 pub const TELEGRAM_IDS: i64 = 7_000_000_000;
@@ -141,7 +177,22 @@ pub struct Bill {
 impl Environment {
     /// Creates and migrates the database and starts ingest on a random local port.
     pub async fn start(args: &Args, scratch: &Scratch) -> anyhow::Result<Self> {
+        Self::serve_new(&args.servers.amqp_url, scratch).await
+    }
+
+    /// [`Environment::start`] with only the broker's URL.
+    pub async fn serve_new(amqp_url: &str, scratch: &Scratch) -> anyhow::Result<Self> {
         let (db_url, db) = scratch.create_database().await?;
+        Self::serve(amqp_url, scratch, db_url, db).await
+    }
+
+    /// Ingest on an existing (migrated) database, publishing under the scratch queue prefix.
+    pub async fn serve(
+        amqp_url: &str,
+        scratch: &Scratch,
+        db_url: String,
+        db: PgPool,
+    ) -> anyhow::Result<Self> {
         let admin_token = format!("loadgen-{}", rand::random::<u64>());
         // Parsed like the service's own command line, so new settings take their defaults.
         let config = ingest::Config::try_parse_from([
@@ -149,7 +200,7 @@ impl Environment {
             "--database-url",
             &db_url,
             "--amqp-url",
-            &args.servers.amqp_url,
+            amqp_url,
             "--admin-token",
             &admin_token,
             "--addr",
@@ -158,6 +209,14 @@ impl Environment {
             "http://127.0.0.1:9",
             "--queue-prefix",
             &scratch.prefix,
+            // `loadgen scale` walks Mini App histories page after page as one user.
+            "--miniapp-rate",
+            "100000",
+            "--miniapp-burst",
+            "100000",
+            // Seals the bot token of `loadgen scale`'s organization (a key for scratch data only).
+            "--token-keys",
+            LOADGEN_TOKEN_KEYS,
         ])?;
         // The pool size ingest runs with in production (`ingest::run`).
         let ingest_db = loyalty::db::connect(&db_url, 16).await?;
@@ -213,6 +272,11 @@ impl Operator {
             http: reqwest::Client::new(),
             db,
         }
+    }
+
+    /// The admin token ingest was started with.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// POSTs `body` to `/admin/v1{path}`; an error unless the answer is `expect`.
