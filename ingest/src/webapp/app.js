@@ -288,6 +288,11 @@
     const scheme = WebApp && WebApp.colorScheme === "dark" ? "dark" : "light";
     root.dataset.scheme = scheme;
     root.style.colorScheme = scheme;
+    // Telegram's own header and background around the page in the page's background colour.
+    if (supports("6.1")) {
+      if (WebApp.setHeaderColor) WebApp.setHeaderColor("secondary_bg_color");
+      if (WebApp.setBackgroundColor) WebApp.setBackgroundColor("secondary_bg_color");
+    }
   }
 
   // ---- the API ----------------------------------------------------------------------------------
