@@ -33,6 +33,9 @@ pub struct ErrorDetail {
 pub enum ApiError {
     #[error("missing or invalid credentials")]
     Unauthorized,
+    /// Credentials that are good, for a caller this route (or this organization) is not for.
+    #[error("this caller may not use this route")]
+    Forbidden,
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("this method is not served here; see the Allow header")]
@@ -82,6 +85,7 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),

@@ -437,6 +437,8 @@ pub struct OperatorMove<'a> {
     pub description: &'a str,
     /// The request behind it (its idempotency key, when given), kept as the entry's source.
     pub reference: Option<&'a str>,
+    /// Who made it, kept with the entry (`platform`, `staff:<id>`, `key:<id>`).
+    pub actor: crate::access::Actor,
 }
 
 pub async fn operator_move(
@@ -453,7 +455,7 @@ pub async fn operator_move(
     }
     lock(conn, org.id, id).await?;
     let at = Stamp::now_in(org.time_zone);
-    ledger::post(
+    ledger::post_by(
         conn,
         &NewEntry {
             org_id: org.id,
@@ -466,6 +468,7 @@ pub async fn operator_move(
             source_ref: m.reference,
             at,
         },
+        &m.actor.to_string(),
     )
     .await?;
     // The bonus wallets' lots follow: an accrual opens one, a deduction takes from them.

@@ -38,10 +38,14 @@ pub enum ConflictCode {
     TokenKeysMissing,
     /// The customer's birth date is set already (only an operator may correct it).
     BirthDateSet,
+    /// The change would leave the organization without an owner.
+    LastOwner,
+    /// The Telegram user is the organization's staff already (change their role instead).
+    StaffExists,
 }
 
 impl ConflictCode {
-    pub const ALL: [ConflictCode; 12] = [
+    pub const ALL: [ConflictCode; 14] = [
         ConflictCode::ReceiptRace,
         ConflictCode::InsufficientBalance,
         ConflictCode::TelegramIdTaken,
@@ -54,6 +58,8 @@ impl ConflictCode {
         ConflictCode::BillClosed,
         ConflictCode::TokenKeysMissing,
         ConflictCode::BirthDateSet,
+        ConflictCode::LastOwner,
+        ConflictCode::StaffExists,
     ];
 
     /// The code as it crosses the API.
@@ -71,6 +77,8 @@ impl ConflictCode {
             ConflictCode::BillClosed => "bill_closed",
             ConflictCode::TokenKeysMissing => "token_keys_missing",
             ConflictCode::BirthDateSet => "birth_date_already_set",
+            ConflictCode::LastOwner => "last_owner",
+            ConflictCode::StaffExists => "staff_exists",
         }
     }
 

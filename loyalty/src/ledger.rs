@@ -212,8 +212,23 @@ pub async fn post(conn: &mut PgConnection, entry: &NewEntry<'_>) -> Result<()> {
     post_many(conn, std::slice::from_ref(entry)).await
 }
 
+/// As [`post`], for an entry made by hand: `actor` (`platform`, `staff:<id>`, `key:<id>`) is
+/// kept with it, so the trail says who moved the wallet.
+pub async fn post_by(conn: &mut PgConnection, entry: &NewEntry<'_>, actor: &str) -> Result<()> {
+    insert(conn, std::slice::from_ref(entry), Some(actor)).await
+}
+
 /// Appends entries in one statement, in order (each moves its wallet through the trigger).
 pub async fn post_many(conn: &mut PgConnection, entries: &[NewEntry<'_>]) -> Result<()> {
+    insert(conn, entries, None).await
+}
+
+/// Appends entries, all made by `actor` (`None`: by the program itself).
+async fn insert(
+    conn: &mut PgConnection,
+    entries: &[NewEntry<'_>],
+    actor: Option<&str>,
+) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -221,8 +236,8 @@ pub async fn post_many(conn: &mut PgConnection, entries: &[NewEntry<'_>]) -> Res
     let result = sqlx::query(
         "insert into ledger_entries
              (org_id, customer_id, wallet, kind, amount, description, source, source_ref,
-              transaction_type, occurred_at, utc_offset_seconds)
-         select o, c, w, k, a, d, s, r, t, at, off
+              transaction_type, occurred_at, utc_offset_seconds, actor)
+         select o, c, w, k, a, d, s, r, t, at, off, $12::text
          from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::numeric[], $6::text[],
                               $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
                 with ordinality as e(o, c, w, k, a, d, s, r, t, at, off, n)
@@ -249,6 +264,7 @@ pub async fn post_many(conn: &mut PgConnection, entries: &[NewEntry<'_>]) -> Res
             .map(|e| e.at.offset_seconds())
             .collect::<Vec<_>>(),
     )
+    .bind(actor)
     .execute(conn)
     .await;
     result.map(|_| ()).map_err(|err| match insufficient(&err) {

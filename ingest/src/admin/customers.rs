@@ -194,6 +194,7 @@ pub async fn move_bonuses(
         amount: body.amount,
         description,
         reference: request.key(),
+        actor: request.actor(),
     };
     operator_move(&state, &request, org, id, &movement).await
 }
@@ -227,6 +228,7 @@ pub async fn move_debt(
         amount: request.value.amount,
         description,
         reference: request.key(),
+        actor: request.actor(),
     };
     operator_move(&state, &request, org, id, &movement).await
 }

@@ -1,5 +1,7 @@
-//! The operator API under `/admin/v1`, behind `Authorization: Bearer $ADMIN_TOKEN`.
+//! The operator API under `/admin/v1`: the platform's operators (`ADMIN_TOKEN`), and an
+//! organization's own staff and API keys on its routes (see [`access`]).
 
+pub mod access;
 pub mod bills;
 pub mod customers;
 pub mod legacy;
@@ -9,16 +11,14 @@ pub mod receipts;
 pub mod reports;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Query, bearer};
+use crate::extract::Query;
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -29,26 +29,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(ops::router())
         .merge(reports::router())
         .merge(legacy::router(state.config.import_body_limit))
-        // Its own fallbacks, so they sit behind the token too: without it, every path is a 401
-        // and the routes cannot be probed.
+        // Its own fallbacks, so they sit behind the credentials too: without them, every path is
+        // a 401 and the routes cannot be probed.
         .fallback(crate::edge::not_found)
         .method_not_allowed_fallback(crate::edge::method_not_allowed)
-        .layer(middleware::from_fn_with_state(state, require_admin))
-}
-
-async fn require_admin(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let expected = state.config.admin_token.as_bytes();
-    let given = bearer(request.headers())
-        .map(str::as_bytes)
-        .unwrap_or_default();
-    if expected.is_empty() || !bool::from(given.ct_eq(expected)) {
-        return Err(ApiError::Unauthorized);
-    }
-    Ok(next.run(request).await)
+        .layer(middleware::from_fn_with_state(state, access::authorize))
 }
 
 /// The page of a list endpoint, from its `?limit=&offset=` (documented by [`PageQuery`]), checked.
