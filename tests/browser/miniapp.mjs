@@ -133,7 +133,6 @@ async function person(initData, interimRole = null) {
       if (!("staff_role" in body)) body.staff_role = interimRole;
       await route.fulfill({ response, json: body });
     });
-    await context.route(/\/admin\/v1\//, (route) => route.continue({ headers: { ...route.request().headers(), authorization: `Bearer ${config.interim}` } }));
   }
   const page = await context.newPage();
   page.setDefaultTimeout(15000);
