@@ -12,6 +12,7 @@ pub mod management;
 pub mod miniapp;
 pub mod openapi;
 pub mod pos;
+pub mod webapp;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -158,6 +159,7 @@ pub fn app(state: AppState) -> Router {
         .merge(pos::router())
         .merge(miniapp::router())
         .merge(dashboard::router())
+        .merge(webapp::router())
         .nest("/admin/v1", admin::router(state.clone()));
     edge::layers(routes).with_state(state)
 }
