@@ -16,7 +16,7 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::AppState;
-use crate::admin::{bills, customers, legacy, ops, orgs, receipts, reports};
+use crate::admin::{access, audit, bills, customers, legacy, ops, orgs, receipts, reports, staff};
 use crate::{health, miniapp, pos};
 use loyalty::schema::{NO_NUL, NOT_BLANK};
 
@@ -91,6 +91,13 @@ impl Modify for SecuritySchemes {
                  organization's bot, at most MINIAPP_MAX_AGE old",
             ))),
         );
+        components.add_security_scheme(
+            "api_key",
+            bearer(
+                "`lk_…`: an organization's API key (POST /admin/v1/orgs/{org}/api-keys), on that \
+                 organization's routes its role allows (`x-roles`)",
+            ),
+        );
     }
 }
 
@@ -110,6 +117,8 @@ impl Modify for SecuritySchemes {
         receipts::list_receipts, receipts::attach_receipt, receipts::list_notifications,
         ops::summary, ops::queues, ops::dead_letters, ops::replay, receipts::ops_receipts, receipts::ops_notifications,
         reports::liability, reports::activity,
+        staff::list_staff, staff::add_staff, staff::change_staff, staff::remove_staff,
+        staff::list_keys, staff::create_key, staff::revoke_key, audit::trail,
     ),
     modifiers(&SecuritySchemes)
 )]
@@ -122,6 +131,7 @@ pub static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
         json!({ "openapi": "3.1.0", "info": { "title": format!("document error: {err}"), "version": "0" }, "paths": {} })
     });
     refine(&mut doc);
+    add_access(&mut doc);
     add_shared_answers(&mut doc);
     refuse_nul_in_text(&mut doc);
     add_any_json(&mut doc);
@@ -206,6 +216,51 @@ fn refine(doc: &mut Value) {
         { "required": ["phone_number"], "properties": { "phone_number": { "type": "string" } } },
         { "required": ["telegram_id"], "properties": { "telegram_id": { "type": "integer" } } },
     ]);
+}
+
+/// Who may call each operator route, from the one table the server checks
+/// (`admin::access::RULES`): the organization routes its roles reach take an API key or a staff
+/// member's init data besides the platform's token, and name the roles (`x-roles`); every
+/// operator route may answer 403 to a caller it is not for.
+fn add_access(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        if !path.starts_with("/admin/v1/") {
+            continue;
+        }
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in item.iter_mut() {
+            let roles = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .ok()
+                .and_then(|m| access::rule_of(&m, path))
+                .map_or(&[][..], |rule| rule.roles);
+            operation["x-roles"] = json!(roles.iter().map(|r| r.as_str()).collect::<Vec<_>>());
+            operation["security"] = if roles.is_empty() {
+                json!([{ "admin": [] }])
+            } else {
+                json!([{ "admin": [] }, { "api_key": [] }, { "tma": [] }])
+            };
+            let description = if roles.is_empty() {
+                "the platform's route: an organization's key or staff may not call it"
+            } else {
+                "another organization's route, or a role `x-roles` does not name (a Telegram \
+                 user who is not the organization's staff, too)"
+            };
+            if operation["responses"].get("403").is_none() {
+                operation["responses"]["403"] = error_answer(description);
+            }
+            if !roles.is_empty() && operation["responses"].get("429").is_none() {
+                operation["responses"]["429"] = error_answer(
+                    "a staff member over MINIAPP_RATE requests a second (bursts of MINIAPP_BURST), \
+                     counted with their Mini App requests",
+                );
+            }
+        }
+    }
 }
 
 /// The answers that follow from how a route is built rather than from what it does.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{Listing, Page, PageQuery};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Body, Path, Query};
+use crate::extract::{Path, Query};
 use crate::idempotency::Idempotent;
 
 pub fn router() -> Router<AppState> {
@@ -320,18 +320,16 @@ pub struct BirthDate {
 pub async fn set_birth_date(
     State(state): State<AppState>,
     Path((org, id)): Path<(i64, i64)>,
-    body: Body<BirthDateRequest>,
-) -> Result<Json<BirthDate>, ApiError> {
-    let mut tx = state.db.begin().await?;
-    let organization = orgs::get(&mut tx, org).await?;
-    let birth_date = customers::set_birth_date(
-        &mut tx,
-        &organization,
-        id,
-        &body.value.birth_date,
-        body.value.correct,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(BirthDate { birth_date }))
+    request: Idempotent<BirthDateRequest>,
+) -> Result<Response, ApiError> {
+    let body = &request.value;
+    request
+        .answer(&state.db, StatusCode::OK, async |conn| {
+            let organization = orgs::get(conn, org).await?;
+            let birth_date =
+                customers::set_birth_date(conn, &organization, id, &body.birth_date, body.correct)
+                    .await?;
+            Ok(BirthDate { birth_date })
+        })
+        .await
 }

@@ -2,6 +2,7 @@
 //! organization's own staff and API keys on its routes (see [`access`]).
 
 pub mod access;
+pub mod audit;
 pub mod bills;
 pub mod customers;
 pub mod legacy;
@@ -9,6 +10,7 @@ pub mod ops;
 pub mod orgs;
 pub mod receipts;
 pub mod reports;
+pub mod staff;
 
 use axum::Router;
 use axum::extract::FromRequestParts;
@@ -28,6 +30,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(receipts::router())
         .merge(ops::router())
         .merge(reports::router())
+        .merge(staff::router())
+        .merge(audit::router())
         .merge(legacy::router(state.config.import_body_limit))
         // Its own fallbacks, so they sit behind the credentials too: without them, every path is
         // a 401 and the routes cannot be probed.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Body, Path};
+use crate::extract::Path;
 use crate::idempotency::Idempotent;
 
 pub fn router() -> Router<AppState> {
@@ -48,24 +48,26 @@ pub struct ImportedExpiryRequest {
 pub async fn set_imported_expiry(
     State(state): State<AppState>,
     Path(org): Path<i64>,
-    body: Body<ImportedExpiryRequest>,
-) -> Result<Json<loyalty::lots::ImportedExpiry>, ApiError> {
-    let mut tx = state.db.begin().await?;
-    let organization = orgs::get(&mut tx, org).await?;
-    let expires_at = match body.value.expires_on.as_deref() {
-        None => None,
-        Some(text) => Some(
-            loyalty::rules::lots::start_of_local_day(
-                text,
-                organization.time_zone.0,
-                chrono::Utc::now(),
-            )
-            .map_err(|message| ApiError::invalid("expires_on", message))?,
-        ),
-    };
-    let changed = loyalty::lots::set_imported_expiry(&mut tx, org, expires_at).await?;
-    tx.commit().await?;
-    Ok(Json(changed))
+    request: Idempotent<ImportedExpiryRequest>,
+) -> Result<Response, ApiError> {
+    let expires_on = request.value.expires_on.as_deref();
+    request
+        .answer(&state.db, StatusCode::OK, async |conn| {
+            let organization = orgs::get(conn, org).await?;
+            let expires_at = match expires_on {
+                None => None,
+                Some(text) => Some(
+                    loyalty::rules::lots::start_of_local_day(
+                        text,
+                        organization.time_zone.0,
+                        chrono::Utc::now(),
+                    )
+                    .map_err(|message| ApiError::invalid("expires_on", message))?,
+                ),
+            };
+            Ok(loyalty::lots::set_imported_expiry(conn, org, expires_at).await?)
+        })
+        .await
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -113,13 +115,15 @@ pub async fn get_org(
 pub async fn update_org(
     State(state): State<AppState>,
     Path(org): Path<i64>,
-    body: Body<OrgChanges>,
-) -> Result<Json<Organization>, ApiError> {
-    let mut tx = state.db.begin().await?;
-    orgs::update(&mut tx, &state.config.secrets.token_keys, org, &body.value).await?;
-    let updated = orgs::get(&mut tx, org).await?;
-    tx.commit().await?;
-    Ok(Json(updated))
+    request: Idempotent<OrgChanges>,
+) -> Result<Response, ApiError> {
+    let keys = &state.config.secrets.token_keys;
+    request
+        .answer(&state.db, StatusCode::OK, async |conn| {
+            orgs::update(conn, keys, org, &request.value).await?;
+            Ok(orgs::get(conn, org).await?)
+        })
+        .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -138,10 +142,15 @@ pub struct NewIntegrationRequest {
 pub async fn create_integration(
     State(state): State<AppState>,
     Path(org): Path<i64>,
-    body: Body<NewIntegrationRequest>,
-) -> Result<(StatusCode, Json<NewIntegration>), ApiError> {
-    let mut conn = state.db.acquire().await?;
-    let created = orgs::create_integration(&mut conn, org, &body.value.system).await?;
-    tracing::info!(org, integration = created.id, "POS integration created");
-    Ok((StatusCode::CREATED, Json(created)))
+    request: Idempotent<NewIntegrationRequest>,
+) -> Result<Response, ApiError> {
+    let system = &request.value.system;
+    // The answer holds the POS token, which is never stored in clear.
+    request
+        .answer_unstored(&state.db, StatusCode::CREATED, async |conn| {
+            let created = orgs::create_integration(conn, org, system).await?;
+            tracing::info!(org, integration = created.id, "POS integration created");
+            Ok(created)
+        })
+        .await
 }
