@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::StatusCode;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::response::Response;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use loyalty::access::{self, Role};
 use loyalty::customers;
 use loyalty::init_data::{self, TelegramUser};
 use loyalty::ledger::{self, HistoryEntry};
@@ -35,6 +35,8 @@ pub fn router() -> Router<AppState> {
         .route("/app/v1/orgs/{org}/me/promo", post(promo))
         .route("/app/v1/orgs/{org}/me/history", get(history))
         .route("/app/v1/orgs/{org}/me/birth_date", put(birth_date))
+        .route("/app/v1/orgs/{org}/me/code.svg", get(code_svg))
+        .route("/app/v1/orgs/{org}/me/write-access", post(write_access))
 }
 
 /// The organization and the Telegram user of a Mini App request. Anything wrong with the
@@ -52,6 +54,8 @@ pub fn router() -> Router<AppState> {
 pub struct MiniAppUser {
     pub org: Organization,
     pub user: TelegramUser,
+    /// The signed `startapp` parameter of the link that opened the app.
+    pub start_param: Option<String>,
 }
 
 impl FromRequestParts<AppState> for MiniAppUser {
@@ -60,7 +64,7 @@ impl FromRequestParts<AppState> for MiniAppUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let init = parts
             .headers
-            .get(AUTHORIZATION)
+            .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("tma"))
@@ -95,36 +99,69 @@ impl FromRequestParts<AppState> for MiniAppUser {
             .map_err(unknown_is_unauthorized)?
             .ok_or(ApiError::Unauthorized)?;
         let max_age = Duration::from_secs(state.config.miniapp_max_age);
-        let user = init_data::validate(&init, &token, chrono::Utc::now(), max_age)
+        let valid = init_data::validate_all(&init, &token, chrono::Utc::now(), max_age)
             .map_err(|_| ApiError::Unauthorized)?;
-        Ok(MiniAppUser { org, user })
+        Ok(MiniAppUser {
+            org,
+            user: valid.user,
+            start_param: valid.start_param,
+        })
     }
 }
 
 /// The caller as a customer in the legacy shape, created on the first visit, with the shop's
-/// contacts and bonus settings for a "how it works" screen, and where the customer stands
-/// (pending bonuses, the next expiry, the tier, the share of a bill bonuses may pay).
+/// contacts and bonus settings for a "how it works" screen, where the customer stands (pending
+/// bonuses, the next expiry, the tier, the share of a bill bonuses may pay), the link that shares
+/// their promo code, whether the bot may write to them, and their role if they are the shop's
+/// staff. The first visit through a friend's link (`start_param` = the friend's code) applies the
+/// code with the promo rules and says how that went in `referral`; later visits never retry it.
 #[utoipa::path(get, path = "/app/v1/orgs/{org}/me", tag = "Mini App", params(("org" = i64, Path)),
     responses((status = 200, body = crate::openapi::MiniAppProfile)), security(("tma" = [])))]
 async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<Value>, ApiError> {
+    let org = &caller.org;
     let mut tx = state.db.begin().await?;
-    let (id, first_visit) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
-    let customer = legacy::customer(&mut tx, caller.org.id, caller.org.time_zone, id).await?;
-    let standing = standing::standing(&mut tx, &caller.org, id).await?;
+    let (id, first_visit) = customers::visit(&mut tx, org, &caller.user).await?;
+    if caller.user.allows_write_to_pm == Some(true) {
+        access::allow_messages(&mut tx, org.id, caller.user.id).await?;
+    }
     tx.commit().await?;
     if first_visit {
-        tracing::info!(org = caller.org.id, customer = id, "first Mini App visit");
+        tracing::info!(org = org.id, customer = id, "first Mini App visit");
     }
+    // After the visit's commit, as `promo` does, so the promo takes the locks in the program's order.
+    let referral = match caller.start_param.as_deref().filter(|p| is_promo_code(p)) {
+        Some(code) if first_visit => Some(try_referral(&state, org, id, code).await?),
+        _ => None,
+    };
+    let mut tx = state.db.begin().await?;
+    let customer = legacy::customer(&mut tx, org.id, org.time_zone, id).await?;
+    let standing = standing::standing(&mut tx, org, id).await?;
+    let can_message = customers::can_message(&mut tx, org.id, id).await?;
+    let staff_role = access::staff_role(&mut tx, org.id, caller.user.id).await?;
+    tx.commit().await?;
+    let share_link = access::share_link(
+        org.telegram_bot_username.as_deref(),
+        org.miniapp_short_name.as_deref(),
+        &customer.referral_code,
+    );
     let mut body = serde_json::to_value(&customer).map_err(anyhow::Error::from)?;
     body["organization"] = json!({
-        "name": caller.org.details.name,
-        "phone_numbers": caller.org.details.phone_numbers,
-        "address": caller.org.details.address,
-        "whatsapp_link": caller.org.details.whatsapp_link,
-        "telegram_link": caller.org.details.telegram_link,
+        "name": org.details.name,
+        "phone_numbers": org.details.phone_numbers,
+        "address": org.details.address,
+        "whatsapp_link": org.details.whatsapp_link,
+        "telegram_link": org.details.telegram_link,
+        "currency_symbol": org.currency_symbol,
     });
     body["bonus_program_settings"] =
-        serde_json::to_value(&caller.org.bonus_program_settings).map_err(anyhow::Error::from)?;
+        serde_json::to_value(&org.bonus_program_settings).map_err(anyhow::Error::from)?;
+    body["share_link"] = json!(share_link);
+    body["can_message"] = json!(can_message);
+    // Staff are owners or cashiers; a reader is a key's role, never a person's.
+    body["staff_role"] = json!(staff_role.filter(|r| *r != Role::Reader).map(Role::as_str));
+    if let Some(referral) = referral {
+        body["referral"] = serde_json::to_value(&referral).map_err(anyhow::Error::from)?;
+    }
     // Where the customer stands: pending bonuses, the next expiry, the tier, the bill share.
     if let (Some(body), Value::Object(fields)) = (
         body.as_object_mut(),
@@ -133,6 +170,136 @@ async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<V
         body.extend(fields);
     }
     Ok(Json(body))
+}
+
+/// Whether a link's parameter means to be a promo code (`PROMO…`, any case); anything else a
+/// link may carry is not a referral and is left alone.
+pub(crate) fn is_promo_code(param: &str) -> bool {
+    param
+        .trim()
+        .get(..5)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("PROMO"))
+}
+
+/// How applying a friend's code from a link went: refused codes are an answer, not an error.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Referral {
+    /// The code as the link carried it.
+    pub code: String,
+    pub applied: bool,
+    /// Why it was not applied, for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why it was not applied, for programs: the error code `POST …/me/promo` would answer with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Applies `code` for customer `id` with the promo rules (the same as `POST …/me/promo`). A code
+/// the rules refuse comes back as `applied: false` with the reason; only the database failing
+/// is an error.
+pub(crate) async fn try_referral(
+    state: &AppState,
+    org: &Organization,
+    id: i64,
+    code: &str,
+) -> Result<Referral, ApiError> {
+    let applied = transact(
+        &state.db,
+        None,
+        |_| StatusCode::OK,
+        async |conn| Ok(customers::apply_promo(conn, org, id, code).await?),
+    )
+    .await;
+    let refused = |error: &str, reason: String| Referral {
+        code: code.to_owned(),
+        applied: false,
+        reason: Some(reason),
+        error: Some(error.to_owned()),
+    };
+    let referral = match applied {
+        Ok(_) => Referral {
+            code: code.to_owned(),
+            applied: true,
+            reason: None,
+            error: None,
+        },
+        Err(ApiError::Conflict { code, message }) => refused(code, message),
+        Err(ApiError::Invalid { message, .. }) => refused("invalid", message),
+        Err(ApiError::NotFound(_)) => refused(
+            "invalid",
+            "no customer of this organization has this promo code".to_owned(),
+        ),
+        Err(other) => return Err(other),
+    };
+    tracing::info!(org = org.id, customer = id, applied = referral.applied, error = ?referral.error, "referral by link");
+    Ok(referral)
+}
+
+/// The caller's own id as a QR code, for the cashier to scan: the digits alone, which the
+/// register's and the staff view's search take as they are. Private: it identifies the customer.
+#[utoipa::path(get, path = "/app/v1/orgs/{org}/me/code.svg", tag = "Mini App", params(("org" = i64, Path)),
+    responses((status = 200, content_type = "image/svg+xml", body = String,
+               description = "a QR code of the customer's id")),
+    security(("tma" = [])))]
+async fn code_svg(
+    State(state): State<AppState>,
+    caller: MiniAppUser,
+) -> Result<Response, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let (id, _) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
+    tx.commit().await?;
+    let code = qrcode::QrCode::with_error_correction_level(id.to_string(), qrcode::EcLevel::M)
+        .map_err(|err| anyhow::anyhow!("QR code of a customer id: {err}"))?;
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .module_dimensions(1, 1)
+        .quiet_zone(true)
+        .build();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        svg,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = MiniAppWriteAccessRequest)]
+struct WriteAccessRequest {
+    /// What `requestWriteAccess` answered.
+    granted: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = MiniAppWriteAccess)]
+struct WriteAccess {
+    /// Whether the bot may now write to the customer.
+    can_message: bool,
+}
+
+/// The customer let the bot write to them (`WebApp.requestWriteAccess`): accrual messages reach
+/// them again, a mark of unreachable is cleared. `granted: false` changes nothing.
+#[utoipa::path(post, path = "/app/v1/orgs/{org}/me/write-access", tag = "Mini App", params(("org" = i64, Path)),
+    request_body = WriteAccessRequest,
+    responses((status = 200, body = WriteAccess)), security(("tma" = [])))]
+async fn write_access(
+    State(state): State<AppState>,
+    caller: MiniAppUser,
+    body: Body<WriteAccessRequest>,
+) -> Result<Json<WriteAccess>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let (id, _) = customers::visit(&mut tx, &caller.org, &caller.user).await?;
+    if body.value.granted {
+        access::allow_messages(&mut tx, caller.org.id, caller.user.id).await?;
+        tracing::info!(org = caller.org.id, customer = id, "write access granted");
+    }
+    let can_message = customers::can_message(&mut tx, caller.org.id, id).await?;
+    tx.commit().await?;
+    Ok(Json(WriteAccess { can_message }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -35,10 +35,30 @@ pub struct Readiness {
 pub struct MiniAppProfile {
     #[serde(flatten)]
     pub customer: loyalty::legacy::LegacyCustomer,
-    pub organization: loyalty::orgs::OrgDetails,
+    pub organization: MiniAppOrganization,
     pub bonus_program_settings: loyalty::rules::BonusProgramSettings,
     #[serde(flatten)]
     pub standing: loyalty::standing::Standing,
+    /// The link that opens the app with the customer's promo code (to share with friends); null
+    /// while the bot's username is unknown.
+    pub share_link: Option<String>,
+    /// Whether the bot may write to the customer; when false the app asks for write access.
+    pub can_message: bool,
+    /// The caller's role among the shop's staff; null for customers.
+    #[schema(pattern = "^(owner|cashier)$")]
+    pub staff_role: Option<String>,
+    /// Only on the first visit through a link whose `start_param` is a promo code.
+    #[schema(nullable = false)]
+    pub referral: Option<miniapp::Referral>,
+}
+
+/// The shop as the Mini App shows it: its contacts and how amounts are written.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MiniAppOrganization {
+    #[serde(flatten)]
+    pub details: loyalty::orgs::OrgDetails,
+    /// Shown after amounts (₸, сом, ₽…).
+    pub currency_symbol: String,
 }
 
 /// What creating an organization takes: the fields of a change, with the name required.
@@ -108,6 +128,7 @@ impl Modify for SecuritySchemes {
         health::healthz, health::readyz,
         pos::hello, pos::list, pos::bill_by_id, pos::receipt,
         miniapp::me, miniapp::promo, miniapp::history, miniapp::birth_date,
+        miniapp::code_svg, miniapp::write_access,
         orgs::create_org, orgs::get_org, orgs::update_org, orgs::create_integration, orgs::set_imported_expiry,
         customers::create_customer, customers::search_customers, customers::get_customer,
         customers::enter_promo, customers::move_bonuses, customers::move_debt, customers::merge_customer,

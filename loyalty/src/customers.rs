@@ -838,6 +838,20 @@ pub async fn telegram_recipient(
     .await?)
 }
 
+/// Whether the bot may write to the customer: they let it (`/start`, or write access granted in
+/// the Mini App) and Telegram has not refused their chat since.
+pub async fn can_message(conn: &mut PgConnection, org_id: i64, customer_id: i64) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "select messages_allowed_at is not null and telegram_unreachable_at is null
+         from customers where org_id = $1 and id = $2",
+    )
+    .bind(org_id)
+    .bind(customer_id)
+    .fetch_optional(conn)
+    .await?
+    .unwrap_or(false))
+}
+
 /// Telegram refused the chat for good: the customer is not written to again until they come
 /// back through the Mini App.
 pub async fn mark_telegram_unreachable(

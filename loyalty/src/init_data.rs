@@ -36,6 +36,15 @@ pub enum Invalid {
     NoUser,
 }
 
+/// What valid init data tells besides the user: signed, so it can be trusted as the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    pub user: TelegramUser,
+    /// The `startapp` parameter of the link that opened the Mini App (a friend's promo code, for
+    /// a referral by link); `None` when it was opened otherwise.
+    pub start_param: Option<String>,
+}
+
 /// Validates `init_data` for the bot whose token is `bot_token`, at `now`, accepting it for
 /// `max_age` after its `auth_date` (and up to a minute before, for clock skew).
 pub fn validate(
@@ -44,6 +53,16 @@ pub fn validate(
     now: DateTime<Utc>,
     max_age: Duration,
 ) -> Result<TelegramUser, Invalid> {
+    validate_all(init_data, bot_token, now, max_age).map(|valid| valid.user)
+}
+
+/// [`validate`], keeping the signed `start_param` too.
+pub fn validate_all(
+    init_data: &str,
+    bot_token: &str,
+    now: DateTime<Utc>,
+    max_age: Duration,
+) -> Result<Validated, Invalid> {
     let mut hash = None;
     let mut fields: Vec<(String, String)> = Vec::new();
     for (key, value) in url::form_urlencoded::parse(init_data.trim().as_bytes()) {
@@ -87,7 +106,10 @@ pub fn validate(
         return Err(Invalid::NoUser);
     }
     user.strip_nul();
-    Ok(user)
+    let start_param = field("start_param")
+        .map(|p| p.replace('\0', ""))
+        .filter(|p| !p.is_empty());
+    Ok(Validated { user, start_param })
 }
 
 impl TelegramUser {
@@ -201,6 +223,25 @@ mod tests {
             ),
             ("Alice", Some(""), Some("a"))
         );
+    }
+
+    #[test]
+    fn the_signed_start_param_and_write_permission_are_kept() {
+        let user = r#"{"id":7,"first_name":"Ann","allows_write_to_pm":true}"#;
+        let data = sign(
+            &[
+                ("auth_date", "1735689600"),
+                ("start_param", "PROMO100001"),
+                ("user", user),
+            ],
+            TOKEN,
+        );
+        let valid = validate_all(&data, TOKEN, at(1_735_689_600), DAY).expect("valid");
+        assert_eq!(valid.start_param.as_deref(), Some("PROMO100001"));
+        assert_eq!(valid.user.allows_write_to_pm, Some(true));
+        let plain = sign(&[("auth_date", "1735689600"), ("user", user)], TOKEN);
+        let valid = validate_all(&plain, TOKEN, at(1_735_689_600), DAY).expect("valid");
+        assert_eq!(valid.start_param, None);
     }
 
     #[test]

@@ -178,8 +178,14 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// [`TestApp::spawn`] with its configuration changed by `configure` first (a Bot API
+    /// stand-in, a public URL).
+    pub async fn spawn_with(configure: impl FnOnce(&mut ingest::Config)) -> Self {
         let db = TestDb::new().await;
-        let config = ingest::Config {
+        let mut config = ingest::Config {
             backends: loyalty_service::config::Backends {
                 database_url: db.url.clone(),
                 amqp_url: amqp_url().await.to_owned(),
@@ -204,6 +210,7 @@ impl TestApp {
             miniapp_rate: std::num::NonZeroU32::new(5).expect("non-zero"),
             miniapp_burst: std::num::NonZeroU32::new(20).expect("non-zero"),
         };
+        configure(&mut config);
         let state = ingest::AppState::new(db.pool.clone(), config).expect("ingest state");
         let served = state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
