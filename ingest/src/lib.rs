@@ -12,6 +12,7 @@ pub mod management;
 pub mod miniapp;
 pub mod openapi;
 pub mod pos;
+pub mod telegram;
 pub mod webapp;
 
 use std::net::SocketAddr;
@@ -51,7 +52,7 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
     pub http: server::HttpLimits,
-    /// Telegram Bot API base URL (used by the notifier; accepted here so one environment serves all).
+    /// Telegram Bot API base URL: the shops' bots answer and are set up through it.
     #[arg(
         long,
         env = "TELEGRAM_API_URL",
@@ -106,6 +107,8 @@ pub struct Shared {
     /// Mini App requests per (organization, Telegram user): `MINIAPP_RATE` a second, bursts of
     /// `MINIAPP_BURST` (see `miniapp::MiniAppUser` for why the key is the claimed user).
     pub miniapp_limits: governor::DefaultKeyedRateLimiter<(i64, i64)>,
+    /// Calls the Bot API (the bot's answers and its set-up).
+    pub http: reqwest::Client,
     /// RabbitMQ's management API, when configured.
     pub management: Option<management::Management>,
     /// When `/metrics` last read the queues' depths from RabbitMQ.
@@ -144,6 +147,7 @@ impl AppState {
             pos_tokens,
             depths_read: health::DepthsRead::default(),
             miniapp_limits: governor::RateLimiter::keyed(quota),
+            http: reqwest::Client::new(),
             config: Arc::new(config),
         })))
     }
@@ -158,6 +162,7 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(pos::router())
         .merge(miniapp::router())
+        .merge(telegram::router())
         .merge(dashboard::router())
         .merge(webapp::router())
         .nest("/admin/v1", admin::router(state.clone()));

@@ -376,7 +376,22 @@ async fn set_bot_token(
             )
         })?)
     };
+    // The username was the old bot's: links must not name a bot the token no longer drives.
+    sqlx::query("update organizations set telegram_bot_username = null where id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     store_sealed(conn, id, sealed.as_ref()).await
+}
+
+/// Stores the bot's @username as `getMe` told it (links that open the app name it).
+pub async fn set_bot_username(conn: &mut PgConnection, id: i64, username: &str) -> Result<()> {
+    sqlx::query("update organizations set telegram_bot_username = $2 where id = $1")
+        .bind(id)
+        .bind(username)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 async fn store_sealed(conn: &mut PgConnection, id: i64, sealed: Option<&Sealed>) -> Result<()> {

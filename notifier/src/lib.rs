@@ -6,8 +6,6 @@
 //!   (≈1 message a second per chat, ≈30 per bot; a 429 pauses the bot for `retry_after`), recording
 //!   each notification's state so a restart never resends what was sent.
 
-pub mod telegram;
-
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -27,7 +25,7 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tracing::{Instrument, Span};
 
-use crate::telegram::Answer;
+use loyalty_service::telegram::{self, Answer};
 
 /// Notifications sent at once (each waits for Telegram's limits and answer).
 pub const DEFAULT_CONCURRENCY: u16 = 16;
@@ -283,10 +281,21 @@ impl Notifier {
             }
         };
         let outcome = match answer {
-            Answer::Sent { message_id } => {
-                self.finish(id, NotificationStatus::Sent, None, Some(message_id))
-                    .await;
-                Delivered::Sent { message_id }
+            // Telegram always says which message it made; without it, delivery is unknown.
+            Answer::Done(sent) => {
+                match sent.get("message_id").and_then(serde_json::Value::as_i64) {
+                    Some(message_id) => {
+                        self.finish(id, NotificationStatus::Sent, None, Some(message_id))
+                            .await;
+                        Delivered::Sent { message_id }
+                    }
+                    None => {
+                        let reason = "sendMessage answered ok without a message_id".to_owned();
+                        self.finish(id, NotificationStatus::Uncertain, Some(&reason), None)
+                            .await;
+                        Delivered::Uncertain(reason)
+                    }
+                }
             }
             Answer::Unreachable(reason) => {
                 self.finish(id, NotificationStatus::Unreachable, Some(&reason), None)

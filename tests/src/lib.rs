@@ -251,6 +251,24 @@ impl TestApp {
         send(self.admin(reqwest::Method::POST, path).json(body)).await
     }
 
+    /// A Mini App request as Telegram user of `init` (init data signed for the organization's bot).
+    pub async fn as_user(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        init: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, self.url(path))
+            .header("Authorization", format!("tma {init}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        send(request).await
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         send(self.admin(reqwest::Method::GET, path)).await
     }

@@ -44,14 +44,7 @@ async fn as_user(
     init: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = app
-        .http
-        .request(method, app.url(path))
-        .header("Authorization", format!("tma {init}"));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    send(request).await
+    app.as_user(method, path, init, body).await
 }
 
 #[tokio::test]

@@ -39,32 +39,15 @@ fn user(id: i64, name: &str) -> Value {
     json!({"id": id, "first_name": name, "language_code": "ru"})
 }
 
-async fn call(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    init: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app
-        .http
-        .request(method, app.url(path))
-        .header("Authorization", format!("tma {init}"));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    send(request).await
-}
-
 async fn me(app: &TestApp, org: i64, init: &str) -> Value {
-    let (status, me) = call(
-        app,
-        reqwest::Method::GET,
-        &format!("/app/v1/orgs/{org}/me"),
-        init,
-        None,
-    )
-    .await;
+    let (status, me) = app
+        .as_user(
+            reqwest::Method::GET,
+            &format!("/app/v1/orgs/{org}/me"),
+            init,
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{me}");
     me
 }
@@ -274,14 +257,14 @@ async fn write_access_lets_the_bot_write_and_clears_unreachable() {
         .await
         .expect("mark");
 
-    let (status, body) = call(
-        &app,
-        reqwest::Method::POST,
-        &format!("/app/v1/orgs/{org}/me/write-access"),
-        &init,
-        Some(json!({"granted": true})),
-    )
-    .await;
+    let (status, body) = app
+        .as_user(
+            reqwest::Method::POST,
+            &format!("/app/v1/orgs/{org}/me/write-access"),
+            &init,
+            Some(json!({"granted": true})),
+        )
+        .await;
     assert_eq!((status, body), (200, json!({"can_message": true})));
     let unreachable: bool = sqlx::query_scalar(
         "select telegram_unreachable_at is not null from customers where org_id = $1 and id = $2",
@@ -294,14 +277,14 @@ async fn write_access_lets_the_bot_write_and_clears_unreachable() {
     assert!(!unreachable);
     assert_eq!(me(&app, org, &init).await["can_message"], true);
 
-    let (status, body) = call(
-        &app,
-        reqwest::Method::POST,
-        &format!("/app/v1/orgs/{org}/me/write-access"),
-        &init,
-        Some(json!({"granted": "yes"})),
-    )
-    .await;
+    let (status, body) = app
+        .as_user(
+            reqwest::Method::POST,
+            &format!("/app/v1/orgs/{org}/me/write-access"),
+            &init,
+            Some(json!({"granted": "yes"})),
+        )
+        .await;
     assert_eq!(status, 422, "{body}");
 }
 

@@ -78,20 +78,46 @@ pub struct CreatedOrg {
 /// Creates an organization (a tenant).
 #[utoipa::path(post, path = "/admin/v1/orgs", tag = "organizations", request_body = crate::openapi::NewOrg,
     responses((status = 201, body = CreatedOrg),
-              (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = ErrorBody)),
+              (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = ErrorBody),
+              (status = 422, description = "invalid, or a bot token Telegram refused", body = ErrorBody),
+              (status = 503, description = "Telegram unreachable to set the bot up; nothing stored", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_org(
     State(state): State<AppState>,
     request: Idempotent<OrgChanges>,
 ) -> Result<Response, ApiError> {
     let keys = &state.config.secrets.token_keys;
+    let state = &state;
     request
         .answer(&state.db, StatusCode::CREATED, async |conn| {
-            Ok(CreatedOrg {
-                id: orgs::create(conn, keys, &request.value).await?,
-            })
+            let id = orgs::create(conn, keys, &request.value).await?;
+            set_bot_up(state, conn, id, &request.value).await?;
+            Ok(CreatedOrg { id })
         })
         .await
+}
+
+/// When the change stores a bot token: sets the bot up with Telegram (webhook and menu button,
+/// when `PUBLIC_URL` is configured) and keeps its username, inside the transaction that stores
+/// the token, so a token Telegram refuses or cannot check is not stored (see
+/// `telegram::register_bot`).
+async fn set_bot_up(
+    state: &AppState,
+    conn: &mut sqlx::PgConnection,
+    org: i64,
+    changes: &OrgChanges,
+) -> Result<(), ApiError> {
+    let Some(token) = changes
+        .telegram_bot_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    else {
+        return Ok(());
+    };
+    if let Some(username) = crate::telegram::register_bot(state, org, token).await? {
+        orgs::set_bot_username(conn, org, &username).await?;
+    }
+    Ok(())
 }
 
 /// An organization; the bot token is never returned, only whether it is set.
@@ -110,7 +136,8 @@ pub async fn get_org(
 #[utoipa::path(patch, path = "/admin/v1/orgs/{org}", tag = "organizations", request_body = OrgChanges,
     responses((status = 200, body = Organization), (status = 404, body = ErrorBody),
               (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = ErrorBody),
-              (status = 422, body = ErrorBody)),
+              (status = 422, description = "invalid, or a bot token Telegram refused", body = ErrorBody),
+              (status = 503, description = "Telegram unreachable to set the bot up; nothing stored", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn update_org(
     State(state): State<AppState>,
@@ -118,9 +145,11 @@ pub async fn update_org(
     request: Idempotent<OrgChanges>,
 ) -> Result<Response, ApiError> {
     let keys = &state.config.secrets.token_keys;
+    let state = &state;
     request
         .answer(&state.db, StatusCode::OK, async |conn| {
             orgs::update(conn, keys, org, &request.value).await?;
+            set_bot_up(state, conn, org, &request.value).await?;
             Ok(orgs::get(conn, org).await?)
         })
         .await

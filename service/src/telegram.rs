@@ -1,22 +1,22 @@
-//! The one Bot API call the notifier makes, `sendMessage`, and what each answer means. The token
-//! is part of the URL, so no URL is ever logged or put into an error.
+//! The Bot API as the services call it (the notifier's `sendMessage`, ingest's bot answers and
+//! the bot's registration) and what each answer means, classified once. The token is part of the
+//! URL, so no URL is ever logged or put into an error.
 
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// How long a `sendMessage` call may take; later, it may or may not have been delivered.
-const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 /// The bounds of a 429's `retry_after`, in seconds (1 when Telegram gives none).
 const RETRY_AFTER_SECS: (u64, u64) = (1, 3600);
 
-/// What Telegram's answer means for the notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What Telegram's answer to a call means.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    Sent {
-        message_id: i64,
-    },
+    /// `ok: true`, with the method's `result`.
+    Done(Value),
     /// 429: the whole bot must pause; not a failed attempt.
     RetryAfter(Duration),
     /// 403 (blocked, deactivated, never started) or 400 chat not found: never retry.
@@ -34,15 +34,10 @@ pub enum Answer {
 #[derive(Deserialize)]
 struct Reply {
     ok: bool,
-    result: Option<SentMessage>,
+    result: Option<Value>,
     error_code: Option<u16>,
     description: Option<String>,
     parameters: Option<Parameters>,
-}
-
-#[derive(Deserialize)]
-struct SentMessage {
-    message_id: i64,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +45,7 @@ struct Parameters {
     retry_after: Option<u64>,
 }
 
+/// A text message in HTML, without link previews.
 pub async fn send_message(
     http: &reqwest::Client,
     api_url: &str,
@@ -57,13 +53,21 @@ pub async fn send_message(
     chat_id: i64,
     text: &str,
 ) -> Answer {
-    let url = format!("{}/bot{token}/sendMessage", api_url.trim_end_matches('/'));
-    let sent = http
-        .post(url)
-        .json(&json!({ "chat_id": chat_id, "text": text, "parse_mode": "HTML", "link_preview_options": {"is_disabled": true} }))
-        .timeout(SEND_TIMEOUT)
-        .send()
-        .await;
+    let params = json!({ "chat_id": chat_id, "text": text, "parse_mode": "HTML", "link_preview_options": {"is_disabled": true} });
+    call(http, api_url, token, "sendMessage", &params, SEND_TIMEOUT).await
+}
+
+/// Calls Bot API `method` with `params` as JSON, waiting at most `timeout`.
+pub async fn call(
+    http: &reqwest::Client,
+    api_url: &str,
+    token: &str,
+    method: &str,
+    params: &Value,
+    timeout: Duration,
+) -> Answer {
+    let url = format!("{}/bot{token}/{method}", api_url.trim_end_matches('/'));
+    let sent = http.post(url).json(params).timeout(timeout).send().await;
     let response = match sent {
         Ok(r) => r,
         Err(err) if err.is_connect() => {
@@ -90,12 +94,10 @@ fn classify(status: u16, reply: Option<Reply>) -> Answer {
             200,
             Some(Reply {
                 ok: true,
-                result: Some(m),
+                result: Some(result),
                 ..
             }),
-        ) => Answer::Sent {
-            message_id: m.message_id,
-        },
+        ) => Answer::Done(result),
         (429, reply) => {
             let seconds = reply
                 .and_then(|r| r.parameters)
@@ -127,7 +129,7 @@ mod tests {
     fn answers_are_classified_by_code_and_description_prefix() {
         assert_eq!(
             classify(200, reply(json!({"ok": true, "result": {"message_id": 7}}))),
-            Answer::Sent { message_id: 7 }
+            Answer::Done(json!({"message_id": 7}))
         );
         assert_eq!(
             classify(
