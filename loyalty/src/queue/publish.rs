@@ -114,11 +114,27 @@ impl Broker {
         Ok((channel, number))
     }
 
-    /// Forgets link `number` (if it is still the current one): the next publish connects anew.
+    /// Forgets link `number` (if it is still the current one) and closes its connection: the next
+    /// publish connects anew.
     async fn drop_link(&self, number: u64) {
-        let mut link = self.link.write().await;
-        if link.as_ref().is_some_and(|l| l.number == number) {
-            *link = None;
+        let dropped = {
+            let mut link = self.link.write().await;
+            match link.as_ref() {
+                Some(current) if current.number == number => link.take(),
+                _ => None,
+            }
+        };
+        if let Some(old) = dropped {
+            // In the background and bounded: a node cut off by the network never answers.
+            tokio::spawn(async move {
+                let closed =
+                    tokio::time::timeout(DECLARE_TIMEOUT, old.conn.close(200, "replaced".into()))
+                        .await;
+                if !matches!(closed, Ok(Ok(()))) {
+                    // Mostly a connection its node already took down.
+                    tracing::debug!(?closed, "closing a replaced publisher connection failed");
+                }
+            });
         }
     }
 
