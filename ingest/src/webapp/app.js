@@ -110,6 +110,7 @@
       set_promo: "Бонус другу за промокод",
       save: "Сохранить",
       saved: "Настройки сохранены.",
+      platform: "Оператор платформы",
       actions: {
         "customer.bonuses": "Бонусы начислены или списаны",
         "customer.debts": "Долг изменён",
@@ -123,6 +124,7 @@
         "staff.role": "Роль изменена",
         "staff.remove": "Сотрудник удалён",
         "org.update": "Настройки изменены",
+        "integration.create": "Касса подключена",
       },
     },
     en: {
@@ -221,6 +223,7 @@
       set_promo: "Bonus for a friend's promo code",
       save: "Save",
       saved: "Settings saved.",
+      platform: "Platform operator",
       actions: {
         "customer.bonuses": "Bonuses accrued or deducted",
         "customer.debts": "Debt changed",
@@ -234,6 +237,7 @@
         "staff.role": "Role changed",
         "staff.remove": "Staff member removed",
         "org.update": "Settings changed",
+        "integration.create": "Till connected",
       },
     },
   };
@@ -989,6 +993,7 @@
   function actorName(actor) {
     const match = /^staff:(\d+)$/.exec(String(actor || ""));
     const member = match && staffNames.get(match[1]);
+    if (actor === "platform") return T.platform;
     return member || String(actor || "");
   }
 
