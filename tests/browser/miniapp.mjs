@@ -114,7 +114,7 @@ const problems = [];
 // Statuses a step provokes on purpose (the browser logs each refused request as a console error).
 let expectedStatus = null;
 
-async function person(initData, interimRole = null) {
+async function person(initData) {
   const context = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 1, hasTouch: true, isMobile: true });
   await context.route("https://telegram.org/js/telegram-web-app.js", (route) =>
     route.fulfill({ status: 200, contentType: "text/javascript", body: standIn(initData) }));
@@ -126,14 +126,6 @@ async function person(initData, interimRole = null) {
     }
     return route.fallback();
   });
-  if (config.interim) {
-    await context.route(/\/app\/v1\/orgs\/\d+\/me$/, async (route) => {
-      const response = await route.fetch();
-      const body = await response.json();
-      if (!("staff_role" in body)) body.staff_role = interimRole;
-      await route.fulfill({ response, json: body });
-    });
-  }
   const page = await context.newPage();
   page.setDefaultTimeout(15000);
   await page.addInitScript(() => {
@@ -145,7 +137,6 @@ async function person(initData, interimRole = null) {
     const text = message.text();
     if (message.type() !== "error") return;
     if (expectedStatus && text.includes(`status of ${expectedStatus}`)) return;
-    if (config.interim && text.includes("status of 404")) return;
     problems.push(`console error: ${text}`);
   });
   return page;
@@ -200,7 +191,7 @@ try {
   seen.referral_bonuses = text(await customer.locator("#balance-referral").innerText());
   seen.debt = text(await customer.locator("#balance-debt").innerText());
   seen.soon = text(await customer.locator("#soon").innerText());
-  if (!config.interim) await customer.waitForFunction(() => {
+  await customer.waitForFunction(() => {
     const img = document.getElementById("code-image");
     return !img.hidden && img.complete && img.naturalWidth > 0;
   });
@@ -239,7 +230,7 @@ try {
   await cspViolations(customer, "customer");
 
   // ---- the cashier: finds the customer by phone, accrues, creates a bill for the POS --------------
-  const cashier = await person(config.cashier, "cashier");
+  const cashier = await person(config.cashier);
   await cashier.goto(app);
   await cashier.waitForSelector("body[data-loaded=true]");
   seen.cashier_lang = await cashier.evaluate(() => document.documentElement.lang);
@@ -305,7 +296,7 @@ try {
   await cspViolations(cashier, "cashier");
 
   // ---- the owner adds a cashier ----------------------------------------------------------------------
-  const owner = await person(config.owner, "owner");
+  const owner = await person(config.owner);
   await owner.goto(app);
   await owner.waitForSelector("body[data-loaded=true]");
   await owner.click("#tab-shop");

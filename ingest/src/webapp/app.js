@@ -110,6 +110,22 @@
       set_promo: "Бонус другу за промокод",
       save: "Сохранить",
       saved: "Настройки сохранены.",
+      platform: "Оператор платформы",
+      actions: {
+        "customer.bonuses": "Бонусы начислены или списаны",
+        "customer.debts": "Долг изменён",
+        "customer.create": "Новый клиент",
+        "customer.promo": "Промокод введён",
+        "customer.birth_date": "Дата рождения",
+        "customer.merge": "Клиенты объединены",
+        "bill.create": "Счёт создан",
+        "bill.cancel": "Счёт отменён",
+        "staff.add": "Сотрудник добавлен",
+        "staff.role": "Роль изменена",
+        "staff.remove": "Сотрудник удалён",
+        "org.update": "Настройки изменены",
+        "integration.create": "Касса подключена",
+      },
     },
     en: {
       title: "Bonuses",
@@ -207,6 +223,22 @@
       set_promo: "Bonus for a friend's promo code",
       save: "Save",
       saved: "Settings saved.",
+      platform: "Platform operator",
+      actions: {
+        "customer.bonuses": "Bonuses accrued or deducted",
+        "customer.debts": "Debt changed",
+        "customer.create": "New customer",
+        "customer.promo": "Promo code entered",
+        "customer.birth_date": "Birth date",
+        "customer.merge": "Customers merged",
+        "bill.create": "Bill created",
+        "bill.cancel": "Bill cancelled",
+        "staff.add": "Staff member added",
+        "staff.role": "Role changed",
+        "staff.remove": "Staff member removed",
+        "org.update": "Settings changed",
+        "integration.create": "Till connected",
+      },
     },
   };
 
@@ -612,7 +644,7 @@
     window.scrollTo(0, 0);
     if (name === "bills") loadBills();
     if (name === "staff") loadStaff();
-    if (name === "audit") loadAudit(true);
+    if (name === "audit") loadStaffNames().then(() => loadAudit(true));
     if (name === "settings") loadSettings();
   }
 
@@ -825,11 +857,14 @@
 
   const itemsOf = (answer) => (Array.isArray(answer) ? answer : (answer && answer.items) || []);
 
+  const staffNames = new Map();
+
   async function loadStaff() {
     const list = $("staff-list");
     list.replaceChildren();
     try {
       for (const member of itemsOf(await api(admin("/staff")))) {
+        if (member.name) staffNames.set(String(member.telegram_id), member.name);
         const li = el("li");
         li.dataset.id = String(member.telegram_id);
         const line = el("div", null, "line");
@@ -913,6 +948,17 @@
     });
   }
 
+  /** The staff's names, so the trail says who rather than `staff:<id>`. */
+  async function loadStaffNames() {
+    try {
+      for (const member of itemsOf(await api(admin("/staff")))) {
+        if (member.name) staffNames.set(String(member.telegram_id), member.name);
+      }
+    } catch (error) {
+      // The trail still names everyone by id.
+    }
+  }
+
   const audit = { next: null };
 
   async function loadAudit(fresh) {
@@ -943,16 +989,31 @@
     }
   }
 
+  /** Who did it: a staff member by the name the owner gave them, else as the trail names them. */
+  function actorName(actor) {
+    const match = /^staff:(\d+)$/.exec(String(actor || ""));
+    const member = match && staffNames.get(match[1]);
+    if (actor === "platform") return T.platform;
+    return member || String(actor || "");
+  }
+
+  /** The request's plain fields (`op: accrue · amount: 100`), for the trail. */
+  function detailLine(detail) {
+    if (!detail || typeof detail !== "object") return detail ? String(detail) : "";
+    return Object.entries(detail)
+      .filter(([, value]) => value !== null && typeof value !== "object")
+      .map(([key, value]) => `${key}: ${value}`)
+      .join(" · ");
+  }
+
   function auditRow(entry) {
     const li = el("li");
-    li.append(el("div", entry.action || entry.kind || "", "title"));
-    const who = entry.actor_name || entry.actor || "";
-    const at = entry.at || entry.created_at || entry.occurred_at;
-    li.append(el("div", [who, at ? when(at) : null].filter(Boolean).join(" · "), "sub"));
-    const details = entry.details || entry.detail || entry.target;
-    if (details !== undefined && details !== null) {
-      li.append(el("div", typeof details === "string" ? details : JSON.stringify(details), "sub"));
-    }
+    li.append(el("div", T.actions[entry.action] || entry.action || "", "title"));
+    const parts = [actorName(entry.actor), entry.at ? when(entry.at) : null];
+    if (entry.customer_id) parts.push(T.customer_no(entry.customer_id));
+    li.append(el("div", parts.filter(Boolean).join(" · "), "sub"));
+    const details = detailLine(entry.detail);
+    if (details) li.append(el("div", details, "sub"));
     return li;
   }
 
