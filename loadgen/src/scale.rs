@@ -214,7 +214,7 @@ async fn measure_filled(
     );
     // New open bills for customers spread over the whole organization.
     let n = i64::try_from(args.worker_receipts)?;
-    let customers = i64::try_from(size.customers)?;
+    let customers = size.customers;
     let bills: Vec<(i64, i64)> = sqlx::query_as(
         "insert into bills (org_id, id, customer_id, number, items, total)
          select $1, m.top + g, 1 + (g * 7919) % $3, 'W-' || (m.top + g), '[]', 500 + (g % 100) * 50

@@ -198,41 +198,80 @@ pub struct CustomerSummary {
     pub debts: Decimal,
 }
 
-/// Customers whose name, username or phone contains `q` (all when empty), oldest first.
+/// The query of one search variant: every customer or those matching, from an offset or after
+/// an id. Each is its own statement so each is planned for what it is (the match is a union of
+/// trigram-index ranges, the whole list a walk of the primary key), which a shared statement with
+/// `$2 = '' or …` would not be once PostgreSQL settles on a generic plan.
+macro_rules! search_sql {
+    ($filter:literal, $page:literal) => {
+        concat!(
+            "select id, first_name, last_name, username, phone_number, telegram_id, bonuses, referral_bonuses, debts
+             from customers where org_id = $1 ",
+            $filter,
+            $page
+        )
+    };
+}
+
+/// Customers whose name, username or phone contains `q`, or whose id it is (all when empty),
+/// oldest first, from `start` (an offset, or after a customer's id: `crate::db::id_cursor`).
 pub async fn search(
     conn: &mut PgConnection,
     org_id: i64,
     q: &str,
     limit: i64,
-    offset: i64,
+    start: &crate::db::PageStart<i64>,
 ) -> Result<Vec<CustomerSummary>> {
+    use crate::db::PageStart;
+
+    let q = q.trim();
     let escaped = q
-        .trim()
         .replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_");
     let pattern = format!("%{escaped}%");
     let digits: String = q.chars().filter(char::is_ascii_digit).collect();
-    Ok(sqlx::query_as(
-        "select id, first_name, last_name, username, phone_number, telegram_id, bonuses, referral_bonuses, debts
-         from customers
-         where org_id = $1
-           and ($2 = '%%'
-                or coalesce(first_name, '') || ' ' || coalesce(last_name, '') ilike $2
-                or username ilike $2
-                or ($3 <> '' and phone_number like '%' || $3 || '%')
-                or id::text = $4)
-         order by id
-         limit $5 offset $6",
-    )
-    .bind(org_id)
-    .bind(&pattern)
-    .bind(&digits)
-    .bind(q.trim())
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(conn)
-    .await?)
+    // Null matches no phone (an empty pattern would match them all).
+    let phone = (!digits.is_empty()).then(|| format!("%{digits}%"));
+    // Only an id written as the id is written (`id::text = q` before): "007" is not customer 7.
+    let id = q.parse::<i64>().ok().filter(|id| id.to_string() == q);
+    let sql: &'static str = match (q.is_empty(), start) {
+        (true, PageStart::Offset(_)) => search_sql!(
+            "and $2::text is null and $3::text is null and $4::bigint is null",
+            " order by id limit $5 offset $6"
+        ),
+        (true, PageStart::After(_)) => search_sql!(
+            "and $2::text is null and $3::text is null and $4::bigint is null",
+            " and id > $6 order by id limit $5"
+        ),
+        (false, PageStart::Offset(_)) => search_sql!(
+            "and ((coalesce(first_name, '') || ' ' || coalesce(last_name, '')) ilike $2
+                      or username ilike $2 or phone_number like $3 or id = $4)",
+            " order by id limit $5 offset $6"
+        ),
+        (false, PageStart::After(_)) => search_sql!(
+            "and ((coalesce(first_name, '') || ' ' || coalesce(last_name, '')) ilike $2
+                      or username ilike $2 or phone_number like $3 or id = $4)",
+            " and id > $6 order by id limit $5"
+        ),
+    };
+    let (pattern, phone, id) = if q.is_empty() {
+        (None, None, None)
+    } else {
+        (Some(pattern), phone, id)
+    };
+    let sixth = match start {
+        PageStart::Offset(offset) | PageStart::After(offset) => *offset,
+    };
+    Ok(sqlx::query_as(sql)
+        .bind(org_id)
+        .bind(pattern)
+        .bind(phone)
+        .bind(id)
+        .bind(limit)
+        .bind(sixth)
+        .fetch_all(conn)
+        .await?)
 }
 
 /// The wallet figures of a customer after an operation.

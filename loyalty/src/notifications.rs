@@ -414,26 +414,88 @@ pub struct NotificationRecord {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Notifications of one organization (or all), with one of `statuses` (or any), latest first.
+/// The query of one list variant (see `receipts::list` for why each is its own statement).
+macro_rules! notifications_sql {
+    ($filter:literal, $page:literal) => {
+        concat!(
+            "select id, org_id, customer_id, kind, payload, trace_id, status, attempts, last_error,
+                    telegram_message_id, created_at, published_at, sent_at, updated_at
+             from outbox where ",
+            $filter,
+            $page
+        )
+    };
+}
+
+/// Notifications of one organization (or all), with one of `statuses` (or any), latest first,
+/// from `start` (an offset, or after a notification's id: `crate::db::id_cursor`).
 pub async fn list<'c>(
     db: impl sqlx::PgExecutor<'c>,
     org: Option<i64>,
     statuses: Option<&[&str]>,
     limit: i64,
-    offset: i64,
+    start: &crate::db::PageStart<i64>,
 ) -> sqlx::Result<Vec<NotificationRecord>> {
-    sqlx::query_as(
-        "select id, org_id, customer_id, kind, payload, trace_id, status, attempts, last_error,
-                telegram_message_id, created_at, published_at, sent_at, updated_at
-         from outbox where ($1::bigint is null or org_id = $1) and ($2::text[] is null or status = any($2))
-         order by id desc limit $3 offset $4",
-    )
-    .bind(org)
-    .bind(statuses)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(db)
-    .await
+    use crate::db::PageStart;
+
+    let sql: &'static str = match (org.is_some(), statuses, start) {
+        (true, None, PageStart::Offset(_)) => {
+            notifications_sql!(
+                "org_id = $1 and $2::text[] is null",
+                " order by id desc limit $3 offset $4"
+            )
+        }
+        (true, Some([_]), PageStart::Offset(_)) => notifications_sql!(
+            "org_id = $1 and status = ($2::text[])[1]",
+            " order by id desc limit $3 offset $4"
+        ),
+        (true, Some(_), PageStart::Offset(_)) => notifications_sql!(
+            "org_id = $1 and status = any($2::text[])",
+            " order by id desc limit $3 offset $4"
+        ),
+        (false, None, PageStart::Offset(_)) => notifications_sql!(
+            "$1::bigint is null and $2::text[] is null",
+            " order by id desc limit $3 offset $4"
+        ),
+        (false, Some([_]), PageStart::Offset(_)) => notifications_sql!(
+            "$1::bigint is null and status = ($2::text[])[1]",
+            " order by id desc limit $3 offset $4"
+        ),
+        (false, Some(_), PageStart::Offset(_)) => notifications_sql!(
+            "$1::bigint is null and status = any($2::text[])",
+            " order by id desc limit $3 offset $4"
+        ),
+        (true, None, PageStart::After(_)) => notifications_sql!(
+            "org_id = $1 and $2::text[] is null",
+            " and id < $4 order by id desc limit $3"
+        ),
+        (true, Some([_]), PageStart::After(_)) => notifications_sql!(
+            "org_id = $1 and status = ($2::text[])[1]",
+            " and id < $4 order by id desc limit $3"
+        ),
+        (true, Some(_), PageStart::After(_)) => notifications_sql!(
+            "org_id = $1 and status = any($2::text[])",
+            " and id < $4 order by id desc limit $3"
+        ),
+        (false, None, PageStart::After(_)) => notifications_sql!(
+            "$1::bigint is null and $2::text[] is null",
+            " and id < $4 order by id desc limit $3"
+        ),
+        (false, Some([_]), PageStart::After(_)) => notifications_sql!(
+            "$1::bigint is null and status = ($2::text[])[1]",
+            " and id < $4 order by id desc limit $3"
+        ),
+        (false, Some(_), PageStart::After(_)) => notifications_sql!(
+            "$1::bigint is null and status = any($2::text[])",
+            " and id < $4 order by id desc limit $3"
+        ),
+    };
+    let query = sqlx::query_as(sql).bind(org).bind(statuses).bind(limit);
+    let query = match start {
+        PageStart::Offset(offset) => query.bind(*offset),
+        PageStart::After(id) => query.bind(*id),
+    };
+    query.fetch_all(db).await
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use loyalty::orgs;
 use loyalty::standing::{self, Standing};
 use serde::{Deserialize, Serialize};
 
-use super::{Listing, Page, PageQuery};
+use super::{After, AfterQuery, Listing, Page, PageQuery};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Path, Query};
@@ -65,15 +65,18 @@ pub struct CustomerQuery {
     pub q: Option<String>,
 }
 
-/// Searches customers by name, phone or username.
-#[utoipa::path(get, path = "/admin/v1/orgs/{org}/customers", tag = "customers", params(CustomerQuery, PageQuery),
+/// Searches customers by name, phone, username or id, oldest first; pages by `offset` or `after`
+/// (`next_cursor`).
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/customers", tag = "customers", params(CustomerQuery, PageQuery, AfterQuery),
     responses((status = 200, body = Listing<CustomerSummary>)), security(("admin" = [])))]
 pub async fn search_customers(
     State(state): State<AppState>,
     Path(org): Path<i64>,
     Query(query): Query<CustomerQuery>,
     page: Page,
+    after: After,
 ) -> Result<Json<Listing<CustomerSummary>>, ApiError> {
+    let start = after.start(page, loyalty::db::parse_id_cursor)?;
     let mut conn = state.db.acquire().await?;
     orgs::get(&mut conn, org).await?;
     let found = customers::search(
@@ -81,10 +84,12 @@ pub async fn search_customers(
         org,
         query.q.as_deref().unwrap_or(""),
         page.limit,
-        page.offset,
+        &start,
     )
     .await?;
-    Ok(Json(Listing::new(found, page)))
+    Ok(Json(Listing::keyed(found, page, &after, |c| {
+        loyalty::db::id_cursor(c.id)
+    })))
 }
 
 /// The customer as operators see it: the legacy export's shape, and where they stand in the

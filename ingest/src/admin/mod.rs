@@ -89,7 +89,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Listing<T> {
     pub items: Vec<T>,
+    /// Pass as `offset` for the next page; null at the end, and when this page was asked `after`
+    /// a cursor.
     pub next_offset: Option<i64>,
+    /// Pass as `after` for the next page (stable under inserts); null at the end, and on lists
+    /// that page by offset only.
+    pub next_cursor: Option<String>,
 }
 
 impl<T> Listing<T> {
@@ -99,6 +104,63 @@ impl<T> Listing<T> {
             items,
             // Past the largest offset there is no next page.
             next_offset: full.then(|| page.offset.checked_add(page.limit)).flatten(),
+            next_cursor: None,
+        }
+    }
+
+    /// A page of a list that pages by key too: `cursor` makes the last row's `next_cursor`.
+    pub fn keyed(items: Vec<T>, page: Page, after: &After, cursor: impl Fn(&T) -> String) -> Self {
+        let full = i64::try_from(items.len()).unwrap_or(i64::MAX) == page.limit;
+        let next_cursor = full.then(|| items.last().map(&cursor)).flatten();
+        let mut listing = Self::new(items, page);
+        listing.next_cursor = next_cursor;
+        if after.0.is_some() {
+            listing.next_offset = None;
+        }
+        listing
+    }
+}
+
+/// `?after=` of the lists that page by key (receipts, notifications, customers): the
+/// `next_cursor` of the page before. Without it the page starts at `offset`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AfterQuery {
+    /// The `next_cursor` of the previous page; not together with `offset`.
+    pub after: Option<String>,
+}
+
+/// The `after` cursor of a keyset list, as given (each list parses its own key).
+#[derive(Debug, Clone)]
+pub struct After(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for After {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(query) = Query::<AfterQuery>::from_request_parts(parts, state).await?;
+        Ok(After(query.after.filter(|a| !a.is_empty())))
+    }
+}
+
+impl After {
+    /// Where the page starts: after the cursor's key (which `parse` reads), else at the offset.
+    pub fn start<K>(
+        &self,
+        page: Page,
+        parse: impl Fn(&str) -> Option<K>,
+    ) -> Result<loyalty::db::PageStart<K>, ApiError> {
+        match &self.0 {
+            None => Ok(loyalty::db::PageStart::Offset(page.offset)),
+            Some(_) if page.offset != 0 => Err(ApiError::invalid(
+                "after",
+                "give either after or offset, not both",
+            )),
+            Some(cursor) => parse(cursor)
+                .map(loyalty::db::PageStart::After)
+                .ok_or_else(|| {
+                    ApiError::invalid("after", "must be a next_cursor of an earlier page")
+                }),
         }
     }
 }

@@ -5,6 +5,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::time::Duration;
 
+use loyalty::db::PageStart;
 use loyalty::queue::{DeadLetter, QueueDepth, Stream};
 use serde::{Deserialize, Serialize};
 
@@ -125,14 +126,14 @@ pub async fn summary(
             org,
             Some(&["retrying", "dead"]),
             FAILURES_SHOWN,
-            0
+            &PageStart::Offset(0)
         ),
         notification_rows(
             &state.db,
             org,
             Some(&["retrying", "dead", "uncertain"]),
             FAILURES_SHOWN,
-            0
+            &PageStart::Offset(0)
         ),
     );
     let (queues, management, queues_error) = match queues {

@@ -6,10 +6,11 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use loyalty::bills::deserialize_id;
-use loyalty::receipts::{self, Attached, ReceiptStatus};
+use loyalty::db::PageStart;
+use loyalty::receipts::{self, Attached, ReceiptKey, ReceiptStatus};
 use serde::Deserialize;
 
-use super::{Listing, Page, PageQuery};
+use super::{After, AfterQuery, Listing, Page, PageQuery};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Path, Query};
@@ -65,16 +66,17 @@ pub struct ReceiptQuery {
 
 pub use loyalty::receipts::ReceiptRecord;
 
-/// The organization's receipts, latest first.
-#[utoipa::path(get, path = "/admin/v1/orgs/{org}/receipts", tag = "receipts", params(ReceiptQuery, PageQuery),
+/// The organization's receipts, latest change first; pages by `offset` or `after` (`next_cursor`).
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/receipts", tag = "receipts", params(ReceiptQuery, PageQuery, AfterQuery),
     responses((status = 200, body = Listing<ReceiptRecord>)), security(("admin" = [])))]
 pub async fn list_receipts(
     State(state): State<AppState>,
     Path(org): Path<i64>,
     Query(query): Query<ReceiptQuery>,
     page: Page,
+    after: After,
 ) -> Result<Json<Listing<ReceiptRecord>>, ApiError> {
-    receipts_of(&state, Some(org), query.status, page).await
+    receipts_of(&state, Some(org), query.status, page, after).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -85,25 +87,27 @@ pub struct OpsQuery {
 }
 
 /// Receipts of every organization (or one), latest first: what operators watch.
-#[utoipa::path(get, path = "/admin/v1/ops/receipts", tag = "operations", params(OpsQuery, PageQuery),
+#[utoipa::path(get, path = "/admin/v1/ops/receipts", tag = "operations", params(OpsQuery, PageQuery, AfterQuery),
     responses((status = 200, body = Listing<ReceiptRecord>)), security(("admin" = [])))]
 pub async fn ops_receipts(
     State(state): State<AppState>,
     Query(q): Query<OpsQuery>,
     page: Page,
+    after: After,
 ) -> Result<Json<Listing<ReceiptRecord>>, ApiError> {
-    receipts_of(&state, q.org, q.status, page).await
+    receipts_of(&state, q.org, q.status, page, after).await
 }
 
 /// Notifications of every organization (or one), latest first.
-#[utoipa::path(get, path = "/admin/v1/ops/notifications", tag = "operations", params(OpsQuery, PageQuery),
+#[utoipa::path(get, path = "/admin/v1/ops/notifications", tag = "operations", params(OpsQuery, PageQuery, AfterQuery),
     responses((status = 200, body = Listing<NotificationRecord>)), security(("admin" = [])))]
 pub async fn ops_notifications(
     State(state): State<AppState>,
     Query(q): Query<OpsQuery>,
     page: Page,
+    after: After,
 ) -> Result<Json<Listing<NotificationRecord>>, ApiError> {
-    notifications_of(&state, q.org, q.status, page).await
+    notifications_of(&state, q.org, q.status, page, after).await
 }
 
 async fn receipts_of(
@@ -111,11 +115,15 @@ async fn receipts_of(
     org: Option<i64>,
     status: Option<String>,
     page: Page,
+    after: After,
 ) -> Result<Json<Listing<ReceiptRecord>>, ApiError> {
     check_status(status.as_deref(), &RECEIPT_STATUSES)?;
+    let start = after.start(page, ReceiptKey::parse)?;
     let statuses: Option<Vec<&str>> = status.as_deref().map(|s| vec![s]);
-    let rows = receipt_rows(&state.db, org, statuses.as_deref(), page.limit, page.offset).await?;
-    Ok(Json(Listing::new(rows, page)))
+    let rows = receipt_rows(&state.db, org, statuses.as_deref(), page.limit, &start).await?;
+    Ok(Json(Listing::keyed(rows, page, &after, |r| {
+        ReceiptKey::of(r).cursor()
+    })))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -126,16 +134,17 @@ pub struct NotificationQuery {
 
 pub use loyalty::notifications::NotificationRecord;
 
-/// The organization's notifications, latest first.
-#[utoipa::path(get, path = "/admin/v1/orgs/{org}/notifications", tag = "receipts", params(NotificationQuery, PageQuery),
+/// The organization's notifications, latest first; pages by `offset` or `after` (`next_cursor`).
+#[utoipa::path(get, path = "/admin/v1/orgs/{org}/notifications", tag = "receipts", params(NotificationQuery, PageQuery, AfterQuery),
     responses((status = 200, body = Listing<NotificationRecord>)), security(("admin" = [])))]
 pub async fn list_notifications(
     State(state): State<AppState>,
     Path(org): Path<i64>,
     Query(query): Query<NotificationQuery>,
     page: Page,
+    after: After,
 ) -> Result<Json<Listing<NotificationRecord>>, ApiError> {
-    notifications_of(&state, Some(org), query.status, page).await
+    notifications_of(&state, Some(org), query.status, page, after).await
 }
 
 async fn notifications_of(
@@ -143,12 +152,15 @@ async fn notifications_of(
     org: Option<i64>,
     status: Option<String>,
     page: Page,
+    after: After,
 ) -> Result<Json<Listing<NotificationRecord>>, ApiError> {
     check_status(status.as_deref(), &NOTIFICATION_STATUSES)?;
+    let start = after.start(page, loyalty::db::parse_id_cursor)?;
     let statuses: Option<Vec<&str>> = status.as_deref().map(|s| vec![s]);
-    let rows =
-        notification_rows(&state.db, org, statuses.as_deref(), page.limit, page.offset).await?;
-    Ok(Json(Listing::new(rows, page)))
+    let rows = notification_rows(&state.db, org, statuses.as_deref(), page.limit, &start).await?;
+    Ok(Json(Listing::keyed(rows, page, &after, |n| {
+        loyalty::db::id_cursor(n.id)
+    })))
 }
 
 /// Every status a receipt's record can have, in the order the dashboard shows them.
@@ -163,9 +175,9 @@ pub async fn receipt_rows(
     org: Option<i64>,
     statuses: Option<&[&str]>,
     limit: i64,
-    offset: i64,
+    start: &PageStart<ReceiptKey>,
 ) -> sqlx::Result<Vec<ReceiptRecord>> {
-    loyalty::receipts::list(db, org, statuses, limit, offset).await
+    loyalty::receipts::list(db, org, statuses, limit, start).await
 }
 
 /// Notifications of one organization (or all), with one of `statuses` (or any), latest first.
@@ -174,9 +186,9 @@ pub async fn notification_rows(
     org: Option<i64>,
     statuses: Option<&[&str]>,
     limit: i64,
-    offset: i64,
+    start: &PageStart<i64>,
 ) -> sqlx::Result<Vec<NotificationRecord>> {
-    loyalty::notifications::list(db, org, statuses, limit, offset).await
+    loyalty::notifications::list(db, org, statuses, limit, start).await
 }
 
 /// A `?status=` filter must name one of the statuses the list has.

@@ -24,7 +24,7 @@ pub use event::{
     ReceiptItem, ReceiptKind, ReceiptMessage, Refusal,
 };
 pub use failure::{record_failure, record_unreadable};
-pub use record::{ReceiptRecord, list};
+pub use record::{ReceiptKey, ReceiptRecord, list};
 
 use serde::{Deserialize, Serialize};
 

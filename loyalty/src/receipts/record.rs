@@ -33,25 +33,175 @@ pub struct ReceiptRecord {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Receipts of one organization (or all), with one of `statuses` (or any), latest change first.
+/// A receipt's place in the list (latest change first): what a keyset page starts after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptKey {
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub org_id: i64,
+    pub event_id: String,
+}
+
+impl ReceiptKey {
+    pub fn of(record: &ReceiptRecord) -> Self {
+        Self {
+            updated_at: record.updated_at,
+            org_id: record.org_id,
+            event_id: record.event_id.clone(),
+        }
+    }
+
+    /// The opaque `next_cursor` text: microseconds, organization, event id (last, so it may hold
+    /// any character).
+    pub fn cursor(&self) -> String {
+        crate::db::encode_cursor(&format!(
+            "{}:{}:{}",
+            self.updated_at.timestamp_micros(),
+            self.org_id,
+            self.event_id
+        ))
+    }
+
+    /// The key of a [`ReceiptKey::cursor`]; `None` for anything else.
+    pub fn parse(cursor: &str) -> Option<Self> {
+        let text = crate::db::decode_cursor(cursor)?;
+        let mut parts = text.splitn(3, ':');
+        let micros: i64 = parts.next()?.parse().ok()?;
+        let org_id = parts.next()?.parse().ok()?;
+        let event_id = parts.next()?.to_owned();
+        Some(Self {
+            updated_at: chrono::DateTime::from_timestamp_micros(micros)?,
+            org_id,
+            event_id,
+        })
+    }
+}
+
+/// The query of one list variant: the filter (organization or all, status) and how the page
+/// starts. Each variant is its own static statement, so each gets a plan that walks its index in
+/// order (a `status = any(…)` or an `is null or …` in a shared statement would make PostgreSQL
+/// sort the whole match instead).
+macro_rules! receipts_sql {
+    ($filter:literal, $page:literal) => {
+        concat!(
+            "select org_id, event_id, receipt_id, event_type, receipt_type, status, reason, duplicate_of, bill_id,
+                    customer_id, invoice_id, total_amount, attempts, last_error, received_at, sold_at, processed_at,
+                    updated_at
+             from receipts where ",
+            $filter,
+            $page
+        )
+    };
+}
+
+/// Offset pages of one organization's (`$1`) receipts, or every organization's (`$1` null).
+macro_rules! receipts_offset_sql {
+    ($filter:literal) => {
+        receipts_sql!(
+            $filter,
+            " order by updated_at desc, org_id desc, event_id desc limit $3 offset $4"
+        )
+    };
+}
+
+/// Receipts of one organization (or all), with one of `statuses` (or any), latest change first
+/// (ties by organization and event id, descending), from `start`.
 pub async fn list<'c>(
     db: impl sqlx::PgExecutor<'c>,
     org: Option<i64>,
     statuses: Option<&[&str]>,
     limit: i64,
-    offset: i64,
+    start: &crate::db::PageStart<ReceiptKey>,
 ) -> sqlx::Result<Vec<ReceiptRecord>> {
-    sqlx::query_as(
-        "select org_id, event_id, receipt_id, event_type, receipt_type, status, reason, duplicate_of, bill_id,
-                customer_id, invoice_id, total_amount, attempts, last_error, received_at, sold_at, processed_at,
-                updated_at
-         from receipts where ($1::bigint is null or org_id = $1) and ($2::text[] is null or status = any($2))
-         order by updated_at desc, event_id limit $3 offset $4",
-    )
-    .bind(org)
-    .bind(statuses)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(db)
-    .await
+    use crate::db::PageStart;
+
+    /// Which status filter applies.
+    enum Filter {
+        Any,
+        One,
+        Several,
+    }
+    let filter = match statuses {
+        None => Filter::Any,
+        Some([_]) => Filter::One,
+        Some(_) => Filter::Several,
+    };
+    let sql: &'static str = match (org.is_some(), filter, start) {
+        (true, Filter::Any, PageStart::Offset(_)) => {
+            receipts_offset_sql!("org_id = $1 and $2::text[] is null")
+        }
+        (true, Filter::One, PageStart::Offset(_)) => {
+            receipts_offset_sql!("org_id = $1 and status = ($2::text[])[1]")
+        }
+        (true, Filter::Several, PageStart::Offset(_)) => {
+            receipts_offset_sql!("org_id = $1 and status = any($2::text[])")
+        }
+        (false, Filter::Any, PageStart::Offset(_)) => {
+            receipts_offset_sql!("$1::bigint is null and $2::text[] is null")
+        }
+        (false, Filter::One, PageStart::Offset(_)) => {
+            receipts_offset_sql!("$1::bigint is null and status = ($2::text[])[1]")
+        }
+        (false, Filter::Several, PageStart::Offset(_)) => {
+            receipts_offset_sql!("$1::bigint is null and status = any($2::text[])")
+        }
+        // One organization: its key is (updated_at, event_id); $5, the cursor's organization,
+        // only has to be bound.
+        (true, Filter::Any, PageStart::After(_)) => receipts_sql!(
+            "org_id = $1 and $2::text[] is null and $5::bigint is not null",
+            " and (updated_at, event_id) < ($4, $6)
+             order by updated_at desc, event_id desc limit $3"
+        ),
+        (true, Filter::One, PageStart::After(_)) => receipts_sql!(
+            "org_id = $1 and status = ($2::text[])[1] and $5::bigint is not null",
+            " and (updated_at, event_id) < ($4, $6)
+             order by updated_at desc, event_id desc limit $3"
+        ),
+        (true, Filter::Several, PageStart::After(_)) => receipts_sql!(
+            "org_id = $1 and status = any($2::text[]) and $5::bigint is not null",
+            " and (updated_at, event_id) < ($4, $6)
+             order by updated_at desc, event_id desc limit $3"
+        ),
+        (false, Filter::Any, PageStart::After(_)) => receipts_sql!(
+            "$1::bigint is null and $2::text[] is null",
+            " and (updated_at, org_id, event_id) < ($4, $5, $6)
+             order by updated_at desc, org_id desc, event_id desc limit $3"
+        ),
+        (false, Filter::One, PageStart::After(_)) => receipts_sql!(
+            "$1::bigint is null and status = ($2::text[])[1]",
+            " and (updated_at, org_id, event_id) < ($4, $5, $6)
+             order by updated_at desc, org_id desc, event_id desc limit $3"
+        ),
+        (false, Filter::Several, PageStart::After(_)) => receipts_sql!(
+            "$1::bigint is null and status = any($2::text[])",
+            " and (updated_at, org_id, event_id) < ($4, $5, $6)
+             order by updated_at desc, org_id desc, event_id desc limit $3"
+        ),
+    };
+    let query = sqlx::query_as(sql).bind(org).bind(statuses).bind(limit);
+    let query = match start {
+        PageStart::Offset(offset) => query.bind(*offset),
+        PageStart::After(key) => query
+            .bind(key.updated_at)
+            .bind(key.org_id)
+            .bind(&key.event_id),
+    };
+    query.fetch_all(db).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_cursor_round_trips_whatever_the_event_id_holds() {
+        let key = ReceiptKey {
+            updated_at: chrono::DateTime::from_timestamp_micros(1_764_495_000_123_456)
+                .expect("instant"),
+            org_id: 42,
+            event_id: "ev:1/ä b".to_owned(),
+        };
+        assert_eq!(ReceiptKey::parse(&key.cursor()), Some(key));
+        assert_eq!(ReceiptKey::parse("garbage"), None);
+        assert_eq!(ReceiptKey::parse(&crate::db::encode_cursor("1:2")), None);
+    }
 }
