@@ -3,7 +3,6 @@
 //! caller is the Telegram user the init data was signed for, and can only ever read themselves.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -13,10 +12,10 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use loyalty::access::{self, Role};
 use loyalty::customers;
-use loyalty::init_data::{self, TelegramUser};
+use loyalty::init_data::TelegramUser;
 use loyalty::ledger::{self, HistoryEntry};
 use loyalty::legacy;
-use loyalty::orgs::{self, Organization};
+use loyalty::orgs::Organization;
 use loyalty::standing;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -25,9 +24,6 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Body, Query};
 use crate::idempotency::transact;
-
-/// `Retry-After` of a Mini App request over its user's rate: the bucket refills within a second.
-const RETRY_AFTER_SECS: u32 = 1;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -80,27 +76,7 @@ impl FromRequestParts<AppState> for MiniAppUser {
             .get("org")
             .and_then(|o| o.parse().ok())
             .ok_or(ApiError::Unauthorized)?;
-        let claimed = init_data::claimed_user_id(&init).ok_or(ApiError::Unauthorized)?;
-        if state.miniapp_limits.check_key(&(org_id, claimed)).is_err() {
-            return Err(ApiError::TooManyRequests {
-                retry_after_secs: RETRY_AFTER_SECS,
-            });
-        }
-        let unknown_is_unauthorized = |err: loyalty::Error| match err {
-            loyalty::Error::NotFound(_) => ApiError::Unauthorized,
-            other => other.into(),
-        };
-        let mut conn = state.db.acquire().await?;
-        let org = orgs::get(&mut conn, org_id)
-            .await
-            .map_err(unknown_is_unauthorized)?;
-        let token = orgs::bot_token(&mut conn, &state.config.secrets.token_keys, org_id)
-            .await
-            .map_err(unknown_is_unauthorized)?
-            .ok_or(ApiError::Unauthorized)?;
-        let max_age = Duration::from_secs(state.config.miniapp_max_age);
-        let valid = init_data::validate_all(&init, &token, chrono::Utc::now(), max_age)
-            .map_err(|_| ApiError::Unauthorized)?;
+        let (org, valid) = crate::admin::access::telegram_user(state, org_id, &init).await?;
         Ok(MiniAppUser {
             org,
             user: valid.user,

@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use loyalty::access::{self, Actor, KEY_PREFIX, Role};
-use loyalty::init_data::{self, TelegramUser};
+use loyalty::init_data;
 use loyalty::orgs::{self, Organization};
 use subtle::ConstantTimeEq;
 
@@ -473,7 +473,7 @@ async fn resolve(
         // Init data is checked with the bot of the organization in the path; outside one, it
         // cannot be checked at all.
         let org = path_org.ok_or(ApiError::Unauthorized)?;
-        let (_, user) = telegram_user(state, org, credential).await?;
+        let (_, init_data::Validated { user, .. }) = telegram_user(state, org, credential).await?;
         let mut conn = state.db.acquire().await?;
         let role = access::staff_role(&mut conn, org, user.id)
             .await?
@@ -504,7 +504,7 @@ pub async fn telegram_user(
     state: &AppState,
     org: i64,
     init: &str,
-) -> Result<(Organization, TelegramUser), ApiError> {
+) -> Result<(Organization, init_data::Validated), ApiError> {
     let claimed = init_data::claimed_user_id(init).ok_or(ApiError::Unauthorized)?;
     if state.miniapp_limits.check_key(&(org, claimed)).is_err() {
         return Err(ApiError::TooManyRequests {
@@ -524,9 +524,9 @@ pub async fn telegram_user(
         .map_err(unknown_is_unauthorized)?
         .ok_or(ApiError::Unauthorized)?;
     let max_age = Duration::from_secs(state.config.miniapp_max_age);
-    let user = init_data::validate(init, &token, chrono::Utc::now(), max_age)
+    let valid = init_data::validate_all(init, &token, chrono::Utc::now(), max_age)
         .map_err(|_| ApiError::Unauthorized)?;
-    Ok((organization, user))
+    Ok((organization, valid))
 }
 
 #[cfg(test)]
