@@ -126,21 +126,24 @@ impl Topology {
     /// Declares every queue that does not exist yet; safe to run from every service at every
     /// start, on a single broker as on a cluster.
     ///
-    /// A queue that exists is left as it is: redeclaring it with other arguments than it was
-    /// created with (RabbitMQ 3.10 compares `x-quorum-initial-group-size`, the delivery limit and
-    /// the dead-letter route, and an absent argument differs from a present one) fails with
-    /// PRECONDITION_FAILED, and the queues of a deployment that predates an argument must keep
-    /// working. So each queue is looked up (a passive declare) and only created when missing.
+    /// A queue that exists with other arguments is left as it is: redeclaring it with other
+    /// arguments than it was created with (RabbitMQ 3.10 compares `x-quorum-initial-group-size`,
+    /// the delivery limit and the dead-letter route, and an absent argument differs from a present
+    /// one) fails with PRECONDITION_FAILED, and the queues of a deployment that predates an
+    /// argument must keep working. The declaration is tried as it is (a new queue, or one made
+    /// with these arguments, is declared silently); only a refused one costs its channel.
     pub async fn declare(&self, conn: &Connection) -> lapin::Result<()> {
         let mut channel = conn.create_channel().await?;
         for (name, dead_letter_to, limit) in self.declarations() {
-            match exists(&channel, &name).await {
-                Ok(true) => continue,
-                // A passive declare of a missing queue closes its channel.
-                Ok(false) => channel = conn.create_channel().await?,
+            match declare_quorum(&channel, &name, dead_letter_to.as_deref(), limit).await {
+                Ok(()) => {}
+                Err(err) if is_precondition_failed(&err) => {
+                    tracing::info!(queue = %name, "queue kept as it was created (other arguments)");
+                    // The refusal closed the channel.
+                    channel = conn.create_channel().await?;
+                }
                 Err(err) => return Err(err),
             }
-            declare_quorum(&channel, &name, dead_letter_to.as_deref(), limit).await?;
         }
         if let Err(err) = channel.close(200, "declared".into()).await {
             // The channel goes with its connection anyway.
@@ -150,29 +153,10 @@ impl Topology {
     }
 }
 
-/// Whether `queue` exists; `false` leaves `channel` closed by the broker.
-async fn exists(channel: &Channel, queue: &str) -> lapin::Result<bool> {
-    let found = channel
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match found {
-        Ok(_) => Ok(true),
-        Err(err) => match err.kind() {
-            ErrorKind::ProtocolError(amqp)
-                if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
-            {
-                Ok(false)
-            }
-            _ => Err(err),
-        },
-    }
+/// Whether the broker refused a declaration because the queue exists with other arguments.
+fn is_precondition_failed(err: &lapin::Error) -> bool {
+    matches!(err.kind(), ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
 }
 
 /// Declares a durable quorum queue of [`QUORUM_GROUP_SIZE`] members with its delivery limit and,
