@@ -496,6 +496,92 @@ impl TestApp {
         .expect("count")
     }
 
+    /// An organization with a POS token, one customer and `n` open bills of 100 each (numbered
+    /// `K0`…), created a few at a time.
+    pub async fn shop_with_bills(&self, n: usize) -> Shop {
+        use futures::StreamExt;
+        let org = self.org().await;
+        let token = self.pos_token(org, "shop").await;
+        let customer = self.customer(org, "Alex").await;
+        let bills = futures::stream::iter(0..n)
+            .map(|i| {
+                let customer = &customer;
+                async move {
+                    let (status, bill) = self
+                        .post(
+                            &format!("/admin/v1/orgs/{org}/bills"),
+                            &serde_json::json!({"customer_id": customer, "number": format!("K{i}"),
+                                "items": [{"name": "x", "quantity": 1, "unit_price": 100}]}),
+                        )
+                        .await;
+                    assert_eq!(status, 201, "{bill}");
+                    bill["id"].as_i64().expect("id")
+                }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        Shop {
+            org,
+            token,
+            customer,
+            bills,
+        }
+    }
+
+    /// Waits (up to 60 s) until the `n` receipts of a [`Shop`] are applied, then checks that each
+    /// was applied once: one accrual of 2 % per receipt, every bill paid. Says where the receipts
+    /// are when they are not all applied in time.
+    pub async fn assert_applied_exactly_once(&self, shop: &Shop, n: usize) {
+        let org = shop.org;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.processed(org).await < n as i64 {
+            if std::time::Instant::now() > deadline {
+                let by_status: Vec<(String, i64)> = sqlx::query_as(
+                    "select status || coalesce(': ' || reason, ''), count(*) from receipts group by 1",
+                )
+                .fetch_all(&self.db.pool)
+                .await
+                .expect("statuses");
+                let topology = self.state.broker.topology();
+                let main = self
+                    .queue_depth(&topology.main(loyalty::queue::Stream::Receipts))
+                    .await;
+                let dead = self
+                    .queue_depth(&topology.dead(loyalty::queue::Stream::Receipts))
+                    .await;
+                panic!(
+                    "only {} of {n} processed: {by_status:?}, queue {main}, dead {dead}",
+                    self.processed(org).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, read) = self
+            .get(&format!("/admin/v1/orgs/{org}/customers/{}", shop.customer))
+            .await;
+        assert_eq!(
+            read["history"].as_array().map(Vec::len),
+            Some(n),
+            "one accrual per receipt"
+        );
+        assert_eq!(read["bonuses"], serde_json::json!(2 * n), "2 % of 100 each");
+        let statuses: Vec<(String, i64)> =
+            sqlx::query_as("select status, count(*) from receipts where org_id = $1 group by 1")
+                .bind(org)
+                .fetch_all(&self.db.pool)
+                .await
+                .expect("statuses");
+        assert_eq!(statuses, vec![("processed".to_owned(), n as i64)]);
+        let paid: i64 =
+            sqlx::query_scalar("select count(*) from bills where org_id = $1 and status = 'paid'")
+                .bind(org)
+                .fetch_one(&self.db.pool)
+                .await
+                .expect("count");
+        assert_eq!(paid, n as i64, "every bill paid");
+    }
+
     /// Messages waiting in one of this test's queues.
     pub async fn queue_depth(&self, queue: &str) -> u32 {
         let channel = self.state.broker.channel().await.expect("broker");
@@ -513,6 +599,14 @@ impl TestApp {
             .expect("queue exists");
         declared.message_count()
     }
+}
+
+/// A shop of [`TestApp::shop_with_bills`]: its organization, POS token, customer and bills.
+pub struct Shop {
+    pub org: i64,
+    pub token: String,
+    pub customer: String,
+    pub bills: Vec<i64>,
 }
 
 /// A `ReceiptCreated` event in the shape the POS sends, paying `bill` with `total`, sold now.

@@ -210,23 +210,8 @@ async fn losing_the_receipts_queue_leader_loses_and_doubles_no_accepted_receipt(
         .channel()
         .await
         .expect("ingest connects to a node");
-    let org = app.org().await;
-    let token = app.pos_token(org, "shop").await;
-    let customer = app.customer(org, "Alex").await;
-    let bills: Vec<i64> = futures::future::join_all((0..RECEIPTS).map(|i| {
-        let (app, customer) = (app.clone(), customer.clone());
-        async move {
-            let (status, bill) = app
-                .post(
-                    &format!("/admin/v1/orgs/{org}/bills"),
-                    &json!({"customer_id": customer, "number": format!("K{i}"), "items": [{"name": "x", "quantity": 1, "unit_price": 100}]}),
-                )
-                .await;
-            assert_eq!(status, 201, "{bill}");
-            bill["id"].as_i64().expect("id")
-        }
-    }))
-    .await;
+    let shop = app.shop_with_bills(RECEIPTS).await;
+    let (org, token, bills) = (shop.org, shop.token.clone(), shop.bills.clone());
     let worker = app.start_worker();
 
     let started = Instant::now();
@@ -293,31 +278,7 @@ async fn losing_the_receipts_queue_leader_loses_and_doubles_no_accepted_receipt(
     progress.abort();
 
     // Every receipt got its 200 in the end: each is applied, once.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while app.processed(org).await < RECEIPTS as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {RECEIPTS} accepted receipts were applied",
-            app.processed(org).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (_, read) = app
-        .get(&format!("/admin/v1/orgs/{org}/customers/{customer}"))
-        .await;
-    assert_eq!(
-        read["history"].as_array().map(Vec::len),
-        Some(RECEIPTS),
-        "one accrual per receipt"
-    );
-    assert_eq!(read["bonuses"], json!(2 * RECEIPTS), "2 % of 100 each");
-    let applied: Vec<(String, i64)> =
-        sqlx::query_as("select status, count(*) from receipts where org_id = $1 group by 1")
-            .bind(org)
-            .fetch_all(&app.db.pool)
-            .await
-            .expect("statuses");
-    assert_eq!(applied, vec![("processed".to_owned(), RECEIPTS as i64)]);
+    app.assert_applied_exactly_once(&shop, RECEIPTS).await;
 
     // The figures: how long until ingest accepted again and the worker applied a receipt received
     // after the kill, and what the registers were told meanwhile.

@@ -6,26 +6,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e::{TestApp, binary, cut_broker_connections, receipt_event};
-use serde_json::json;
-
-/// An organization with a POS token, one customer and `n` open bills of 100 each.
-async fn shop_with_bills(app: &TestApp, n: usize) -> (i64, String, String, Vec<i64>) {
-    let org = app.org().await;
-    let token = app.pos_token(org, "shop").await;
-    let customer = app.customer(org, "Alex").await;
-    let mut bills = Vec::new();
-    for i in 0..n {
-        let (status, bill) = app
-            .post(
-                &format!("/admin/v1/orgs/{org}/bills"),
-                &json!({"customer_id": customer, "number": format!("K{i}"), "items": [{"name": "x", "quantity": 1, "unit_price": 100}]}),
-            )
-            .await;
-        assert_eq!(status, 201, "{bill}");
-        bills.push(bill["id"].as_i64().expect("id"));
-    }
-    (org, token, customer, bills)
-}
 
 /// Posts a receipt the way the POS does: again and again until it gets its 200.
 async fn post_until_accepted(app: &TestApp, token: &str, event: &serde_json::Value) {
@@ -38,57 +18,16 @@ async fn post_until_accepted(app: &TestApp, token: &str, event: &serde_json::Val
     panic!("receipt {} never accepted", event["id"]);
 }
 
-async fn assert_applied_exactly_once(app: &TestApp, org: i64, customer: &str, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while app.processed(org).await < n as i64 {
-        if std::time::Instant::now() > deadline {
-            let by_status: Vec<(String, i64)> = sqlx::query_as(
-                "select status || coalesce(': ' || reason, ''), count(*) from receipts group by 1",
-            )
-            .fetch_all(&app.db.pool)
-            .await
-            .expect("statuses");
-            let topology = app.state.broker.topology();
-            let main = app
-                .queue_depth(&topology.main(loyalty::queue::Stream::Receipts))
-                .await;
-            let dead = app
-                .queue_depth(&topology.dead(loyalty::queue::Stream::Receipts))
-                .await;
-            panic!(
-                "only {} of {n} processed: {by_status:?}, queue {main}, dead {dead}",
-                app.processed(org).await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (_, read) = app
-        .get(&format!("/admin/v1/orgs/{org}/customers/{customer}"))
-        .await;
-    assert_eq!(
-        read["history"].as_array().map(Vec::len),
-        Some(n),
-        "one accrual per receipt"
-    );
-    assert_eq!(read["bonuses"], json!(2 * n), "2 % of 100 each");
-    let paid: i64 =
-        sqlx::query_scalar("select count(*) from bills where org_id = $1 and status = 'paid'")
-            .bind(org)
-            .fetch_one(&app.db.pool)
-            .await
-            .expect("count");
-    assert_eq!(paid, n as i64);
-}
-
 #[tokio::test]
 async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
     let app = TestApp::spawn().await;
     let n = 300;
-    let (org, token, customer, bills) = shop_with_bills(&app, n).await;
+    let shop = app.shop_with_bills(n).await;
+    let (org, token, bills) = (shop.org, shop.token.as_str(), &shop.bills);
     for (i, bill) in bills.iter().enumerate() {
         post_until_accepted(
             &app,
-            &token,
+            token,
             &receipt_event(&format!("ev-{i}"), &format!("rc-{i}"), Some(*bill), "100"),
         )
         .await;
@@ -120,7 +59,7 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
     );
 
     let _replacement = app.start_worker();
-    assert_applied_exactly_once(&app, org, &customer, n).await;
+    app.assert_applied_exactly_once(&shop, n).await;
 }
 
 #[tokio::test]
@@ -133,7 +72,8 @@ async fn cut_broker_connections_lose_and_double_nothing() {
     }
     let app = TestApp::spawn().await;
     let n = 200;
-    let (org, token, customer, bills) = shop_with_bills(&app, n).await;
+    let shop = app.shop_with_bills(n).await;
+    let (token, bills) = (shop.token.as_str(), &shop.bills);
     let _worker = app.start_worker();
     let prefix = app.state.config.backends.queue_prefix.clone();
     for (i, bill) in bills.iter().enumerate() {
@@ -146,24 +86,25 @@ async fn cut_broker_connections_lose_and_double_nothing() {
         }
         post_until_accepted(
             &app,
-            &token,
+            token,
             &receipt_event(&format!("ev-{i}"), &format!("rc-{i}"), Some(*bill), "100"),
         )
         .await;
     }
-    assert_applied_exactly_once(&app, org, &customer, n).await;
+    app.assert_applied_exactly_once(&shop, n).await;
 }
 
 #[tokio::test]
 async fn two_workers_on_one_queue_apply_each_receipt_once() {
     let app = TestApp::spawn().await;
     let n = 300;
-    let (org, token, customer, bills) = shop_with_bills(&app, n).await;
+    let shop = app.shop_with_bills(n).await;
+    let (token, bills) = (shop.token.as_str(), &shop.bills);
     let _first = app.start_worker();
     let _second = app.start_worker();
     let posts = bills.iter().enumerate().map(|(i, bill)| {
         let event = receipt_event(&format!("ev-{i}"), &format!("rc-{i}"), Some(*bill), "100");
-        let (app, token) = (&app, &token);
+        let app = &app;
         async move { post_until_accepted(app, token, &event).await }
     });
     futures::future::join_all(posts).await;
@@ -171,10 +112,10 @@ async fn two_workers_on_one_queue_apply_each_receipt_once() {
     for (i, bill) in bills.iter().enumerate().step_by(3) {
         post_until_accepted(
             &app,
-            &token,
+            token,
             &receipt_event(&format!("ev-{i}"), &format!("rc-{i}"), Some(*bill), "100"),
         )
         .await;
     }
-    assert_applied_exactly_once(&app, org, &customer, n).await;
+    app.assert_applied_exactly_once(&shop, n).await;
 }
