@@ -7,7 +7,7 @@
 //! API, and the script writes every value as text, never as markup.
 
 use axum::Router;
-use axum::http::header;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -40,18 +40,43 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
+/// Whether a page may be shown inside another site's frame.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Framing {
+    /// Never (`X-Frame-Options: DENY`, for browsers older than `frame-ancestors`).
+    Deny,
+    /// As the policy's `frame-ancestors` says, and nothing more.
+    AsThePolicySays,
+}
+
+/// One of the service's static pages or their scripts and styles, compiled in: the headers the
+/// dashboard and the Mini App share, with each one's own policy and framing.
+pub(crate) fn static_asset(
+    content_type: &'static str,
+    body: &'static str,
+    csp: &'static str,
+    framing: Framing,
+) -> Response {
+    let mut response = (
         [
             (header::CONTENT_TYPE, content_type),
             // Revalidated on every load, so a new deployment's page is seen at once.
             (header::CACHE_CONTROL, "no-cache"),
-            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::CONTENT_SECURITY_POLICY, csp),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::REFERRER_POLICY, "no-referrer"),
-            (header::X_FRAME_OPTIONS, "DENY"),
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    if let Framing::Deny = framing {
+        response
+            .headers_mut()
+            .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    response
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    static_asset(content_type, body, CSP, Framing::Deny)
 }

@@ -102,7 +102,9 @@ struct User {
 /// Receives one update of the organization's bot. Refused (401) without the right secret, the
 /// same for an organization that does not exist or has no bot. Every authentic update is
 /// answered 200 once it is recorded, even one the bot does not understand, so Telegram does not
-/// send it again; the bot's reply goes out afterwards, and its failure is only logged.
+/// send it again; the bot's reply goes out afterwards, and its failure is only logged. An update
+/// answered already (Telegram delivers again after a slow or failed answer) changes nothing and
+/// gets no second reply (see [`claim_update`]).
 async fn webhook(
     State(state): State<AppState>,
     Path(org): Path<String>,
@@ -149,6 +151,18 @@ async fn webhook(
     if message.chat.kind != "private" {
         return Ok(ok());
     }
+    // Claimed before anything is done, in a transaction committed only once it is: a delivery of
+    // the same update meanwhile waits on the claim and then finds it taken; a failure leaves it
+    // unclaimed, so Telegram's next delivery does the work.
+    let mut claim = state.db.begin().await?;
+    if !claim_update(&mut claim, org_id, bot_id(&token), update.update_id).await? {
+        tracing::info!(
+            org = org_id,
+            update = update.update_id,
+            "an update delivered again; it was answered already"
+        );
+        return Ok(ok());
+    }
     let english = from
         .language_code
         .as_deref()
@@ -158,6 +172,7 @@ async fn webhook(
         Some(payload) => start(&state, &org, from, payload, english).await?,
         None => help(english),
     };
+    claim.commit().await?;
     let params = reply_params(&state, &org, message.chat.id, &reply, english);
     let http = state.http.clone();
     let api_url = state.config.telegram_api_url.clone();
@@ -182,6 +197,45 @@ async fn webhook(
         }
     });
     Ok(ok())
+}
+
+/// How long an answered update's id is kept: Telegram gives up on an update after a day.
+const SEEN_FOR: &str = "2 days";
+
+/// Records that update `update_id` of bot `bot` is being answered for organization `org`; false
+/// when it was already (then the caller does nothing). Also forgets the organization's updates
+/// older than [`SEEN_FOR`], which keeps the table at a few days of messages.
+async fn claim_update(
+    conn: &mut sqlx::PgConnection,
+    org: i64,
+    bot: i64,
+    update_id: i64,
+) -> Result<bool, ApiError> {
+    sqlx::query(
+        "delete from bot_updates where org_id = $1 and received_at < now() - $2::text::interval",
+    )
+    .bind(org)
+    .bind(SEEN_FOR)
+    .execute(&mut *conn)
+    .await?;
+    let claimed = sqlx::query(
+        "insert into bot_updates (org_id, bot_id, update_id) values ($1, $2, $3)
+         on conflict do nothing",
+    )
+    .bind(org)
+    .bind(bot)
+    .bind(update_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(claimed.rows_affected() == 1)
+}
+
+/// The bot's id: the digits before the token's colon (the stored token was checked to have them).
+fn bot_id(token: &str) -> i64 {
+    token
+        .split_once(':')
+        .and_then(|(id, _)| id.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The empty 200 Telegram expects.
@@ -361,6 +415,91 @@ pub async fn register_bot(
     Ok(Some(username))
 }
 
+/// Undoes [`register_bot`] for the bot of token `old` when organization `org`'s token is
+/// replaced by `new` (`""`: removed): `deleteWebhook` (its pending updates dropped) and the menu
+/// button back to Telegram's default, so Telegram stops posting updates this service now refuses
+/// and customers are not sent to an app that no longer knows the bot. Only a webhook that points
+/// here is undone (`getWebhookInfo`): one the owner set elsewhere is theirs. A new token of the
+/// same bot (BotFather's revoke) has replaced the webhook already, so nothing is called.
+///
+/// Called inside the transaction that changes the token, after the new one is set up. A token
+/// Telegram refuses (revoked) or a call it refuses is only logged: there is nothing to undo with
+/// it and the owner's change goes through. Telegram unreachable is a 503 and nothing is changed,
+/// as when a token is set. Without a public address nothing was set up, so nothing is undone.
+pub async fn release_bot(state: &AppState, org: i64, old: &str, new: &str) -> Result<(), ApiError> {
+    let Some(public_url) = &state.config.public_url else {
+        return Ok(());
+    };
+    if bot_id(old) == bot_id(new) {
+        return Ok(());
+    }
+    let Some(info) = release_call(state, org, old, "getWebhookInfo", &json!({})).await? else {
+        return Ok(());
+    };
+    if info.get("url").and_then(Value::as_str) != Some(webhook_url(public_url, org).as_str()) {
+        tracing::info!(
+            org,
+            "the old bot's webhook is not this service's; left as it is"
+        );
+        return Ok(());
+    }
+    let steps = [
+        ("deleteWebhook", json!({"drop_pending_updates": true})),
+        (
+            "setChatMenuButton",
+            json!({"menu_button": {"type": "default"}}),
+        ),
+    ];
+    for (method, params) in steps {
+        if release_call(state, org, old, method, &params)
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+    }
+    tracing::info!(org, "the old bot's webhook and menu button are removed");
+    Ok(())
+}
+
+/// One call undoing the old bot's set-up: its result, `None` when Telegram refused it (nothing
+/// more to do with this token), or a 503 when Telegram could not be reached.
+async fn release_call(
+    state: &AppState,
+    org: i64,
+    token: &str,
+    method: &str,
+    params: &Value,
+) -> Result<Option<Value>, ApiError> {
+    let answer = setup_answer(state, token, method, params).await;
+    match answer {
+        Answer::Done(result) => Ok(Some(result)),
+        Answer::BadToken(_) | Answer::Rejected(_) | Answer::Unreachable(_) => {
+            tracing::info!(org, method, answer = ?answer, "Telegram refused the old bot's call; nothing to undo");
+            Ok(None)
+        }
+        Answer::RetryAfter(_) | Answer::Transient(_) | Answer::Uncertain(_) => {
+            tracing::warn!(org, method, answer = ?answer, "Telegram unreachable to remove the old bot's webhook");
+            Err(ApiError::unavailable(
+                "Telegram could not be reached to remove the old bot's webhook; nothing was changed, try again shortly",
+            ))
+        }
+    }
+}
+
+/// Telegram's answer to one call setting a bot up or undoing it, within [`SETUP_TIMEOUT`].
+async fn setup_answer(state: &AppState, token: &str, method: &str, params: &Value) -> Answer {
+    bot_api::call(
+        &state.http,
+        &state.config.telegram_api_url,
+        token,
+        method,
+        params,
+        SETUP_TIMEOUT,
+    )
+    .await
+}
+
 /// One call of the bot's set-up; every refusal is the owner's to read, never a 500.
 async fn setup_call(
     state: &AppState,
@@ -369,15 +508,7 @@ async fn setup_call(
     method: &str,
     params: &Value,
 ) -> Result<Value, ApiError> {
-    let answer = bot_api::call(
-        &state.http,
-        &state.config.telegram_api_url,
-        token,
-        method,
-        params,
-        SETUP_TIMEOUT,
-    )
-    .await;
+    let answer = setup_answer(state, token, method, params).await;
     match answer {
         Answer::Done(result) => Ok(result),
         Answer::BadToken(_) => {

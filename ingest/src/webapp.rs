@@ -11,11 +11,11 @@
 //! shows is written as text, never as markup.
 
 use axum::Router;
-use axum::http::header;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{Redirect, Response};
 use axum::routing::get;
 
 use crate::AppState;
+use crate::dashboard::{Framing, static_asset};
 use crate::extract::Path;
 
 const INDEX: &str = include_str!("webapp/index.html");
@@ -55,16 +55,5 @@ async fn page(Path(_org): Path<u64>) -> Response {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            // Revalidated on every load, so a new deployment's page is seen at once.
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::CONTENT_SECURITY_POLICY, CSP),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
-        ],
-        body,
-    )
-        .into_response()
+    static_asset(content_type, body, CSP, Framing::AsThePolicySays)
 }

@@ -2,8 +2,9 @@
 // stand-in for Telegram's telegram-web-app.js that hands the page init data signed by the test:
 //   node miniapp.mjs '<JSON config>' <screenshot dir>
 // The config (from tests/tests/miniapp_page.rs): base, org, and per person the signed init data
-// (customer, cashier, owner), the customer's phone, the other shop's customer id, the bill to create
-// and the cashier to add. Talks to the Rust test on stdin/stdout: prints {"phase":"visited",...}
+// (customer, cashier, owner), the customer's phone, the other shop's customer id, the bill to create,
+// the cashier to add, the role to change, the staff member to remove, the percentage to type in the
+// settings and the bill to cancel. Talks to the Rust test on stdin/stdout: prints {"phase":"visited",...}
 // after the customer's first visit and waits for a line on stdin (the test has then written the
 // customer's history). Prints one last JSON line of what it saw; exits 1 on a failure.
 import { chromium } from "playwright-core";
@@ -43,7 +44,7 @@ function standIn(initData) {
   return `(() => {
   const themes = ${JSON.stringify(THEMES)};
   const calls = window.__tg = { haptics: [], links: [], scans: 0, scanClosed: 0, writeAccess: 0,
-                                back: false, ready: 0, expanded: 0, themeListeners: 0 };
+                                back: false, ready: 0, expanded: 0, themeListeners: 0, confirms: [] };
   const handlers = {};
   let onBack = null;
   function paint(scheme) {
@@ -93,7 +94,7 @@ function standIn(initData) {
     },
     closeScanQrPopup() { calls.scanClosed++; },
     requestWriteAccess(callback) { calls.writeAccess++; setTimeout(() => callback(true), 10); },
-    showConfirm(message, callback) { setTimeout(() => callback(true), 0); },
+    showConfirm(message, callback) { calls.confirms.push(message); setTimeout(() => callback(true), 0); },
   };
   window.Telegram = { WebApp };
   paint("light");
@@ -313,6 +314,27 @@ try {
   seen.staff_added_role = await added.locator("select").inputValue();
   seen.staff_line = text(await owner.locator("#card-done").innerText());
   await shoot(owner, "owner-staff");
+
+  // The owner makes the new cashier an owner, then removes the first cashier (confirmed).
+  const changed = owner.locator(`#staff-list li[data-id="${config.role_change.telegram_id}"] select`);
+  await Promise.all([
+    owner.waitForResponse((r) => r.request().method() === "PATCH" && r.url().endsWith(`/staff/${config.role_change.telegram_id}`)),
+    changed.selectOption(config.role_change.role),
+  ]);
+  await owner.waitForFunction((id) => {
+    const select = document.querySelector(`#staff-list li[data-id="${id}"] select`);
+    return select && !select.disabled;
+  }, config.role_change.telegram_id);
+  seen.role_line = text(await owner.locator("#card-done").innerText());
+  seen.role_shown = await changed.inputValue();
+  const removed = owner.locator(`#staff-list li[data-id="${config.remove_staff}"]`);
+  await removed.locator("button.danger").click();
+  await removed.waitFor({ state: "detached" });
+  seen.remove_confirm = await owner.evaluate(() => window.__tg.confirms.slice(-1)[0] || null);
+  await owner.locator("#card-done", { hasText: "удалён" }).waitFor();
+  seen.removed_line = text(await owner.locator("#card-done").innerText());
+  seen.staff_left = await owner.evaluate(() => [...document.querySelectorAll("#staff-list li")].map((li) => li.dataset.id));
+  await shoot(owner, "owner-staff-changed");
   await owner.evaluate(() => window.__tgBack());
   await owner.click('[data-goto="audit"]');
   await owner.locator("#audit li").first().waitFor();
@@ -323,6 +345,33 @@ try {
   await owner.waitForFunction(() => document.getElementById("set-invoice").value !== "");
   seen.settings_invoice = await owner.inputValue("#set-invoice");
   await shoot(owner, "owner-settings");
+
+  // The owner types a new percentage as people do (a decimal comma) and saves.
+  await owner.fill("#set-invoice", config.settings.invoice_typed);
+  await Promise.all([
+    owner.waitForResponse((r) => r.request().method() === "PATCH" && r.url().endsWith(`/orgs/${config.org}`)),
+    owner.click("#settings-form button[type=submit]"),
+  ]);
+  await owner.locator("#card-done", { hasText: "сохранен" }).waitFor();
+  await owner.waitForFunction(() => !document.querySelector("#settings-form button[type=submit]").disabled);
+  seen.settings_line = text(await owner.locator("#card-done").innerText());
+  seen.settings_invoice_after = await owner.inputValue("#set-invoice");
+  await shoot(owner, "owner-settings-saved");
+
+  // The owner cancels an open bill.
+  await owner.evaluate(() => window.__tgBack());
+  await owner.click('[data-goto="bills"]');
+  const toCancel = owner.locator(`#bills li[data-id="${config.bill_to_cancel}"]`);
+  await toCancel.waitFor();
+  seen.bills_before_cancel = await owner.locator("#bills li").count();
+  await shoot(owner, "owner-bills");
+  await toCancel.locator("button.danger").click();
+  await toCancel.waitFor({ state: "detached" });
+  await owner.locator("#card-done", { hasText: "отменён" }).waitFor();
+  seen.cancel_line = text(await owner.locator("#card-done").innerText());
+  seen.cancel_confirm = await owner.evaluate(() => window.__tg.confirms.slice(-1)[0] || null);
+  seen.bills_after_cancel = await owner.locator("#bills li").count();
+  await shoot(owner, "owner-bill-cancelled");
   await cspViolations(owner, "owner");
 } catch (error) {
   problems.push(String(error && error.message ? error.message : error));

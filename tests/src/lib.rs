@@ -920,3 +920,97 @@ impl TestApp {
         text
     }
 }
+
+/// A script of `tests/browser` running in Node.js with headless Chromium (see
+/// [`run_browser_script`]): the test reads the lines it prints and may answer on its stdin.
+pub struct BrowserRun {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// Where the script writes its screenshots: `target/<name>/`.
+    pub screenshots: std::path::PathBuf,
+}
+
+/// Starts `node tests/browser/<script> <args…> <screenshot dir>`, the screenshots going to
+/// `target/<screenshots>/`. The browser tests need Node.js, Debian's Chromium (`CHROMIUM_PATH`)
+/// and `npm ci --prefix tests/browser`; without them `build.rs` compiles those tests ignored
+/// (reported as skipped), unless REQUIRE_BROWSER=1 (set by `.ci/run`): then they run and fail
+/// here, naming what is missing.
+pub fn run_browser_script(script: &str, args: &[String], screenshots: &str) -> BrowserRun {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = manifest.join("browser");
+    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        node && std::path::Path::new(&chromium).exists()
+            && dir.join("node_modules/playwright-core").exists(),
+        "{script} needs Node.js, Chromium ({chromium}) and `npm ci --prefix {}`",
+        dir.display()
+    );
+    let shots = manifest.join("../target").join(screenshots);
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let mut child = tokio::process::Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .arg(&shots)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().expect("stdout");
+    BrowserRun {
+        child,
+        stdin,
+        lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+        screenshots: shots,
+    }
+}
+
+impl BrowserRun {
+    /// The next line the script prints, as JSON (`{"line": …}` when it is not); `Null` once it
+    /// has ended.
+    pub async fn next_line(&mut self) -> Value {
+        match self.lines.next_line().await.expect("read") {
+            Some(line) => {
+                serde_json::from_str(&line).unwrap_or_else(|_| serde_json::json!({"line": line}))
+            }
+            None => Value::Null,
+        }
+    }
+
+    /// Writes `line` to the script's stdin.
+    pub async fn say(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write");
+        stdin.flush().await.expect("flush");
+    }
+
+    /// Waits for the script to end; its last line, what it saw, as JSON. Fails the test when
+    /// the script failed or reports `problems`.
+    pub async fn finish(mut self) -> Value {
+        drop(self.stdin.take());
+        let mut last = String::new();
+        while let Some(line) = self.lines.next_line().await.expect("read") {
+            last = line;
+        }
+        let run = self.child.wait_with_output().await.expect("node ends");
+        let seen: Value =
+            serde_json::from_str(&last).unwrap_or_else(|_| serde_json::json!({"unparsed": last}));
+        assert!(
+            run.status.success() && seen["problems"] == serde_json::json!([]),
+            "the browser run failed: {seen:#}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        seen
+    }
+}

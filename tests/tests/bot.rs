@@ -2,6 +2,7 @@
 //! its token is set, against a stand-in Bot API that records every call (the offline emulator
 //! answers neither getMe nor setWebhook nor setChatMenuButton).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,8 +25,9 @@ struct Call {
     params: Value,
 }
 
+/// The stand-in: every call it was made, and whether it plays Telegram away (502 to everything).
 #[derive(Clone, Default)]
-struct BotApi(Arc<Mutex<Vec<Call>>>);
+struct BotApi(Arc<Mutex<Vec<Call>>>, Arc<AtomicBool>);
 
 impl BotApi {
     /// Serves the stand-in on a port of its own; returns its base URL.
@@ -36,11 +38,31 @@ impl BotApi {
             Json(params): Json<Value>,
         ) -> (axum::http::StatusCode, Json<Value>) {
             let token = bot.strip_prefix("bot").unwrap_or(&bot).to_owned();
+            // The webhook a token has: what its last setWebhook or deleteWebhook left.
+            let webhook = api
+                .0
+                .lock()
+                .expect("calls")
+                .iter()
+                .filter(|c| c.token == token)
+                .filter_map(|c| match c.method.as_str() {
+                    "setWebhook" => Some(c.params["url"].clone()),
+                    "deleteWebhook" => Some(json!("")),
+                    _ => None,
+                })
+                .next_back()
+                .unwrap_or(json!(""));
             api.0.lock().expect("calls").push(Call {
                 token: token.clone(),
                 method: method.clone(),
                 params,
             });
+            if api.1.load(Ordering::SeqCst) {
+                return (
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    Json(json!({"ok": false, "error_code": 502, "description": "Bad Gateway"})),
+                );
+            }
             if token == REVOKED {
                 return (
                     axum::http::StatusCode::UNAUTHORIZED,
@@ -54,6 +76,7 @@ impl BotApi {
                 "sendMessage" => {
                     json!({"message_id": 1, "date": 1, "chat": {"id": 1, "type": "private"}})
                 }
+                "getWebhookInfo" => json!({"url": webhook, "pending_update_count": 0}),
                 _ => json!(true),
             };
             (
@@ -79,6 +102,22 @@ impl BotApi {
             .iter()
             .filter(|c| c.method == method)
             .cloned()
+            .collect()
+    }
+
+    /// Telegram away (every call a 502), or back.
+    fn set_down(&self, down: bool) {
+        self.1.store(down, Ordering::SeqCst);
+    }
+
+    /// The methods called with `token`, in order.
+    fn methods_of(&self, token: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("calls")
+            .iter()
+            .filter(|c| c.token == token)
+            .map(|c| c.method.clone())
             .collect()
     }
 
@@ -114,6 +153,14 @@ async fn shop(app: &TestApp) -> i64 {
         .await;
     assert_eq!(status, 201, "{body}");
     body["id"].as_i64().expect("id")
+}
+
+/// The service at a fresh stand-in, and a shop whose bot it set up.
+async fn shop_with_bot() -> (BotApi, TestApp, i64) {
+    let api = BotApi::default();
+    let app = spawn(&api).await;
+    let org = shop(&app).await;
+    (api, app, org)
 }
 
 /// A message update exactly as Telegram posts it.
@@ -166,9 +213,7 @@ async fn customer_by_telegram(
 
 #[tokio::test]
 async fn setting_the_token_points_the_webhook_and_the_menu_button_here() {
-    let api = BotApi::default();
-    let app = spawn(&api).await;
-    let org = shop(&app).await;
+    let (api, app, org) = shop_with_bot().await;
 
     let get_me = api.calls("getMe");
     assert_eq!(get_me.len(), 1);
@@ -196,9 +241,7 @@ async fn setting_the_token_points_the_webhook_and_the_menu_button_here() {
 
 #[tokio::test]
 async fn a_token_telegram_refuses_is_not_stored() {
-    let api = BotApi::default();
-    let app = spawn(&api).await;
-    let org = shop(&app).await;
+    let (api, app, org) = shop_with_bot().await;
     let (status, body) = send(
         app.admin(reqwest::Method::PATCH, &format!("/admin/v1/orgs/{org}"))
             .json(&json!({"telegram_bot_token": REVOKED, "name": "Renamed"})),
@@ -241,9 +284,7 @@ async fn telegram_unreachable_when_the_token_is_set_is_a_503_and_nothing_stored(
 
 #[tokio::test]
 async fn updates_without_the_right_secret_are_refused_and_change_nothing() {
-    let api = BotApi::default();
-    let app = spawn(&api).await;
-    let org = shop(&app).await;
+    let (api, app, org) = shop_with_bot().await;
     let start = update(1, 501, "ru", "/start");
     for secret in [
         None,
@@ -264,9 +305,7 @@ async fn updates_without_the_right_secret_are_refused_and_change_nothing() {
 
 #[tokio::test]
 async fn start_with_a_friends_code_welcomes_in_russian_and_applies_it_once() {
-    let api = BotApi::default();
-    let app = spawn(&api).await;
-    let org = shop(&app).await;
+    let (api, app, org) = shop_with_bot().await;
     let secret = ingest::telegram::webhook_secret(TOKEN, org);
     let friend = app.customer(org, "Friend").await;
     let code = format!("PROMO{friend}");
@@ -327,9 +366,7 @@ async fn start_with_a_friends_code_welcomes_in_russian_and_applies_it_once() {
 
 #[tokio::test]
 async fn english_speakers_are_answered_in_english_and_other_messages_get_help() {
-    let api = BotApi::default();
-    let app = spawn(&api).await;
-    let org = shop(&app).await;
+    let (api, app, org) = shop_with_bot().await;
     let secret = ingest::telegram::webhook_secret(TOKEN, org);
 
     let (status, _) = post_update(
@@ -380,9 +417,7 @@ async fn english_speakers_are_answered_in_english_and_other_messages_get_help() 
 
 #[tokio::test]
 async fn updates_the_bot_does_not_handle_are_accepted_and_ignored() {
-    let api = BotApi::default();
-    let app = spawn(&api).await;
-    let org = shop(&app).await;
+    let (api, app, org) = shop_with_bot().await;
     let secret = ingest::telegram::webhook_secret(TOKEN, org);
     let others = [
         json!({"update_id": 30, "edited_message": {"message_id": 1, "date": 1, "chat": {"id": 1, "type": "private"}, "text": "x"}}),
@@ -407,4 +442,208 @@ async fn updates_the_bot_does_not_handle_are_accepted_and_ignored() {
         .await
         .expect("count");
     assert_eq!(customers, 0);
+}
+
+/// Another bot's token (another bot id), and a new token of that bot (BotFather's revoke).
+const OTHER_BOT: &str = "555555555:another-bots-token_for-tests";
+const SAME_BOT_NEW_TOKEN: &str = "555555555:the-same-bots-new-token-for-tests";
+
+async fn set_token(app: &TestApp, org: i64, token: &str) -> (u16, Value) {
+    send(
+        app.admin(reqwest::Method::PATCH, &format!("/admin/v1/orgs/{org}"))
+            .json(&json!({"telegram_bot_token": token})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn replacing_the_token_removes_the_old_bots_webhook_and_menu_button() {
+    let (api, app, org) = shop_with_bot().await;
+    let (status, body) = set_token(&app, org, OTHER_BOT).await;
+    assert_eq!(status, 200, "{body}");
+
+    assert_eq!(
+        api.methods_of(OTHER_BOT),
+        ["getMe", "setWebhook", "setChatMenuButton"],
+        "the new bot is set up first"
+    );
+    assert_eq!(
+        api.methods_of(TOKEN),
+        [
+            "getMe",
+            "setWebhook",
+            "setChatMenuButton",
+            "getWebhookInfo",
+            "deleteWebhook",
+            "setChatMenuButton"
+        ]
+    );
+    let old_calls: Vec<Value> = api
+        .0
+        .lock()
+        .expect("calls")
+        .iter()
+        .filter(|c| c.token == TOKEN)
+        .skip(4)
+        .map(|c| c.params.clone())
+        .collect();
+    assert_eq!(
+        old_calls,
+        [
+            json!({"drop_pending_updates": true}),
+            json!({"menu_button": {"type": "default"}})
+        ]
+    );
+    // The new bot's updates are answered, the old bot's refused.
+    let old_secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let new_secret = ingest::telegram::webhook_secret(OTHER_BOT, org);
+    let start = update(1, 901, "ru", "/start");
+    assert_eq!(
+        post_update(&app, org, Some(&old_secret), &start).await.0,
+        401
+    );
+    assert_eq!(
+        post_update(&app, org, Some(&new_secret), &start).await.0,
+        200
+    );
+    assert_eq!(
+        api.sent(1).await.token,
+        OTHER_BOT,
+        "answered by the new bot"
+    );
+
+    // A new token of the same bot (BotFather's revoke) has replaced its webhook itself: nothing
+    // of the old token is undone.
+    let (status, body) = set_token(&app, org, SAME_BOT_NEW_TOKEN).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        api.methods_of(OTHER_BOT),
+        ["getMe", "setWebhook", "setChatMenuButton", "sendMessage"]
+    );
+    assert_eq!(
+        api.methods_of(SAME_BOT_NEW_TOKEN),
+        ["getMe", "setWebhook", "setChatMenuButton"]
+    );
+}
+
+#[tokio::test]
+async fn removing_the_token_removes_the_webhook_and_a_revoked_token_is_only_logged() {
+    let (api, app, org) = shop_with_bot().await;
+    let (status, body) = set_token(&app, org, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["telegram_bot_token_set"], false);
+    assert_eq!(body["telegram_bot_username"], Value::Null);
+    assert_eq!(
+        api.calls("deleteWebhook")
+            .iter()
+            .map(|c| c.token.as_str())
+            .collect::<Vec<_>>(),
+        [TOKEN]
+    );
+    // Removing it again: no token, nothing to call.
+    let calls = api.0.lock().expect("calls").len();
+    assert_eq!(set_token(&app, org, "").await.0, 200);
+    assert_eq!(api.0.lock().expect("calls").len(), calls);
+
+    // A token Telegram no longer accepts: the removal goes through all the same.
+    let revoked_shop = shop(&app).await;
+    let keys = e2e::token_keys();
+    let sealed = keys.seal(revoked_shop, REVOKED).expect("sealed");
+    sqlx::query(
+        "update organizations set telegram_bot_token_key = $2, telegram_bot_token_sealed = $3 where id = $1",
+    )
+    .bind(revoked_shop)
+    .bind(&sealed.key_id)
+    .bind(&sealed.bytes)
+    .execute(&app.db.pool)
+    .await
+    .expect("revoked token stored");
+    let (status, body) = set_token(&app, revoked_shop, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["telegram_bot_token_set"], false);
+    assert_eq!(api.methods_of(REVOKED), ["getWebhookInfo"]);
+}
+
+#[tokio::test]
+async fn telegram_unreachable_when_the_token_is_removed_is_a_503_and_nothing_changed() {
+    let (api, app, org) = shop_with_bot().await;
+    api.set_down(true);
+    let (status, body) = set_token(&app, org, "").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    api.set_down(false);
+    let (_, org_body) = app.get(&format!("/admin/v1/orgs/{org}")).await;
+    assert_eq!(org_body["telegram_bot_token_set"], true);
+    assert_eq!(org_body["telegram_bot_username"], "shop_bot");
+    assert!(api.calls("deleteWebhook").is_empty());
+    // The bot still works, and the removal succeeds once Telegram is back.
+    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let (status, _) = post_update(&app, org, Some(&secret), &update(1, 77, "ru", "/start")).await;
+    assert_eq!(status, 200);
+    assert_eq!(set_token(&app, org, "").await.0, 200);
+    assert_eq!(api.calls("deleteWebhook").len(), 1);
+}
+
+#[tokio::test]
+async fn an_update_delivered_again_changes_nothing_and_gets_no_second_answer() {
+    let (api, app, org) = shop_with_bot().await;
+    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let friend = app.customer(org, "Friend").await;
+    let start = update(40, 801, "ru", &format!("/start PROMO{friend}"));
+
+    for _ in 0..2 {
+        let (status, body) = post_update(&app, org, Some(&secret), &start).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let answer = api.sent(1).await;
+    assert!(
+        answer.params["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("применён")),
+        "{answer:?}"
+    );
+    // Delivered twice at once (Telegram gave up waiting on the first): still one answer.
+    let help = update(41, 801, "ru", "hello");
+    let (first, second) = tokio::join!(
+        post_update(&app, org, Some(&secret), &help),
+        post_update(&app, org, Some(&secret), &help)
+    );
+    assert_eq!((first.0, second.0), (200, 200));
+    api.sent(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.calls("sendMessage").len(), 2, "one answer per update");
+    let (_, bonuses, _) = customer_by_telegram(&app, org, 801).await.expect("created");
+    assert_eq!(bonuses, "50", "the promo bonus once");
+    let promos: i64 = sqlx::query_scalar(
+        "select count(*) from ledger_entries where org_id = $1 and customer_id = (select id from customers where org_id = $1 and telegram_id = 801)",
+    )
+    .bind(org)
+    .fetch_one(&app.db.pool)
+    .await
+    .expect("count");
+    assert_eq!(promos, 1, "one entry");
+}
+
+#[tokio::test]
+async fn answered_updates_are_forgotten_after_two_days() {
+    let (api, app, org) = shop_with_bot().await;
+    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    sqlx::query(
+        "insert into bot_updates (org_id, bot_id, update_id, received_at)
+         values ($1, 123456789, 1, now() - interval '3 days'), ($1, 123456789, 2, now() - interval '1 day')",
+    )
+    .bind(org)
+    .execute(&app.db.pool)
+    .await
+    .expect("old updates");
+    let (status, _) = post_update(&app, org, Some(&secret), &update(3, 77, "ru", "hi")).await;
+    assert_eq!(status, 200);
+    api.sent(1).await;
+    let kept: Vec<i64> =
+        sqlx::query_scalar("select update_id from bot_updates where org_id = $1 order by 1")
+            .bind(org)
+            .fetch_all(&app.db.pool)
+            .await
+            .expect("kept");
+    assert_eq!(kept, [2, 3]);
 }

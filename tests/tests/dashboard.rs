@@ -1,7 +1,7 @@
 //! The operators' dashboard: the summary it reads, the page it is, and an operator replaying a dead
 //! letter with it in headless Chromium.
 
-use e2e::{ADMIN_TOKEN, TestApp, management_answers, receipt_event};
+use e2e::{ADMIN_TOKEN, TestApp, management_answers, receipt_event, run_browser_script};
 use loyalty::queue::Stream;
 use serde_json::{Value, json};
 
@@ -193,33 +193,12 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
     assert!(!js.text().await.expect("body").contains(ADMIN_TOKEN));
 }
 
-/// Where the browser test runs: Debian's Chromium and the npm package playwright-core
-/// (`npm ci --prefix tests/browser`). Without them `build.rs` compiles the test ignored (reported
-/// as skipped), unless REQUIRE_BROWSER=1 (set by `.ci/run`): then it runs and fails here, naming
-/// what is missing.
-fn browser() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        node && std::path::Path::new(&chromium).exists()
-            && dir.join("node_modules/playwright-core").exists(),
-        "the dashboard's browser test needs Node.js, Chromium ({chromium}) and `npm ci --prefix {}`",
-        dir.display()
-    );
-    dir
-}
-
 #[tokio::test]
 #[cfg_attr(
     not(has_browser),
     ignore = "needs Node.js, Chromium and `npm ci --prefix tests/browser`"
 )]
 async fn an_operator_sees_a_dead_letter_and_replays_it_in_the_browser() {
-    let dir = browser();
     let app = TestApp::spawn().await;
     let org = app.org().await;
     let customer = app.customer(org, "Alex").await;
@@ -233,24 +212,10 @@ async fn an_operator_sees_a_dead_letter_and_replays_it_in_the_browser() {
     .await;
     let _worker = app.start_worker();
 
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard");
-    std::fs::create_dir_all(&shots).expect("screenshot dir");
-    let run = tokio::process::Command::new("node")
-        .arg(dir.join("dashboard.mjs"))
-        .args([app.base.as_str(), ADMIN_TOKEN, "ev-browser", error])
-        .arg(&shots)
-        .output()
-        .await
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "the browser run failed: {stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let seen: Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("one JSON line");
-    assert_eq!(seen["problems"], json!([]), "{seen}");
+    let args = [app.base.as_str(), ADMIN_TOKEN, "ev-browser", error].map(String::from);
+    let seen = run_browser_script("dashboard.mjs", &args, "dashboard")
+        .finish()
+        .await;
     assert_eq!(seen["wrong_token_refused"], true);
     assert_eq!(seen["token_in_session_storage"], true);
     assert_eq!(seen["token_in_local_storage"], false);

@@ -2,10 +2,9 @@
 //! using it in headless Chromium at phone size, in light and dark themes, with init data signed
 //! by the test as Telegram would sign it.
 
-use e2e::{TestApp, receipt_event, send};
+use e2e::{TestApp, receipt_event, run_browser_script, send};
 use loyalty::init_data::sign;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
 const OTHER_BOT_TOKEN: &str = "987654321:another-shop-token_for-tests";
@@ -119,24 +118,6 @@ async fn the_page_is_served_for_any_numeric_org_with_a_strict_content_security_p
     assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
 }
 
-/// Where the browser test runs (see tests/tests/dashboard.rs): Node.js, Debian's Chromium and
-/// `npm ci --prefix tests/browser`.
-fn browser() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        node && std::path::Path::new(&chromium).exists()
-            && dir.join("node_modules/playwright-core").exists(),
-        "the Mini App's browser test needs Node.js, Chromium ({chromium}) and `npm ci --prefix {}`",
-        dir.display()
-    );
-    dir
-}
-
 async fn add_staff(app: &TestApp, org: i64, telegram_id: i64, role: &str, name: &str) {
     let (status, body) = app
         .post(
@@ -157,7 +138,6 @@ const HISTORY_ENTRIES: usize = 26;
     ignore = "needs Node.js, Chromium and `npm ci --prefix tests/browser`"
 )]
 async fn customers_and_staff_use_the_mini_app_in_the_browser() {
-    let dir = browser();
     let app = TestApp::spawn().await;
     let org = shop(&app, "Чайный дом", BOT_TOKEN).await;
     let other = shop(&app, "Другой магазин", OTHER_BOT_TOKEN).await;
@@ -179,6 +159,7 @@ async fn customers_and_staff_use_the_mini_app_in_the_browser() {
     add_staff(&app, org, 8001, "cashier", "Касса 1").await;
     add_staff(&app, org, 9001, "owner", "Айгерим").await;
     let pos = app.pos_token(org, "time-to-grow-pro").await;
+    let to_cancel = app.open_bill(org, &friend, 300).await;
 
     let promo = format!("PROMO{friend}");
     let customer = init_data(
@@ -207,28 +188,17 @@ async fn customers_and_staff_use_the_mini_app_in_the_browser() {
         "other_customer": stranger,
         "refused_status": 404,
         "new_cashier": {"telegram_id": 8002, "name": "Мария"},
+        "role_change": {"telegram_id": 8002, "role": "owner"},
+        "remove_staff": 8001,
+        "settings": {"invoice_typed": "3,5"},
+        "bill_to_cancel": to_cancel,
     });
 
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/miniapp");
-    std::fs::create_dir_all(&shots).expect("screenshot dir");
-    let mut node = tokio::process::Command::new("node")
-        .arg(dir.join("miniapp.mjs"))
-        .arg(config.to_string())
-        .arg(&shots)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut stdin = node.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut browser = run_browser_script("miniapp.mjs", &[config.to_string()], "miniapp");
+    let shots = browser.screenshots.clone();
 
     // The first visit is done: give the customer a phone and a history longer than a page.
-    let visited: Value = match lines.next_line().await.expect("read") {
-        Some(line) => serde_json::from_str(&line).unwrap_or_else(|_| json!({"line": line})),
-        None => Value::Null,
-    };
+    let visited = browser.next_line().await;
     let id = visited["customer_id"]
         .as_str()
         .unwrap_or_default()
@@ -253,20 +223,8 @@ async fn customers_and_staff_use_the_mini_app_in_the_browser() {
             assert_eq!(status, 201, "{body}");
         }
     }
-    stdin.write_all(b"go\n").await.expect("write");
-    stdin.flush().await.expect("flush");
-
-    let mut last = String::new();
-    while let Some(line) = lines.next_line().await.expect("read") {
-        last = line;
-    }
-    let run = node.wait_with_output().await.expect("node ends");
-    let seen: Value = serde_json::from_str(&last).unwrap_or_else(|_| json!({"unparsed": last}));
-    assert!(
-        run.status.success() && seen["problems"] == json!([]),
-        "the browser run failed: {seen:#}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    browser.say("go").await;
+    let seen = browser.finish().await;
 
     // The first visit, through the friend's link: in Russian, the code applied, welcomed.
     assert_eq!(visited["phase"], "visited", "{visited}");
@@ -429,6 +387,69 @@ async fn customers_and_staff_use_the_mini_app_in_the_browser() {
     assert!(seen["audit_rows"].as_u64().unwrap_or(0) >= 1, "{seen}");
     assert_eq!(seen["settings_invoice"], "2");
 
+    // The owner made Мария an owner and removed the first cashier, after confirming.
+    assert_eq!(seen["role_line"], "Роль изменена.");
+    assert_eq!(seen["role_shown"], "owner");
+    assert_eq!(seen["remove_confirm"], "Удалить Касса 1 из сотрудников?");
+    assert_eq!(seen["removed_line"], "Сотрудник удалён.");
+    assert_eq!(seen["staff_left"], json!(["8002", "9001"]), "{seen}");
+    let roles: Vec<(i64, String)> = sqlx::query_as(
+        "select telegram_id, role from staff where org_id = $1 order by telegram_id",
+    )
+    .bind(org)
+    .fetch_all(&app.db.pool)
+    .await
+    .expect("staff");
+    assert_eq!(
+        roles,
+        [(8002, "owner".to_owned()), (9001, "owner".to_owned())]
+    );
+    // The removed cashier reaches nothing of the shop any more.
+    let (status, _) = send(
+        app.http
+            .get(app.url(&format!("/admin/v1/orgs/{org}/customers/{id}")))
+            .header("Authorization", format!("tma {cashier}")),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // The settings saved as typed, with a decimal comma.
+    assert_eq!(seen["settings_line"], "Настройки сохранены.");
+    assert_eq!(
+        seen["settings_invoice_after"], "3,5",
+        "shown as a Russian speaker writes it"
+    );
+    let saved: bool = sqlx::query_scalar(
+        "select invoice_bonus_percentage = 3.5 and referral_promo_bonus = 50 from organizations where id = $1",
+    )
+    .bind(org)
+    .fetch_one(&app.db.pool)
+    .await
+    .expect("settings");
+    assert!(saved, "3.5 % stored, the other settings kept");
+
+    // The owner cancelled the friend's bill; the cashier's stays open for the till.
+    assert_eq!(seen["bills_before_cancel"], 2, "{seen}");
+    assert_eq!(seen["bills_after_cancel"], 1, "{seen}");
+    assert!(
+        seen["cancel_line"]
+            .as_str()
+            .is_some_and(|l| l.contains("отменён")),
+        "{seen}"
+    );
+    let (_, cancelled) = app
+        .get(&format!("/admin/v1/orgs/{org}/bills/{to_cancel}"))
+        .await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let number = cancelled["number"].as_str().unwrap_or_default();
+    assert_eq!(
+        seen["cancel_confirm"],
+        json!(format!(
+            "Отменить счёт № {number}? Касса его больше не увидит."
+        )),
+        "asked first"
+    );
+
     // The POS sees the bill with its bonus payment, and the sale is applied against it.
     let (status, listed) = app.pos_get(&pos, "/api/v2/list?number=MA-1001").await;
     assert_eq!(status, 200, "{listed}");
@@ -459,6 +480,10 @@ async fn customers_and_staff_use_the_mini_app_in_the_browser() {
         "owner-staff",
         "owner-audit",
         "owner-settings",
+        "owner-staff-changed",
+        "owner-settings-saved",
+        "owner-bills",
+        "owner-bill-cancelled",
     ] {
         for theme in ["light", "dark"] {
             assert!(

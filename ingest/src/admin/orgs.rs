@@ -120,6 +120,21 @@ async fn set_bot_up(
     Ok(())
 }
 
+/// When the change replaces or removes a stored bot token: the old token and the new one (`""`
+/// when removed), read before the change, so the old bot's webhook can be removed after it.
+async fn replaced_bot_token(
+    conn: &mut sqlx::PgConnection,
+    keys: &loyalty::crypto::TokenKeys,
+    org: i64,
+    changes: &OrgChanges,
+) -> Result<Option<(String, String)>, ApiError> {
+    let Some(new) = &changes.telegram_bot_token else {
+        return Ok(None);
+    };
+    let old = orgs::bot_token(conn, keys, org).await?;
+    Ok(old.filter(|old| old != new).map(|old| (old, new.clone())))
+}
+
 /// An organization; the bot token is never returned, only whether it is set.
 #[utoipa::path(get, path = "/admin/v1/orgs/{org}", tag = "organizations",
     responses((status = 200, body = Organization), (status = 404, body = ErrorBody)),
@@ -137,7 +152,7 @@ pub async fn get_org(
     responses((status = 200, body = Organization), (status = 404, body = ErrorBody),
               (status = 409, description = "a bot token given while the server has no TOKEN_KEYS", body = ErrorBody),
               (status = 422, description = "invalid, or a bot token Telegram refused", body = ErrorBody),
-              (status = 503, description = "Telegram unreachable to set the bot up; nothing stored", body = ErrorBody)),
+              (status = 503, description = "Telegram unreachable to set the bot up or to remove the old bot's webhook; nothing stored", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn update_org(
     State(state): State<AppState>,
@@ -148,8 +163,12 @@ pub async fn update_org(
     let state = &state;
     request
         .answer(&state.db, StatusCode::OK, async |conn| {
+            let replaced = replaced_bot_token(conn, keys, org, &request.value).await?;
             orgs::update(conn, keys, org, &request.value).await?;
             set_bot_up(state, conn, org, &request.value).await?;
+            if let Some((old, new)) = &replaced {
+                crate::telegram::release_bot(state, org, old, new).await?;
+            }
             Ok(orgs::get(conn, org).await?)
         })
         .await

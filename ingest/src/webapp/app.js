@@ -89,6 +89,7 @@
       bill_sub: (customer, total, bonus) => bonus ? `клиент № ${customer} · ${total} · бонусами ${bonus}` : `клиент № ${customer} · ${total}`,
       cancel: "Отменить",
       cancelled: (number) => `Счёт № ${number} отменён.`,
+      cancel_confirm: (number) => `Отменить счёт № ${number}? Касса его больше не увидит.`,
       no_open_bills: "Открытых счетов нет.",
       staff_add: "Добавить сотрудника",
       telegram_id: "Telegram ID",
@@ -202,6 +203,7 @@
       bill_sub: (customer, total, bonus) => bonus ? `customer no. ${customer} · ${total} · bonuses ${bonus}` : `customer no. ${customer} · ${total}`,
       cancel: "Cancel",
       cancelled: (number) => `Bill no. ${number} cancelled.`,
+      cancel_confirm: (number) => `Cancel bill no. ${number}? The till will no longer see it.`,
       no_open_bills: "No open bills.",
       staff_add: "Add a staff member",
       telegram_id: "Telegram ID",
@@ -841,7 +843,8 @@
     }
   }
 
-  function cancelBill(bill, button) {
+  async function cancelBill(bill, button) {
+    if (!(await confirmed(T.cancel_confirm(bill.number)))) return;
     busy(button, async () => {
       try {
         await api(admin(`/bills/${bill.id}`), { method: "DELETE" });
@@ -1029,7 +1032,9 @@
       const org = await api(admin(""));
       const settings = org.bonus_program_settings || {};
       for (const [input, field] of Object.entries(SETTINGS)) {
-        $(input).value = settings[field] === undefined || settings[field] === null ? "" : String(settings[field]);
+        const value = settings[field] === undefined || settings[field] === null ? "" : String(settings[field]);
+        // Written as the person writes it: a decimal comma in Russian (read back either way).
+        $(input).value = LANG === "ru" ? value.replace(".", ",") : value;
       }
     } catch (error) {
       fail(error, true);
