@@ -44,9 +44,10 @@ pub struct MemoryArgs {
     /// Customers the bills are spread over (each has a Telegram id, so the notifier works too).
     #[arg(long, default_value_t = 2000)]
     pub customers: usize,
-    /// The settings compared, in this order: `unbounded` (the earlier ones, before the memory
-    /// budget) and `shipped` (the defaults as they are).
-    #[arg(long = "profile", value_enum, default_values_t = [Profile::Unbounded, Profile::Shipped])]
+    /// The settings compared, one after the other in this order: `unbounded` (the earlier ones,
+    /// before the memory budget), `shipped` (the defaults as they are), or
+    /// `NAME:VAR=VALUE[,VAR=VALUE…]` (the shipped defaults with those variables set).
+    #[arg(long = "profile", default_values = ["unbounded", "shipped"], value_parser = Profile::parse)]
     pub profiles: Vec<Profile>,
     /// Where the ingest, workers and notifier binaries are (default: beside this one).
     #[arg(long)]
@@ -58,26 +59,40 @@ pub struct MemoryArgs {
     pub servers: crate::setup::Servers,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Profile {
-    /// The settings before the memory budget: no in-flight limit on ingest.
-    Unbounded,
-    /// The defaults as shipped.
-    Shipped,
+/// Settings under comparison: a name and the variables every service gets on top of the
+/// shipped defaults.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub name: String,
+    pub env: Vec<(String, String)>,
 }
 
 impl Profile {
-    /// The environment that turns the shipped defaults into this profile's settings.
-    fn env(self) -> Vec<(String, String)> {
-        let pairs: &[(&str, &str)] = match self {
-            Profile::Unbounded => &[("INGEST_MAX_IN_FLIGHT", "0")],
-            Profile::Shipped => &[],
+    /// `unbounded`, `shipped`, or `NAME:VAR=VALUE[,VAR=VALUE…]`.
+    fn parse(text: &str) -> Result<Self, String> {
+        let (name, vars) = text.split_once(':').unwrap_or((text, ""));
+        let mut env: Vec<(String, String)> = match name {
+            // The settings before the memory budget: no in-flight limit, huge pages as mimalloc
+            // asks for them.
+            "unbounded" => vec![
+                ("INGEST_MAX_IN_FLIGHT".into(), "0".into()),
+                ("MIMALLOC_ALLOW_THP".into(), "1".into()),
+            ],
+            _ => Vec::new(),
         };
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        if name.is_empty() || (vars.is_empty() && !matches!(name, "unbounded" | "shipped")) {
+            return Err("unbounded, shipped, or NAME:VAR=VALUE[,VAR=VALUE…]".into());
+        }
+        for pair in vars.split(',').filter(|p| !p.is_empty()) {
+            let (var, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair}: not VAR=VALUE"))?;
+            env.push((var.to_owned(), value.to_owned()));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            env,
+        })
     }
 }
 
@@ -103,14 +118,15 @@ pub async fn main(args: MemoryArgs) -> anyhow::Result<()> {
     let mut profiles = Vec::new();
     for (i, profile) in args.profiles.iter().enumerate() {
         eprintln!(
-            "== profile {}/{}: {profile:?} {:?}",
+            "== profile {}/{}: {} {:?}",
             i + 1,
             args.profiles.len(),
-            profile.env()
+            profile.name,
+            profile.env
         );
         let scratch = Scratch::new(&args.servers.database_url, &args.servers.amqp_url)?;
         let outcome = tokio::select! {
-            outcome = run(&args, *profile, &scratch, &wrk, &bin_dir) => outcome,
+            outcome = run(&args, profile, &scratch, &wrk, &bin_dir) => outcome,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         };
         eprintln!("cleaning up: database and queues of {}", scratch.tag);
@@ -297,7 +313,6 @@ pub struct ServiceMemory {
 #[derive(Debug, Serialize)]
 pub struct ProfileRun {
     pub profile: Profile,
-    pub env: Vec<(String, String)>,
     pub load: Driven,
     pub load_machine: Option<cpu::Usage>,
     /// Receipts queued for the workers when the load ended, and 30 s later.
@@ -336,7 +351,7 @@ fn loadavg() -> String {
 
 async fn run(
     args: &MemoryArgs,
-    profile: Profile,
+    profile: &Profile,
     scratch: &Scratch,
     wrk: &std::path::Path,
     bin_dir: &std::path::Path,
@@ -355,7 +370,7 @@ async fn run(
             prefix: scratch.prefix.clone(),
             admin_token: admin_token.clone(),
             telegram_api_url: fake_bot.url.clone(),
-            env: profile.env(),
+            env: profile.env.clone(),
         },
         1,
     )
@@ -485,8 +500,7 @@ async fn run(
         })
         .collect();
     Ok(ProfileRun {
-        profile,
-        env: profile.env(),
+        profile: profile.clone(),
         load,
         load_machine,
         backlog_after_load: (backlog, backlog_later),
@@ -522,8 +536,8 @@ impl Report {
         let cell = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
         for p in &self.profiles {
             println!(
-                "\n{:?} {:?}  (load average {} → {})",
-                p.profile, p.env, p.loadavg.0, p.loadavg.1
+                "\n{} {:?}  (load average {} → {})",
+                p.profile.name, p.profile.env, p.loadavg.0, p.loadavg.1
             );
             println!(
                 "  sustained: {:.0} accepted/s of {:.0} asked ({} shed, {} socket errors, p50 {:.1} ms, p99 {:.1} ms), machine {:.0} % busy, wrk {:.2} cores; queued {} at the end, {} 30 s later",
@@ -589,5 +603,36 @@ impl Report {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_are_named_settings_on_top_of_the_shipped_ones() {
+        let unbounded = Profile::parse("unbounded").expect("unbounded");
+        assert_eq!(
+            unbounded.env,
+            [
+                ("INGEST_MAX_IN_FLIGHT".to_owned(), "0".to_owned()),
+                ("MIMALLOC_ALLOW_THP".to_owned(), "1".to_owned())
+            ]
+        );
+        assert!(Profile::parse("shipped").expect("shipped").env.is_empty());
+        let custom =
+            Profile::parse("purge:MIMALLOC_PURGE_DELAY=0,INGEST_MAX_IN_FLIGHT=64").expect("custom");
+        assert_eq!(custom.name, "purge");
+        assert_eq!(custom.env.len(), 2);
+        assert!(Profile::parse("other").is_err());
+        assert!(Profile::parse("x:NOVALUE").is_err());
+    }
+
+    #[test]
+    fn reads_a_running_process_memory() {
+        let own = Reading::of(std::process::id()).expect("/proc/self");
+        assert!(own.rss_kib > 0 && own.hwm_kib >= own.rss_kib && own.threads >= 1);
+        assert!(Reading::of(u32::MAX).is_none());
     }
 }

@@ -737,6 +737,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_paced_drive_counts_503s_instead_of_failing() {
+        let Some(wrk) = find() else {
+            eprintln!("wrk is not on PATH; skipped");
+            return;
+        };
+        let seen = Seen::default();
+        let base = serve(seen.clone(), Some("flood-3")).await;
+        let driven = drive(
+            &wrk,
+            &base,
+            "tok",
+            "flood",
+            &bills(20),
+            4,
+            (Some(2000.0), 10),
+        )
+        .await
+        .expect("drive");
+        assert_eq!(
+            (driven.sent, driven.answered, driven.ok, driven.shed),
+            (20, 20, 19, 1)
+        );
+        assert!(
+            driven
+                .first_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("503")),
+            "{:?}",
+            driven.first_error
+        );
+        assert_eq!(seen.lock().expect("lock").len(), 20);
+    }
+
+    #[tokio::test]
     async fn wrk_copes_with_fewer_receipts_than_threads() {
         let Some(wrk) = find() else {
             eprintln!("wrk is not on PATH; skipped");
