@@ -9,6 +9,7 @@
 //! costs no info line here.
 
 use std::any::Any;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -17,6 +18,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, Response as HttpResponse};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -56,6 +58,38 @@ pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> 
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(middleware::map_request(drop_unusable_request_id))
+}
+
+/// `Retry-After` of a request shed over the in-flight limit: requests in flight are answered
+/// within milliseconds, so a second frees most of the slots.
+pub const SHED_RETRY_AFTER_SECS: u32 = 1;
+
+/// Answers 503 with `Retry-After` to a request of `router` arriving while `limit` are in flight
+/// (0: no limit). Nothing waits for a slot: a queue of waiting requests would hold their bodies and
+/// grow with the flood, which is what the limit bounds.
+pub fn limit_in_flight<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    limit: u32,
+) -> Router<S> {
+    if limit == 0 {
+        return router;
+    }
+    let slots = Arc::new(Semaphore::new(limit as usize));
+    router.layer(middleware::from_fn(move |request: Request, next: Next| {
+        let slot = slots.clone().try_acquire_owned();
+        async move {
+            let Ok(_slot) = slot else {
+                metrics::counter!("loyalty_http_requests_shed_total").increment(1);
+                return ApiError::Unavailable {
+                    message: "ingest is serving as many requests as it may; send again shortly"
+                        .into(),
+                    retry_after_secs: SHED_RETRY_AFTER_SECS,
+                }
+                .into_response();
+            };
+            next.run(request).await
+        }
+    }))
 }
 
 /// The header carrying a request's id, both ways.

@@ -52,6 +52,11 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
     pub http: server::HttpLimits,
+    /// Most API requests served at once; one more is answered 503 with `Retry-After: 1` at once,
+    /// never queued, so a flood costs a bounded amount of memory (each request in flight holds its
+    /// body, up to 1 MiB, and its futures). The health probes are not counted. 0: no limit.
+    #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: u32,
     /// Telegram Bot API base URL: the shops' bots answer and are set up through it.
     #[arg(
         long,
@@ -158,7 +163,6 @@ pub fn app(state: AppState) -> Router {
     let routes = Router::new()
         // A browser pointed at the service finds the dashboard.
         .route("/", get(|| async { Redirect::to("/admin") }))
-        .merge(health::router())
         .merge(openapi::router())
         .merge(pos::router())
         .merge(miniapp::router())
@@ -166,6 +170,8 @@ pub fn app(state: AppState) -> Router {
         .merge(dashboard::router())
         .merge(webapp::router())
         .nest("/admin/v1", admin::router(state.clone()));
+    // The probes stay outside the limit: a busy ingest is alive, and says so.
+    let routes = edge::limit_in_flight(routes, state.config.max_in_flight).merge(health::router());
     edge::layers(routes).with_state(state)
 }
 

@@ -4,9 +4,10 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = ingest::Config::parse();
-    loyalty_service::telemetry::init("info,ingest=info,loyalty=info,tower_http=info");
-    ingest::run(config).await
+fn main() -> anyhow::Result<()> {
+    loyalty_service::runtime::run(async {
+        let config = ingest::Config::parse();
+        loyalty_service::telemetry::init("info,ingest=info,loyalty=info,tower_http=info");
+        ingest::run(config).await
+    })
 }

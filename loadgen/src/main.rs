@@ -18,6 +18,7 @@ mod broker;
 mod cpu;
 mod expiry;
 mod http;
+mod memory;
 mod pgbench;
 mod report;
 mod scale;
@@ -94,6 +95,10 @@ pub enum Command {
     /// (`session_replication_role = replica`), so the database user must be a superuser (the
     /// local `postgres` is); it then sets and checks what the triggers would have written.
     Scale(scale::ScaleArgs),
+    /// Each service's resident memory (the real release binaries) idle, under a sustained paced
+    /// load of receipts, under a flood of connections, and 10 s / 30 s after, for the settings as
+    /// shipped and the earlier unbounded ones, in one run.
+    Memory(memory::MemoryArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Soak(soak)) => return soak::main(soak).await,
         Some(Command::Expiry(expiry)) => return expiry::main(expiry).await,
         Some(Command::Scale(scale)) => return scale::main(scale).await,
+        Some(Command::Memory(memory)) => return memory::main(memory).await,
         None => {}
     }
     if args.receipts == 0 || args.customers == 0 || args.concurrency == 0 {

@@ -156,6 +156,7 @@ fn script(
     token: &str,
     threads: usize,
     idle_ms: u64,
+    pace_us: u64,
 ) -> anyhow::Result<String> {
     if phase.is_empty()
         || !phase
@@ -188,6 +189,8 @@ fn script(
         r#"-- loadgen's ingest load: {count} receipts over {threads} threads. Generated for one run.
 local THREADS = {threads}
 local IDLE_MS = {idle_ms}
+-- Microseconds between two requests of one thread (0: at once, as fast as answers come).
+local PACE_US = {pace_us}
 local AUTHORIZATION = {authorization}
 -- "<bill id> <total>" of request i on line i (from 0).
 local BILLS = {data}
@@ -212,7 +215,7 @@ local clock = nil
 
 function init(args)
   -- The counters done() reads are globals (thread:get reads globals only).
-  lg_share, lg_sent, lg_answered, lg_ok, lg_extra = 0, 0, 0, 0, 0
+  lg_share, lg_sent, lg_answered, lg_ok, lg_shed, lg_extra = 0, 0, 0, 0, 0, 0
   headers = {{ ["Authorization"] = AUTHORIZATION, ["Content-Type"] = "application/json" }}
   local i = 0
   for bill, total in string.gmatch(BILLS, "(%-?%d+) (%-?%d+)") do
@@ -243,11 +246,19 @@ local function finish()
   wrk.thread:stop()
 end
 
--- Called before each request of a connection: the next request of the share, at once, while any
--- is left; else the connection waits past the end of the run.
+-- Called before each request of a connection: the next request of the share while any is left,
+-- at once or, paced, when its slot on the thread's schedule comes (at once if the slot is past:
+-- a slow answer does not push the schedule back while connections are free); else the connection
+-- waits past the end of the run.
 function delay()
   if reserved < lg_share then
     reserved = reserved + 1
+    if PACE_US > 0 and clock then
+      local now = clock()
+      lg_paced_from = lg_paced_from or now
+      local due = lg_paced_from + (reserved - 1) * PACE_US
+      if due > now then return math.floor((due - now) / 1000) end
+    end
     return 0
   end
   finish()
@@ -274,15 +285,19 @@ function response(status, response_headers, response_body)
   lg_answered = lg_answered + 1
   if status == 200 then
     lg_ok = lg_ok + 1
-  elseif not lg_first_error then
+  elseif status == 503 then
+    lg_shed = lg_shed + 1
+  end
+  if status ~= 200 and not lg_first_error then
     lg_first_error = status .. " " .. string.sub(response_body or "", 1, 300)
   end
-  if lg_answered == lg_share and clock then lg_last_us = clock() end
+  -- The last answer so far: all of them once the share is answered, or when the run was cut.
+  if clock then lg_last_us = clock() end
   finish()
 end
 
 function done(summary, latency, requests)
-  local total = {{ share = 0, sent = 0, answered = 0, ok = 0, extra = 0 }}
+  local total = {{ share = 0, sent = 0, answered = 0, ok = 0, shed = 0, extra = 0 }}
   local first, last, err = nil, nil, nil
   for _, t in ipairs(threads) do
     for name, sum in pairs(total) do total[name] = sum + (t:get("lg_" .. name) or 0) end
@@ -295,10 +310,11 @@ function done(summary, latency, requests)
   if first and last then span = last - first end
   local e = summary.errors
   io.write(string.format(
-    "LOADGEN threads=%d share=%d sent=%d answered=%d ok=%d extra=%d requests=%d "
+    "LOADGEN threads=%d share=%d sent=%d answered=%d ok=%d shed=%d extra=%d requests=%d "
       .. "status_errors=%d connect_errors=%d read_errors=%d write_errors=%d timeouts=%d "
       .. "duration_us=%.0f span_us=%.0f p50_us=%.0f p99_us=%.0f max_us=%.0f\n",
-    #threads, total.share, total.sent, total.answered, total.ok, total.extra, summary.requests,
+    #threads, total.share, total.sent, total.answered, total.ok, total.shed, total.extra,
+    summary.requests,
     e.status, e.connect, e.read, e.write, e.timeout,
     summary.duration, span, latency:percentile(50), latency:percentile(99), latency.max))
   if err then io.write("LOADGEN-ERROR " .. (string.gsub(err, "%c", " ")) .. "\n") end
@@ -361,23 +377,25 @@ fn parse_summary(stdout: &str) -> Option<HashMap<&str, f64>> {
         .collect()
 }
 
-/// Posts `http::bodies(phase, bills)` to `base`'s `/api/v2/receipts` with `wrk` over `concurrency`
-/// keep-alive connections; fails unless every one was answered 200.
-pub async fn post_all(
+/// Posts receipts for `bills` at `rate` a second (as fast as answers come without one) over
+/// `concurrency` connections for at most `duration_s` (less once every one is answered), and
+/// reports what was reached; answers other than 200 are counted, not failures (a flood is meant
+/// to meet the limits).
+pub async fn drive(
     wrk: &Path,
     base: &str,
     token: &str,
     phase: &str,
     bills: &[Bill],
     concurrency: usize,
-) -> anyhow::Result<Bulk> {
-    let count = bills.len();
+    (rate, duration_s): (Option<f64>, u64),
+) -> anyhow::Result<Driven> {
     let threads = THREADS.min(concurrency).max(1);
     // wrk gives each thread `connections / threads`.
     let connections = concurrency / threads * threads;
-    let duration_s = MIN_DURATION_S.max(u64::try_from(count)?.div_ceil(200));
     let idle_ms = (duration_s + 60) * 1000;
-    let script = ScriptFile::write(&script(phase, bills, token, threads, idle_ms)?)?;
+    let pace_us = rate.map_or(0, |rate| (1e6 * threads as f64 / rate).round() as u64);
+    let script = ScriptFile::write(&script(phase, bills, token, threads, idle_ms, pace_us)?)?;
     let mut child = Command::new(wrk)
         .args([
             "-t",
@@ -447,62 +465,135 @@ pub async fn post_all(
     };
     let stdout = stdout.await?.context("read wrk's stdout")?;
     let stderr = stderr.await?;
-    let output = || format!("{}\n{}", stdout.trim(), stderr.trim());
+    let output = format!("{}\n{}", stdout.trim(), stderr.trim());
     if !status.success() {
-        bail!("wrk failed ({status}):\n{}", output());
+        bail!("wrk failed ({status}):\n{output}");
     }
     let summary = parse_summary(&stdout)
-        .with_context(|| format!("no LOADGEN line in wrk's output:\n{}", output()))?;
+        .with_context(|| format!("no LOADGEN line in wrk's output:\n{output}"))?;
     let field = |key: &str| {
         summary
             .get(key)
             .copied()
-            .with_context(|| format!("no {key} in wrk's LOADGEN line:\n{}", output()))
+            .with_context(|| format!("no {key} in wrk's LOADGEN line:\n{output}"))
     };
-    let as_count = |key: &str| field(key).map(|v| v as usize);
-    let (sent, answered, ok, extra) = (
-        as_count("sent")?,
-        as_count("answered")?,
-        as_count("ok")?,
-        as_count("extra")?,
-    );
-    if sent != count || answered != count || extra != 0 {
-        bail!(
-            "wrk sent {sent} of {count} receipts and had {answered} answered ({extra} requests \
-             beyond them); socket errors: connect {}, read {}, write {}\n{}",
-            field("connect_errors")?,
-            field("read_errors")?,
-            field("write_errors")?,
-            output()
-        );
-    }
-    if ok != count {
-        let first = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("LOADGEN-ERROR "))
-            .unwrap_or("?");
-        bail!(
-            "{} of {count} receipts were not answered 200; the first: {first}",
-            count - ok
-        );
-    }
+    let count = |key: &str| field(key).map(|v| v as usize);
     let span_us = field("span_us")?;
+    // First POST sent to last answer received; wrk's run time without the FFI.
     let seconds = if span_us > 0.0 {
         span_us
     } else {
         field("duration_us")?
     } / 1e6;
-    Ok(Bulk {
-        throughput: Throughput {
-            count: ok,
-            elapsed: Duration::from_secs_f64(seconds),
-        },
-        client: HttpClient::Wrk,
-        threads: Some(threads),
+    let answered = count("answered")?;
+    let ok = count("ok")?;
+    let socket_errors = ["connect_errors", "read_errors", "write_errors", "timeouts"]
+        .iter()
+        .map(|k| count(k))
+        .sum::<anyhow::Result<usize>>()?;
+    let first_error = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("LOADGEN-ERROR "))
+        .map(str::to_owned);
+    Ok(Driven {
+        threads,
         connections,
+        sent: count("sent")?,
+        answered,
+        ok,
+        shed: count("shed")?,
+        extra: count("extra")?,
+        socket_errors,
+        seconds,
+        answered_per_second: answered as f64 / seconds.max(f64::EPSILON),
+        ok_per_second: ok as f64 / seconds.max(f64::EPSILON),
         answer_p50_ms: field("p50_us")? / 1000.0,
         answer_p99_ms: field("p99_us")? / 1000.0,
+        first_error,
+        output,
     })
+}
+
+/// Posts `http::bodies(phase, bills)` to `base`'s `/api/v2/receipts` with `wrk` over `concurrency`
+/// keep-alive connections; fails unless every one was answered 200.
+pub async fn post_all(
+    wrk: &Path,
+    base: &str,
+    token: &str,
+    phase: &str,
+    bills: &[Bill],
+    concurrency: usize,
+) -> anyhow::Result<Bulk> {
+    let count = bills.len();
+    let duration_s = MIN_DURATION_S.max(u64::try_from(count)?.div_ceil(200));
+    let ran = drive(
+        wrk,
+        base,
+        token,
+        phase,
+        bills,
+        concurrency,
+        (None, duration_s),
+    )
+    .await?;
+    if ran.sent != count || ran.answered != count || ran.extra != 0 {
+        bail!(
+            "wrk sent {} of {count} receipts and had {} answered ({} requests beyond them); \
+             {} socket errors\n{}",
+            ran.sent,
+            ran.answered,
+            ran.extra,
+            ran.socket_errors,
+            ran.output
+        );
+    }
+    if ran.ok != count {
+        bail!(
+            "{} of {count} receipts were not answered 200; the first: {}",
+            count - ran.ok,
+            ran.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(Bulk {
+        throughput: Throughput {
+            count: ran.ok,
+            elapsed: Duration::from_secs_f64(ran.seconds),
+        },
+        client: HttpClient::Wrk,
+        threads: Some(ran.threads),
+        connections: ran.connections,
+        answer_p50_ms: ran.answer_p50_ms,
+        answer_p99_ms: ran.answer_p99_ms,
+    })
+}
+
+/// What [`drive`] reached.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Driven {
+    pub threads: usize,
+    pub connections: usize,
+    pub sent: usize,
+    pub answered: usize,
+    /// Answered 200: accepted.
+    pub ok: usize,
+    /// Answered 503 (shed by ingest's in-flight limit, or the broker away).
+    pub shed: usize,
+    /// Requests beyond the receipts (a connection re-established mid-request).
+    pub extra: usize,
+    /// Sockets wrk saw fail (connect, read, write) and answers slower than its timeout.
+    pub socket_errors: usize,
+    pub seconds: f64,
+    /// Requests answered a second, whatever the answer.
+    pub answered_per_second: f64,
+    /// Receipts accepted a second.
+    pub ok_per_second: f64,
+    pub answer_p50_ms: f64,
+    pub answer_p99_ms: f64,
+    /// The first answer other than 200, if any.
+    pub first_error: Option<String>,
+    /// wrk's whole output, for error messages.
+    #[serde(skip)]
+    pub output: String,
 }
 
 #[cfg(test)]
@@ -643,6 +734,40 @@ mod tests {
             text.contains("1 of 20 receipts were not answered 200") && text.contains("503"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_paced_drive_counts_503s_instead_of_failing() {
+        let Some(wrk) = find() else {
+            eprintln!("wrk is not on PATH; skipped");
+            return;
+        };
+        let seen = Seen::default();
+        let base = serve(seen.clone(), Some("flood-3")).await;
+        let driven = drive(
+            &wrk,
+            &base,
+            "tok",
+            "flood",
+            &bills(20),
+            4,
+            (Some(2000.0), 10),
+        )
+        .await
+        .expect("drive");
+        assert_eq!(
+            (driven.sent, driven.answered, driven.ok, driven.shed),
+            (20, 20, 19, 1)
+        );
+        assert!(
+            driven
+                .first_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("503")),
+            "{:?}",
+            driven.first_error
+        );
+        assert_eq!(seen.lock().expect("lock").len(), 20);
     }
 
     #[tokio::test]

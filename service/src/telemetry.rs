@@ -9,10 +9,15 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 
-/// The variables [`init`] reads, for each binary's `--help` (clap lists only its own arguments).
+/// The variables [`init`] and `runtime::run` read, for each binary's `--help` (clap lists only its
+/// own arguments).
 pub const LOG_HELP: &str = "Logging:
   RUST_LOG         log filter, tracing's env-filter syntax (e.g. `info,sqlx=warn`) [default: info]
-  RUST_LOG_FORMAT  `json` for one JSON object per line [default: text]";
+  RUST_LOG_FORMAT  `json` for one JSON object per line [default: text]
+
+Memory:
+  MIMALLOC_ALLOW_THP  unset: transparent huge pages off for the process (a smaller heap);
+                      set: the allocator decides by it (`1`: use them where the kernel allows)";
 
 /// Installs the log subscriber and the metrics recorder. The recorder is installed here, at start,
 /// so that every count a service records before `/metrics` is first scraped is kept.

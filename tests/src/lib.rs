@@ -206,6 +206,7 @@ impl TestApp {
                 header_timeout_secs: 10,
                 max_connections: 4096,
             },
+            max_in_flight: 256,
             telegram_api_url: "http://127.0.0.1:9".into(),
             import_body_limit: 64 * 1024 * 1024,
             rabbitmq_management_url: management_url().await,

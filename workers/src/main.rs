@@ -4,9 +4,10 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = workers::Config::parse();
-    loyalty_service::telemetry::init("info,workers=info,loyalty=info");
-    workers::run(config).await
+fn main() -> anyhow::Result<()> {
+    loyalty_service::runtime::run(async {
+        let config = workers::Config::parse();
+        loyalty_service::telemetry::init("info,workers=info,loyalty=info");
+        workers::run(config).await
+    })
 }

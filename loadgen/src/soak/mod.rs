@@ -6,10 +6,10 @@
 //! It runs on a scratch database and queue prefix of its own, removed at the end (also after an
 //! error or Ctrl-C); the services' logs stay under `target/soak-<tag>/`.
 
-mod bot;
+pub mod bot;
 mod faults;
 mod pos;
-mod services;
+pub mod services;
 mod verify;
 
 use std::path::PathBuf;
@@ -137,13 +137,7 @@ async fn run(args: &SoakArgs, scratch: &Scratch, logs: PathBuf) -> anyhow::Resul
         )
         .await?;
     let admin_token = format!("soak-{}", rand::random::<u64>());
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("this executable's directory")?
-            .to_path_buf(),
-    };
+    let bin_dir = services::bin_dir(args.bin_dir.as_deref())?;
     let services = Services::start(
         services::Settings {
             bin_dir,
@@ -153,6 +147,7 @@ async fn run(args: &SoakArgs, scratch: &Scratch, logs: PathBuf) -> anyhow::Resul
             prefix: scratch.prefix.clone(),
             admin_token: admin_token.clone(),
             telegram_api_url: fake_bot.url.clone(),
+            env: Vec::new(),
         },
         args.workers,
     )

@@ -1,6 +1,7 @@
 //! The services under test as the real release binaries, in child processes the soak can kill
 //! with SIGKILL and start again: ingest on a fixed local port (the registers know one address),
-//! one or more workers, the notifier. Their output goes to one log file per binary.
+//! one or more workers, the notifier. Their output goes to one log file per binary. `loadgen
+//! memory` starts them the same way and reads their memory by pid.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
+
+/// Where the binaries are: `dir` when given, else beside this executable (`target/release/`).
+pub fn bin_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match dir {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("this executable's directory")?
+            .to_path_buf()),
+    }
+}
 
 /// The environment every service gets.
 pub struct Settings {
@@ -19,6 +31,8 @@ pub struct Settings {
     pub prefix: String,
     pub admin_token: String,
     pub telegram_api_url: String,
+    /// Further variables every service gets (`loadgen memory`'s settings under comparison).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Services {
@@ -141,6 +155,14 @@ impl Services {
         terminate(&mut self.notifier, grace).await;
     }
 
+    /// The running processes' ids by binary (a process that has exited has none).
+    pub fn pids(&self) -> Vec<(&'static str, Option<u32>)> {
+        let mut pids = vec![("ingest", self.ingest.id())];
+        pids.extend(self.workers.iter().map(|w| ("workers", w.id())));
+        pids.push(("notifier", self.notifier.id()));
+        pids
+    }
+
     pub fn logs(&self) -> &Path {
         &self.settings.logs
     }
@@ -182,6 +204,7 @@ fn spawn(settings: &Settings, bin: &str, extra: &[(&str, String)]) -> anyhow::Re
         // The panic's message is enough; its place is in the source.
         .env("RUST_BACKTRACE", "0")
         .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(settings.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
