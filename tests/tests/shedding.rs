@@ -5,6 +5,8 @@
 use e2e::{TestApp, receipt_event, send, serve};
 use loyalty::queue::Stream;
 use loyalty_service::server::HttpLimits;
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -88,11 +90,22 @@ async fn requests_beyond_the_in_flight_limit_are_answered_503_with_retry_after_a
     let (status, body) = post("warm-up".into()).await;
     assert_eq!(status, 200, "{body}");
 
-    // Every slot taken by a receipt whose body has not all arrived yet.
+    // Every slot taken by a receipt whose body has not all arrived yet. A slot is given back just
+    // after its answer is sent, so one opened at that instant can be refused: it is replaced.
     let mut held = Vec::new();
-    for i in 0..LIMIT {
-        held.push(HeldReceipt::open(addr, &token, &format!("held-{i}")).await);
+    for i in 0..LIMIT * 10 {
+        if held.len() == LIMIT as usize {
+            break;
+        }
+        let mut receipt = HeldReceipt::open(addr, &token, &format!("held-{i}")).await;
+        let mut first = [0u8; 1];
+        let answered =
+            tokio::time::timeout(Duration::from_millis(100), receipt.stream.peek(&mut first)).await;
+        if answered.is_err() {
+            held.push(receipt);
+        }
     }
+    assert_eq!(held.len(), LIMIT as usize, "every slot is held");
     // Each request's slot is taken as its head is served: wait until the next one is refused.
     let mut refused = None;
     let mut attempts_accepted = 0;
@@ -115,7 +128,7 @@ async fn requests_beyond_the_in_flight_limit_are_answered_503_with_retry_after_a
         }
         assert_eq!(response.status(), 200, "an answer other than 200 or 503");
         attempts_accepted += 1;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let refused = refused.expect("a request beyond the limit is refused");
     assert_eq!(
