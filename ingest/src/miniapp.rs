@@ -85,12 +85,14 @@ impl FromRequestParts<AppState> for MiniAppUser {
     }
 }
 
-/// The caller as a customer in the legacy shape, created on the first visit, with the shop's
-/// contacts and bonus settings for a "how it works" screen, where the customer stands (pending
-/// bonuses, the next expiry, the tier, the share of a bill bonuses may pay), the link that shares
-/// their promo code, whether the bot may write to them, and their role if they are the shop's
-/// staff. The first visit through a friend's link (`start_param` = the friend's code) applies the
-/// code with the promo rules and says how that went in `referral`; later visits never retry it.
+/// The caller as a customer in the legacy shape with the newest 50 movements and invoices
+/// ([`legacy::profile`]; `history_next_before` goes on in `…/me/history`), created on the first
+/// visit, with the shop's contacts and bonus settings for a "how it works" screen, where the
+/// customer stands (pending bonuses, the next expiry, the tier, the share of a bill bonuses may
+/// pay), the link that shares their promo code, whether the bot may write to them, and their role
+/// if they are the shop's staff. The first visit through a friend's link (`start_param` = the
+/// friend's code) applies the code with the promo rules and says how that went in `referral`;
+/// later visits never retry it.
 #[utoipa::path(get, path = "/app/v1/orgs/{org}/me", tag = "Mini App", params(("org" = i64, Path)),
     responses((status = 200, body = crate::openapi::MiniAppProfile)), security(("tma" = [])))]
 async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<Value>, ApiError> {
@@ -110,7 +112,9 @@ async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<V
         _ => None,
     };
     let mut tx = state.db.begin().await?;
-    let customer = legacy::customer(&mut tx, org.id, org.time_zone, id).await?;
+    let profile =
+        legacy::profile(&mut tx, org.id, org.time_zone, id, legacy::PROFILE_NEWEST).await?;
+    let customer = profile.customer;
     let standing = standing::standing(&mut tx, org, id).await?;
     let can_message = customers::can_message(&mut tx, org.id, id).await?;
     let staff_role = access::staff_role(&mut tx, org.id, caller.user.id).await?;
@@ -131,6 +135,7 @@ async fn me(State(state): State<AppState>, caller: MiniAppUser) -> Result<Json<V
     });
     body["bonus_program_settings"] =
         serde_json::to_value(&org.bonus_program_settings).map_err(anyhow::Error::from)?;
+    body["history_next_before"] = json!(profile.history_next_before);
     body["share_link"] = json!(share_link);
     body["can_message"] = json!(can_message);
     // Staff are owners or cashiers; a reader is a key's role, never a person's.

@@ -2,14 +2,17 @@
 //! entries, 10^6 receipts with their bills, invoices and notifications), filled at COPY speed, and
 //! the time of every read an operator, a customer or a POS makes against it through the real
 //! ingest in-process; then the workers' receipts/s on it against the same figure on an empty
-//! database in the same run, since a rate only means something beside its baseline.
+//! database in the same run, since a rate only means something beside its baseline. Two more empty
+//! databases, each without what one migration added (the wallet totals' triggers, the scale
+//! indexes), give what those cost the worker, measured in turn with the first one.
 //!
 //! The fill writes rows as the program would have written them, without running the per-row
 //! triggers (at 10^7 entries the wallet trigger alone would take most of an hour): the COPY session
 //! sets `session_replication_role = replica`, which needs a superuser (the local `postgres` user
 //! is one), and what the triggers would have set is then set with set-based SQL (each wallet = the
 //! sum of its entries, one opening lot per non-empty wallet, as
-//! `migrations/20261201000001_rules_wave.sql` writes them) and checked before anything is measured.
+//! `migrations/20261201000001_rules_wave.sql` writes them, the organization's wallet totals as the
+//! sum of its wallets) and checked before anything is measured.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -52,9 +55,17 @@ pub struct ScaleArgs {
     /// Requests timed for each read.
     #[arg(long, default_value_t = 200)]
     pub samples: usize,
+    /// Leave out the pages read by a deep `offset` (their cost follows the offset by design, and
+    /// at 10^6 customers each takes seconds); the pages after a cursor are still timed.
+    #[arg(long)]
+    pub skip_offset_reads: bool,
     /// Receipts the worker applies on each database.
     #[arg(long, default_value_t = 3000)]
     pub worker_receipts: usize,
+    /// Rounds of the empty-database worker runs (each database once a round, in turn); each
+    /// database's figure is the median of its rounds.
+    #[arg(long, default_value_t = 3)]
+    pub worker_rounds: usize,
     /// Batches the worker applies at once (`WORKER_CONCURRENCY`).
     #[arg(long, default_value_t = 4)]
     pub worker_concurrency: u16,
@@ -94,24 +105,36 @@ pub async fn main(args: ScaleArgs) -> anyhow::Result<()> {
     if args.customers < REGULARS || args.entries < 2 || args.samples == 0 {
         bail!("--customers must be at least {REGULARS}, --entries at least 2, --samples positive");
     }
-    if args.worker_receipts == 0 || args.worker_concurrency == 0 || args.worker_batch == 0 {
-        bail!("--worker-receipts, --worker-concurrency and --worker-batch must be positive");
+    if args.worker_receipts == 0
+        || args.worker_concurrency == 0
+        || args.worker_batch == 0
+        || args.worker_rounds == 0
+    {
+        bail!(
+            "--worker-receipts, --worker-concurrency, --worker-batch and --worker-rounds must be positive"
+        );
     }
     let mut big = Scratch::new(&args.servers.database_url, &args.servers.amqp_url)?;
     let named = args.keep.as_ref().or(args.reuse.as_ref());
     if let Some(name) = named {
         big.db_name.clone_from(name);
     }
-    let empty = Scratch::new(&args.servers.database_url, &args.servers.amqp_url)?;
+    let empty = Baseline::ALL
+        .iter()
+        .map(|_| Scratch::new(&args.servers.database_url, &args.servers.amqp_url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let outcome = tokio::select! {
         outcome = run(&args, &big, &empty) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     eprintln!(
-        "cleaning up: queues of {} and {}, database {}",
-        big.tag, empty.tag, empty.db_name
+        "cleaning up: the queues of {} and the empty databases",
+        big.tag
     );
-    let mut cleaned = empty.clean().await.and(big.delete_queues().await);
+    let mut cleaned = big.delete_queues().await;
+    for scratch in &empty {
+        cleaned = cleaned.and(scratch.clean().await);
+    }
     match named {
         Some(name) => eprintln!("kept database {name} (drop it with `dropdb {name}`)"),
         None => cleaned = cleaned.and(big.drop_databases().await),
@@ -129,7 +152,8 @@ pub async fn main(args: ScaleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: &ScaleArgs, big: &Scratch, empty: &Scratch) -> anyhow::Result<Report> {
+async fn run(args: &ScaleArgs, big: &Scratch, empty: &[Scratch]) -> anyhow::Result<Report> {
+    let load_at_start = load_average();
     let (db_url, db) = if args.reuse.is_some() {
         let url = with_database(&big.server_url, &big.db_name)?;
         let db = loyalty::db::connect(&url, 4).await?;
@@ -142,32 +166,120 @@ async fn run(args: &ScaleArgs, big: &Scratch, empty: &Scratch) -> anyhow::Result
     let outcome = measure_filled(args, &env, big).await;
     env.stop().await;
     let (fill, size, reads, filled_worker) = outcome?;
-
-    eprintln!(
-        "[4/4] worker on an empty database: {} receipts",
-        args.worker_receipts
-    );
-    let env = Environment::serve_new(&args.servers.amqp_url, empty).await?;
-    let outcome = async {
-        let shop = env
-            .operator
-            .seed(500, args.worker_receipts, 16, None)
-            .await?;
-        let bills: Vec<(i64, i64)> = shop.bills.iter().map(|b| (b.id, b.total)).collect();
-        worker_phase(args, &env, empty, shop.org, &shop.token, &bills).await
-    }
-    .await;
-    env.stop().await;
-    let empty_worker = outcome?;
-    eprintln!("      {:.0} receipts/s", empty_worker.steady);
-
+    let baselines = measure_empty(args, empty).await?;
     Ok(Report {
         customers: args.customers,
         fill,
         size,
         reads,
-        worker: (filled_worker, empty_worker),
+        filled_worker,
+        baselines,
+        load: (load_at_start, load_average()),
     })
+}
+
+/// The empty databases the worker is measured on: as migrated (the figure the filled database is
+/// compared with), and without what one migration added, for what that costs the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Baseline {
+    AsMigrated,
+    /// Without what `20261204000001_org_wallet_totals.sql` adds to each write: its triggers and
+    /// its index of expiring lots.
+    NoWalletTotals,
+    /// Without the indexes of `20261203000001_scale_indexes.sql` (the status index as before it).
+    NoScaleIndexes,
+}
+
+impl Baseline {
+    const ALL: [Baseline; 3] = [
+        Baseline::AsMigrated,
+        Baseline::NoWalletTotals,
+        Baseline::NoScaleIndexes,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Baseline::AsMigrated => "empty database",
+            Baseline::NoWalletTotals => "empty, without the wallet totals (triggers, lots index)",
+            Baseline::NoScaleIndexes => "empty, without the scale indexes",
+        }
+    }
+
+    /// What undoes the migration's additions on a freshly migrated database.
+    fn undo(self) -> &'static [&'static str] {
+        match self {
+            Baseline::AsMigrated => &[],
+            Baseline::NoWalletTotals => &[
+                "drop trigger customers_wallet_change_insert on customers",
+                "drop trigger customers_wallet_change_update on customers",
+                "drop trigger customers_wallet_change_delete on customers",
+                "drop trigger customers_wallet_totals_insert on customers",
+                "drop trigger customers_wallet_totals_update on customers",
+                "drop trigger customers_wallet_totals_delete on customers",
+                "drop index bonus_lots_org_expiry",
+            ],
+            Baseline::NoScaleIndexes => &[
+                "drop index receipts_by_org, receipts_by_org_status, receipts_by_time, receipts_by_status,
+                            outbox_by_org, outbox_by_org_status, outbox_by_status_id,
+                            customers_name_trgm, customers_username_trgm, customers_phone_trgm",
+                "create index receipts_by_status on receipts (status, updated_at desc)",
+            ],
+        }
+    }
+}
+
+/// The worker on each empty database, `--worker-rounds` times in turn (so a change of the
+/// machine's load falls on all of them); each one's median.
+async fn measure_empty(
+    args: &ScaleArgs,
+    empty: &[Scratch],
+) -> anyhow::Result<Vec<(Baseline, WorkerRate)>> {
+    let mut envs = Vec::new();
+    for (baseline, scratch) in Baseline::ALL.into_iter().zip(empty) {
+        let env = Environment::serve_new(&args.servers.amqp_url, scratch).await?;
+        for statement in baseline.undo() {
+            sqlx::query(sqlx::AssertSqlSafe(*statement))
+                .execute(&env.db)
+                .await?;
+        }
+        envs.push((baseline, scratch, env));
+    }
+    let outcome = async {
+        let mut rates: Vec<(Baseline, Vec<WorkerRate>)> =
+            Baseline::ALL.iter().map(|b| (*b, Vec::new())).collect();
+        for round in 1..=args.worker_rounds {
+            for ((baseline, scratch, env), (_, rates)) in envs.iter().zip(&mut rates) {
+                eprintln!(
+                    "[4/4] worker, round {round}/{}, {}: {} receipts",
+                    args.worker_rounds,
+                    baseline.name(),
+                    args.worker_receipts
+                );
+                let shop = env
+                    .operator
+                    .seed(500, args.worker_receipts, 16, None)
+                    .await?;
+                let bills: Vec<(i64, i64)> = shop.bills.iter().map(|b| (b.id, b.total)).collect();
+                let rate = worker_phase(args, env, scratch, shop.org, &shop.token, &bills).await?;
+                eprintln!("      {:.0} receipts/s", rate.steady);
+                rates.push(rate);
+            }
+        }
+        anyhow::Ok(
+            rates
+                .into_iter()
+                .map(|(baseline, mut rates)| {
+                    rates.sort_by(|a, b| a.steady.total_cmp(&b.steady));
+                    (baseline, rates[rates.len() / 2])
+                })
+                .collect(),
+        )
+    }
+    .await;
+    for (_, _, env) in envs {
+        env.stop().await;
+    }
+    outcome
 }
 
 /// The filled database's part: fill (unless reused), the reads, the worker.
@@ -187,6 +299,11 @@ async fn measure_filled(
             .fetch_optional(&env.db)
             .await?
             .context("the database holds no organization filled by `loadgen scale`")?;
+    if args.reuse.is_some() {
+        // A database filled before the wallet totals existed has them from their migration.
+        let mut conn = env.db.acquire().await?;
+        check_totals(&mut conn, org).await?;
+    }
     let size = Size::of(&env.db, org).await?;
     eprintln!(
         "      {} customers, {} ledger entries, {} receipts, {} notifications",
@@ -205,7 +322,7 @@ async fn measure_filled(
         .to_owned();
 
     eprintln!("[2/4] reads: {} timed requests each", args.samples);
-    let reads = Reads::new(env, org, &token, args.samples);
+    let reads = Reads::new(env, org, &token, args.samples, args.skip_offset_reads);
     let reads = reads.all(&env.db).await?;
 
     eprintln!(
@@ -228,6 +345,8 @@ async fn measure_filled(
     .await?;
     let worker = worker_phase(args, env, big, org, &token, &bills).await?;
     eprintln!("      {:.0} receipts/s", worker.steady);
+    let mut conn = env.db.acquire().await?;
+    check_totals(&mut conn, org).await?;
     Ok((fill, size, reads, worker))
 }
 
@@ -694,9 +813,6 @@ async fn fill(args: &ScaleArgs, env: &Environment) -> anyhow::Result<Fill> {
     .await
     .context("copy notifications")?;
     timed("invoices and notifications", at);
-    sqlx::query("set session_replication_role = origin")
-        .execute(&mut conn)
-        .await?;
 
     let derive = Instant::now();
     derive_and_check(&mut conn, org, n).await?;
@@ -712,7 +828,10 @@ async fn fill(args: &ScaleArgs, env: &Environment) -> anyhow::Result<Fill> {
 }
 
 /// Sets what the skipped triggers would have set, then proves it: every wallet is the sum of its
-/// entries, every bonus wallet the sum of its lots, every row's customer exists.
+/// entries, every bonus wallet the sum of its lots, every row's customer exists, the organization's
+/// wallet totals are the sum of its wallets. Called with the triggers still off (`replica`): the
+/// wallets are set without the totals' triggers, and the totals are then set from them in one
+/// statement.
 async fn derive_and_check(conn: &mut PgConnection, org: i64, n: usize) -> anyhow::Result<()> {
     let delta = "case when kind = 'accrual' then amount else -amount end";
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -727,6 +846,25 @@ async fn derive_and_check(conn: &mut PgConnection, org: i64, n: usize) -> anyhow
     .execute(&mut *conn)
     .await
     .context("wallets from entries")?;
+    sqlx::query("delete from org_wallet_totals where org_id = $1")
+        .bind(org)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "insert into org_wallet_totals
+             (org_id, shard, bonuses, referral_bonuses, debts, pending_bonuses, pending_referral_bonuses)
+         select $1, 0, coalesce(sum(bonuses), 0), coalesce(sum(referral_bonuses), 0),
+                coalesce(sum(debts), 0), coalesce(sum(pending_bonuses), 0),
+                coalesce(sum(pending_referral_bonuses), 0)
+         from customers where org_id = $1",
+    )
+    .bind(org)
+    .execute(&mut *conn)
+    .await
+    .context("wallet totals from wallets")?;
+    sqlx::query("set session_replication_role = origin")
+        .execute(&mut *conn)
+        .await?;
     // As the rules wave's migration turned balances into lots: one opening lot per wallet.
     sqlx::query(
         "insert into bonus_lots (org_id, customer_id, wallet, amount, remaining, pending, activates_at, source)
@@ -777,7 +915,33 @@ async fn derive_and_check(conn: &mut PgConnection, org: i64, n: usize) -> anyhow
              {lots_off} from their lots, {orphans} entries have no customer"
         );
     }
-    eprintln!("      checked: wallets = entries, lots = wallets, no orphan entry");
+    check_totals(&mut *conn, org).await?;
+    eprintln!(
+        "      checked: wallets = entries, lots = wallets, no orphan entry, totals = wallets"
+    );
+    Ok(())
+}
+
+/// Fails unless the organization's wallet totals (`org_wallet_totals`) are the sum of its
+/// customers' wallets.
+async fn check_totals(conn: &mut PgConnection, org: i64) -> anyhow::Result<()> {
+    let sums = "coalesce(sum(bonuses), 0) as b, coalesce(sum(referral_bonuses), 0) as r,
+                coalesce(sum(debts), 0) as d, coalesce(sum(pending_bonuses), 0) as p,
+                coalesce(sum(pending_referral_bonuses), 0) as rp";
+    let (equal, kept, summed): (bool, String, String) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "with k as (select {sums} from org_wallet_totals where org_id = $1),
+              s as (select {sums} from customers where org_id = $1)
+         select (k.b, k.r, k.d, k.p, k.rp) = (s.b, s.r, s.d, s.p, s.rp), k::text, s::text
+         from k, s"
+        )))
+        .bind(org)
+        .fetch_one(&mut *conn)
+        .await
+        .context("check the wallet totals")?;
+    if !equal {
+        bail!("the wallet totals {kept} are not the sum of the wallets {summed}");
+    }
     Ok(())
 }
 
@@ -785,7 +949,7 @@ async fn derive_and_check(conn: &mut PgConnection, org: i64, n: usize) -> anyhow
 #[derive(Debug, Clone)]
 struct Read {
     name: String,
-    who: &'static str,
+    who: String,
     samples: usize,
     p50_ms: f64,
     p99_ms: f64,
@@ -800,10 +964,17 @@ struct Reads<'a> {
     pos: &'a str,
     org: i64,
     samples: usize,
+    skip_offsets: bool,
 }
 
 impl<'a> Reads<'a> {
-    fn new(env: &'a Environment, org: i64, pos: &'a str, samples: usize) -> Self {
+    fn new(
+        env: &'a Environment,
+        org: i64,
+        pos: &'a str,
+        samples: usize,
+        skip_offsets: bool,
+    ) -> Self {
         Self {
             http: reqwest::Client::new(),
             base: &env.base,
@@ -811,6 +982,7 @@ impl<'a> Reads<'a> {
             pos,
             org,
             samples,
+            skip_offsets,
         }
     }
 
@@ -835,21 +1007,22 @@ impl<'a> Reads<'a> {
         Ok((serde_json::from_slice(&body)?, ms))
     }
 
-    /// Times `samples` GETs of the paths `path(i)` makes.
-    async fn time(
+    /// Times `samples` GETs of the paths `path(i)` makes, as `auth`, after one untimed request
+    /// (the statement is prepared, the pages are in the cache), and records the read.
+    async fn time_read(
         &self,
+        reads: &mut Vec<Read>,
         name: &str,
-        who: &'static str,
         auth: &str,
         path: impl Fn(usize) -> String,
-    ) -> anyhow::Result<Read> {
-        // One untimed request first: the statement is prepared, the pages are in the cache.
+    ) -> anyhow::Result<()> {
         self.get(&path(self.samples), auth).await?;
         let mut times = Vec::with_capacity(self.samples);
         for i in 0..self.samples {
             times.push(self.get(&path(i), auth).await?.1);
         }
-        Ok(summarize(name, who, times))
+        record(reads, summarize(name, times));
+        Ok(())
     }
 
     async fn all(&self, db: &PgPool) -> anyhow::Result<Vec<Read>> {
@@ -872,90 +1045,42 @@ impl<'a> Reads<'a> {
             bail!("the organization has no open bill");
         }
         let mut reads = Vec::new();
-        let mut push = |read: Read| {
-            eprintln!(
-                "      {:<58} p50 {:>7.1} ms  p99 {:>7.1} ms",
-                read.name, read.p50_ms, read.p99_ms
-            );
-            reads.push(read);
-        };
-
-        push(
-            self.time("POS: open bills (/api/v2/list)", "POS", &pos, |_| {
-                "/api/v2/list".into()
-            })
-            .await?,
-        );
-        push(
-            self.time("POS: bill by id (/api/v2/bill/byid)", "POS", &pos, |i| {
-                format!("/api/v2/bill/byid/{}", open[i % open.len()])
-            })
-            .await?,
-        );
+        let r = &mut reads;
         let admin_path = |p: &str| format!("/admin/v1/orgs/{org}{p}");
-        push(
-            self.time("operator: customer by id", "operator", &admin, |i| {
-                admin_path(&format!("/customers/{}", pick(i)))
-            })
-            .await?,
-        );
-        push(
-            self.time(
-                "operator: customer search by phone (7 digits)",
-                "operator",
-                &admin,
-                |i| {
-                    let phone = person(pick(i) as usize).phone;
-                    admin_path(&format!("/customers?q={}", &phone[phone.len() - 7..]))
-                },
-            )
-            .await?,
-        );
-        push(
-            self.time(
-                "operator: customer search by last name",
-                "operator",
-                &admin,
-                |i| {
-                    let name = LAST_NAMES[i % LAST_NAMES.len()];
-                    admin_path(&format!("/customers?q={}", url_encode(name)))
-                },
-            )
-            .await?,
-        );
-        push(
-            self.time(
-                "operator: customers, first page",
-                "operator",
-                &admin,
-                |_| admin_path("/customers"),
-            )
-            .await?,
-        );
+
+        self.time_read(r, "POS: open bills (/api/v2/list)", &pos, |_| {
+            "/api/v2/list".into()
+        })
+        .await?;
+        self.time_read(r, "POS: bill by id (/api/v2/bill/byid)", &pos, |i| {
+            format!("/api/v2/bill/byid/{}", open[i % open.len()])
+        })
+        .await?;
+        self.time_read(r, "operator: customer by id", &admin, |i| {
+            admin_path(&format!("/customers/{}", pick(i)))
+        })
+        .await?;
+        self.time_read(
+            r,
+            "operator: customer search by phone (7 digits)",
+            &admin,
+            |i| {
+                let phone = person(pick(i) as usize).phone;
+                admin_path(&format!("/customers?q={}", &phone[phone.len() - 7..]))
+            },
+        )
+        .await?;
+        self.time_read(r, "operator: customer search by last name", &admin, |i| {
+            let name = LAST_NAMES[i % LAST_NAMES.len()];
+            admin_path(&format!("/customers?q={}", url_encode(name)))
+        })
+        .await?;
+        self.time_read(r, "operator: customers, first page", &admin, |_| {
+            admin_path("/customers")
+        })
+        .await?;
         let deep = customers * 9 / 10;
-        push(
-            self.time(
-                &format!("operator: customers, offset {deep}"),
-                "operator",
-                &admin,
-                |_| admin_path(&format!("/customers?offset={deep}")),
-            )
-            .await?,
-        );
-        let (page, _) = self
-            .get(&admin_path(&format!("/customers?offset={deep}")), &admin)
-            .await?;
-        if let Some(cursor) = page["next_cursor"].as_str() {
-            push(
-                self.time(
-                    &format!("operator: customers, after row {deep} (cursor)"),
-                    "operator",
-                    &admin,
-                    |_| admin_path(&format!("/customers?after={cursor}")),
-                )
-                .await?,
-            );
-        }
+        self.deep_pages(r, &admin, "customers", deep).await?;
 
         for (list, statuses) in [
             ("receipts", &loyalty::receipts::ReceiptStatus::NAMES[..]),
@@ -964,64 +1089,61 @@ impl<'a> Reads<'a> {
             for status in std::iter::once(None).chain(statuses.iter().map(Some)) {
                 let filter = status.map_or(String::new(), |s| format!("?status={s}"));
                 let label = status.map_or("all".to_owned(), |s| format!("status={s}"));
-                push(
-                    self.time(
-                        &format!("operator: {list}, {label}"),
-                        "operator",
-                        &admin,
-                        |_| admin_path(&format!("/{list}{filter}")),
-                    )
-                    .await?,
-                );
-            }
-            let deep = 100_000.min(customers / 2);
-            push(
-                self.time(
-                    &format!("operator: {list}, offset {deep}"),
-                    "operator",
-                    &admin,
-                    |_| admin_path(&format!("/{list}?offset={deep}")),
-                )
-                .await?,
-            );
-            let (page, _) = self
-                .get(&admin_path(&format!("/{list}?offset={deep}")), &admin)
+                self.time_read(r, &format!("operator: {list}, {label}"), &admin, |_| {
+                    admin_path(&format!("/{list}{filter}"))
+                })
                 .await?;
-            if let Some(cursor) = page["next_cursor"].as_str() {
-                push(
-                    self.time(
-                        &format!("operator: {list}, after row {deep} (cursor)"),
-                        "operator",
-                        &admin,
-                        |_| admin_path(&format!("/{list}?after={cursor}")),
-                    )
-                    .await?,
-                );
             }
+            self.deep_pages(r, &admin, list, 100_000.min(customers / 2))
+                .await?;
         }
-        push(
-            self.time(
-                "operator: /admin/v1/ops/summary",
-                "operator",
-                &admin,
-                |_| format!("/admin/v1/ops/summary?org={org}"),
-            )
-            .await?,
-        );
-        push(
-            self.time("operator: liability report", "operator", &admin, |_| {
-                admin_path("/reports/liability")
-            })
-            .await?,
-        );
-        for read in self.miniapp().await? {
-            push(read);
-        }
+        self.time_read(r, "operator: /admin/v1/ops/summary", &admin, |_| {
+            format!("/admin/v1/ops/summary?org={org}")
+        })
+        .await?;
+        self.time_read(r, "operator: liability report", &admin, |_| {
+            admin_path("/reports/liability")
+        })
+        .await?;
+        self.miniapp(r).await?;
         Ok(reads)
     }
 
+    /// A list `deep` rows in: by offset, then by the cursor the offset's page gives (if any).
+    async fn deep_pages(
+        &self,
+        reads: &mut Vec<Read>,
+        admin: &str,
+        list: &str,
+        deep: u64,
+    ) -> anyhow::Result<()> {
+        let path = |p: &str| format!("/admin/v1/orgs/{}/{list}{p}", self.org);
+        let by_offset = path(&format!("?offset={deep}"));
+        if !self.skip_offsets {
+            self.time_read(
+                reads,
+                &format!("operator: {list}, offset {deep}"),
+                admin,
+                |_| by_offset.clone(),
+            )
+            .await?;
+        }
+        let (page, _) = self.get(&by_offset, admin).await?;
+        if let Some(cursor) = page["next_cursor"].as_str() {
+            let after = path(&format!("?after={cursor}"));
+            self.time_read(
+                reads,
+                &format!("operator: {list}, after row {deep} (cursor)"),
+                admin,
+                |_| after.clone(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// The Mini App: the profile, and the regulars' histories walked to the end by `next_before`.
-    async fn miniapp(&self) -> anyhow::Result<Vec<Read>> {
+    async fn miniapp(&self, reads: &mut Vec<Read>) -> anyhow::Result<()> {
         let org = self.org;
         let auth = |c: usize| {
             let user = json!({"id": TELEGRAM_IDS + c as i64, "first_name": person(c).first});
@@ -1034,14 +1156,14 @@ impl<'a> Reads<'a> {
                 )
             )
         };
-        let me = self
-            .time(
-                "customer: Mini App profile (/me)",
-                "customer",
-                &auth(1),
-                |_| format!("/app/v1/orgs/{org}/me"),
-            )
-            .await?;
+        // Customer 1 is a regular: 1000 entries.
+        self.time_read(
+            reads,
+            "customer: Mini App profile (/me), 1000 entries",
+            &auth(1),
+            |_| format!("/app/v1/orgs/{org}/me"),
+        )
+        .await?;
         let (mut first, mut deep) = (Vec::new(), Vec::new());
         let mut c = 0;
         while first.len() < self.samples.min(REGULARS) || deep.len() < self.samples {
@@ -1065,18 +1187,21 @@ impl<'a> Reads<'a> {
                 }
             }
         }
-        Ok(vec![
-            me,
-            summarize("customer: Mini App history, first page", "customer", first),
+        record(
+            reads,
+            summarize("customer: Mini App history, first page", first),
+        );
+        record(
+            reads,
             summarize(
                 &format!(
                     "customer: Mini App history, pages 2-{} (next_before)",
                     REGULAR_ENTRIES / 20
                 ),
-                "customer",
                 deep,
             ),
-        ])
+        );
+        Ok(())
     }
 }
 
@@ -1084,16 +1209,26 @@ fn url_encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-fn summarize(name: &str, who: &'static str, mut times: Vec<f64>) -> Read {
+/// A read from its times; who makes it is the name's part before the colon.
+fn summarize(name: &str, mut times: Vec<f64>) -> Read {
     times.sort_by(f64::total_cmp);
     Read {
         name: name.to_owned(),
-        who,
+        who: name.split_once(':').map_or("", |(who, _)| who).to_owned(),
         samples: times.len(),
         p50_ms: http::percentile(&times, 0.50),
         p99_ms: http::percentile(&times, 0.99),
         max_ms: times.last().copied().unwrap_or(0.0),
     }
+}
+
+/// Prints a read as it is measured and keeps it for the report.
+fn record(reads: &mut Vec<Read>, read: Read) {
+    eprintln!(
+        "      {:<58} p50 {:>7.1} ms  p99 {:>7.1} ms",
+        read.name, read.p50_ms, read.p99_ms
+    );
+    reads.push(read);
 }
 
 /// The worker's rate on one database.
@@ -1122,7 +1257,10 @@ async fn worker_phase(
         .collect();
     let client = http::Client::new(&env.base, token, 32)?;
     client.warm_up().await?;
-    client.post_all(http::bodies("scale", &bills)?, 32).await?;
+    // Event ids of this run only: a database kept from an earlier run holds that run's receipts.
+    let phase = format!("scale{}", scratch.tag);
+    let like = format!("{phase}-%");
+    client.post_all(http::bodies(&phase, &bills)?, 32).await?;
     crate::checkpoint(&env.db).await;
     let broker = Arc::new(Broker::new(
         args.servers.amqp_url.clone(),
@@ -1131,11 +1269,12 @@ async fn worker_phase(
     let pool =
         loyalty::db::connect(&env.db_url, u32::from(args.worker_concurrency) * 2 + 2).await?;
     let running = worker::Running::start(pool, broker, args.worker_concurrency, args.worker_batch);
-    let done = worker::wait_processed(&env.db, org, "scale-%", bills.len(), running.started).await;
+    let ids: Vec<i64> = bills.iter().map(|b| b.id).collect();
+    let done = wait_applied(args, env, scratch, org, &ids, running.started).await;
     let stopped = running.stop(Duration::from_secs(30)).await;
     let done = done?;
     stopped?;
-    let steady = worker::steady_rate(&env.db, org, "scale-%")
+    let steady = worker::steady_rate(&env.db, org, &like)
         .await?
         .unwrap_or_else(|| done.per_second());
     Ok(WorkerRate {
@@ -1145,18 +1284,91 @@ async fn worker_phase(
     })
 }
 
+/// Waits until the phase's bills are paid (their receipts applied), counted from `since`. While
+/// the worker works only the queue is watched: a count over the organization's receipts every
+/// 100 ms (`worker::wait_processed`, by event id pattern) reads 10^6 rows each time on the filled
+/// database and took a share of the database the worker is measured on.
+async fn wait_applied(
+    args: &ScaleArgs,
+    env: &Environment,
+    scratch: &Scratch,
+    org: i64,
+    bills: &[i64],
+    since: Instant,
+) -> anyhow::Result<http::Throughput> {
+    let queue = scratch.topology.main(loyalty::queue::Stream::Receipts);
+    let expected = i64::try_from(bills.len())?;
+    let mut give_up = Instant::now() + Duration::from_secs(600);
+    let mut queued = u32::MAX;
+    loop {
+        if Instant::now() > give_up {
+            bail!(
+                "the worker did not apply the {expected} receipts (bills {org}/…{:?} not all paid)",
+                bills.last()
+            );
+        }
+        if queued > 0 {
+            queued = crate::broker::depth(&args.servers.amqp_url, &queue).await?;
+            if queued == 0 {
+                // What is in flight is applied within seconds, or never.
+                give_up = Instant::now() + Duration::from_secs(120);
+            }
+        } else {
+            let paid: i64 = sqlx::query_scalar(
+                "select count(*) from bills where org_id = $1 and id = any($2) and status = 'paid'",
+            )
+            .bind(org)
+            .bind(bills)
+            .fetch_one(&env.db)
+            .await?;
+            if paid >= expected {
+                return Ok(http::Throughput {
+                    count: bills.len(),
+                    elapsed: since.elapsed(),
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 struct Report {
     customers: usize,
     fill: Option<Fill>,
     size: Size,
     reads: Vec<Read>,
-    /// On the filled database, then on the empty one.
-    worker: (WorkerRate, WorkerRate),
+    filled_worker: WorkerRate,
+    /// Each empty database's median rate, [`Baseline::AsMigrated`] first.
+    baselines: Vec<(Baseline, WorkerRate)>,
+    /// The 1-minute load average when the run started and when it ended.
+    load: (Option<f64>, Option<f64>),
+}
+
+/// The 1-minute load average (Linux), to say how busy the machine was.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Report {
+    fn rate(&self, baseline: Baseline) -> f64 {
+        self.baselines
+            .iter()
+            .find(|(b, _)| *b == baseline)
+            .map_or(0.0, |(_, rate)| rate.steady)
+    }
+
+    /// `rate` against `baseline`'s rate.
+    fn ratio(&self, rate: f64, baseline: Baseline) -> f64 {
+        rate / self.rate(baseline).max(f64::EPSILON)
+    }
+
     fn worker_ratio(&self) -> f64 {
-        self.worker.0.steady / self.worker.1.steady.max(f64::EPSILON)
+        self.ratio(self.filled_worker.steady, Baseline::AsMigrated)
     }
 
     fn print(&self) {
@@ -1169,6 +1381,13 @@ impl Report {
             self.size.receipts,
             self.size.notifications,
             self.size.bills
+        );
+        let load = |l: Option<f64>| l.map_or("?".to_owned(), |l| format!("{l:.1}"));
+        let _ = writeln!(
+            out,
+            "load average (1 min): {} at the start, {} at the end",
+            load(self.load.0),
+            load(self.load.1)
         );
         if let Some(fill) = self.fill {
             let _ = writeln!(
@@ -1197,15 +1416,17 @@ impl Report {
                 }
             );
         }
-        let (filled, empty) = self.worker;
+        let filled = self.filled_worker;
         let _ = writeln!(
             out,
-            "\nworker ({} receipts each): filled database {:.0}/s, empty database {:.0}/s (steady; overall {:.0} and {:.0}); ratio {:.2}, target >= {:.2}: {}",
-            filled.receipts,
+            "\nworker ({} receipts a run; steady rate, overall in brackets):",
+            filled.receipts
+        );
+        let _ = writeln!(
+            out,
+            "  filled database: {:.0}/s ({:.0}); against the empty one {:.2}, target >= {:.2}: {}",
             filled.steady,
-            empty.steady,
             filled.overall,
-            empty.overall,
             self.worker_ratio(),
             1.0 - WORKER_TOLERANCE,
             if self.worker_ratio() >= 1.0 - WORKER_TOLERANCE {
@@ -1214,13 +1435,25 @@ impl Report {
                 "MISSED"
             }
         );
+        for (baseline, rate) in &self.baselines {
+            let _ = writeln!(
+                out,
+                "  {}: {:.0}/s ({:.0}), median of the rounds; the empty database against it: {:.2}",
+                baseline.name(),
+                rate.steady,
+                rate.overall,
+                self.ratio(self.rate(Baseline::AsMigrated), *baseline)
+            );
+        }
         print!("{out}");
     }
 
     fn json(&self) -> Value {
         let rate = |w: WorkerRate| json!({"receipts": w.receipts, "steady_per_second": w.steady, "overall_per_second": w.overall});
+        let empty = self.rate(Baseline::AsMigrated);
         json!({
             "settings": {"customers": self.customers},
+            "load_average": {"start": self.load.0, "end": self.load.1},
             "size": {
                 "customers": self.size.customers,
                 "ledger_entries": self.size.entries,
@@ -1239,8 +1472,12 @@ impl Report {
                 "p99_target_met": r.p99_ms < READ_P99_TARGET_MS,
             })).collect::<Vec<_>>(),
             "worker": {
-                "filled": rate(self.worker.0),
-                "empty": rate(self.worker.1),
+                "filled": rate(self.filled_worker),
+                "empty": self.baselines.iter().map(|(b, w)| json!({
+                    "database": b.name(),
+                    "median": rate(*w),
+                    "empty_against_it": self.ratio(empty, *b),
+                })).collect::<Vec<_>>(),
                 "ratio": self.worker_ratio(),
                 "target_met": self.worker_ratio() >= 1.0 - WORKER_TOLERANCE,
             },

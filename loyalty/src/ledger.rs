@@ -397,6 +397,8 @@ pub struct EntryRow {
     pub transaction_type: Option<String>,
     pub occurred_at: chrono::DateTime<chrono::Utc>,
     pub utc_offset_seconds: i32,
+    /// Index in the imported wallet history; None for entries written here.
+    pub legacy_position: Option<i32>,
 }
 
 impl EntryRow {
@@ -422,7 +424,7 @@ pub async fn entries(
 ) -> Result<Vec<EntryRow>> {
     Ok(sqlx::query_as(
         "select seq, customer_id, wallet, kind, amount, description, transaction_type, occurred_at,
-                utc_offset_seconds
+                utc_offset_seconds, legacy_position
          from ledger_entries
          where org_id = $1 and ($2::bigint is null or customer_id = $2)
          order by customer_id, legacy_position nulls last, seq",
@@ -467,7 +469,7 @@ pub async fn history_page(
 ) -> Result<Vec<EntryRow>> {
     Ok(sqlx::query_as(
         "select seq, customer_id, wallet, kind, amount, description, transaction_type, occurred_at,
-                utc_offset_seconds
+                utc_offset_seconds, legacy_position
          from ledger_entries
          where org_id = $1 and customer_id = $2
            and ($3::timestamptz is null or occurred_at < $3 or (occurred_at = $3 and seq > $4))

@@ -182,6 +182,12 @@ fn epoch_seconds(at: DateTime<Utc>) -> Option<f64> {
         .ok()
 }
 
+/// What [`CustomerRow`] reads.
+const CUSTOMER_COLUMNS: &str =
+    "id, telegram_id, first_name, last_name, username, photo_url, is_premium,
+    phone_number, visited_at, visited_at_str, legacy_position, legacy_combined_history, referred_by,
+    has_been_welcomed, has_made_first_purchase, bonuses::text, referral_bonuses::text, debts::text";
+
 /// Reads the customers (one, or all of the organization) in the legacy shape: imported ones in
 /// the order of their export, then the others by id.
 pub async fn customers(
@@ -190,14 +196,11 @@ pub async fn customers(
     zone: OrgTimeZone,
     only: Option<i64>,
 ) -> Result<Vec<LegacyCustomer>> {
-    let rows: Vec<CustomerRow> = sqlx::query_as(
-        "select id, telegram_id, first_name, last_name, username, photo_url, is_premium, phone_number,
-                visited_at, visited_at_str, legacy_position, legacy_combined_history, referred_by,
-                has_been_welcomed, has_made_first_purchase, bonuses::text, referral_bonuses::text,
-                debts::text
+    let rows: Vec<CustomerRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {CUSTOMER_COLUMNS}
          from customers where org_id = $1 and ($2::bigint is null or id = $2)
-         order by legacy_position nulls last, id",
-    )
+         order by legacy_position nulls last, id"
+    )))
     .bind(org_id)
     .bind(only)
     .fetch_all(&mut *conn)
@@ -261,47 +264,64 @@ pub async fn customers(
     let mut out = Vec::with_capacity(rows.len());
     for c in rows {
         let mine = entries_of.remove(&c.id).unwrap_or_default();
-        let wallet = |w: Wallet| -> Vec<HistoryEntry> {
-            mine.iter()
-                .filter(|e| e.wallet == w)
-                .map(|e| e.to_history())
-                .collect()
-        };
-        let customer = LegacyCustomer {
-            id: c.id.to_string(),
-            telegram_id: c.telegram_id,
-            first_name: c.first_name,
-            last_name: c.last_name,
-            username: c.username,
-            photo_url: c.photo_url,
-            is_premium: c.is_premium,
-            phone_number: c.phone_number,
-            visited_at: c.visited_at.and_then(epoch_seconds),
-            visited_at_str: c
-                .visited_at_str
-                .or_else(|| c.visited_at.map(|at| Stamp::in_zone(at, zone).local_str())),
-            bonuses: balance(&c.bonuses)?,
-            history: wallet(Wallet::Main),
-            debts: balance(&c.debts)?,
-            debt_history: wallet(Wallet::Debt),
-            invoices: invoices_of.remove(&c.id).unwrap_or_default(),
-            referral_code: format!("PROMO{}", c.id),
-            referred_by: c.referred_by.map(|r| r.to_string()),
-            referrals: referrals_of.remove(&c.id).unwrap_or_default(),
-            has_been_welcomed: c.has_been_welcomed,
-            referral_bonuses: balance(&c.referral_bonuses)?,
-            referral_bonus_history: wallet(Wallet::Referral),
-            has_made_first_purchase: c.has_made_first_purchase,
-            combined_history: combined_history(
-                &mine,
-                &imported,
-                c.legacy_position.is_some(),
-                c.legacy_combined_history.as_deref(),
-            )?,
-        };
-        out.push(customer);
+        let combined = combined_history(
+            &mine,
+            &imported,
+            c.legacy_position.is_some(),
+            c.legacy_combined_history.as_deref(),
+        )?;
+        let invoices = invoices_of.remove(&c.id).unwrap_or_default();
+        let referrals = referrals_of.remove(&c.id).unwrap_or_default();
+        out.push(legacy_customer(
+            c, &mine, invoices, referrals, combined, zone,
+        )?);
     }
     Ok(out)
+}
+
+/// One customer in the legacy shape from its row, its entries (each wallet's in the order
+/// written), invoices, referrals and combined history.
+fn legacy_customer(
+    c: CustomerRow,
+    mine: &[&EntryRow],
+    invoices: Vec<serde_json::Value>,
+    referrals: Vec<String>,
+    combined_history: Option<Vec<HistoryEntry>>,
+    zone: OrgTimeZone,
+) -> Result<LegacyCustomer> {
+    let wallet = |w: Wallet| -> Vec<HistoryEntry> {
+        mine.iter()
+            .filter(|e| e.wallet == w)
+            .map(|e| e.to_history())
+            .collect()
+    };
+    Ok(LegacyCustomer {
+        id: c.id.to_string(),
+        telegram_id: c.telegram_id,
+        first_name: c.first_name,
+        last_name: c.last_name,
+        username: c.username,
+        photo_url: c.photo_url,
+        is_premium: c.is_premium,
+        phone_number: c.phone_number,
+        visited_at: c.visited_at.and_then(epoch_seconds),
+        visited_at_str: c
+            .visited_at_str
+            .or_else(|| c.visited_at.map(|at| Stamp::in_zone(at, zone).local_str())),
+        bonuses: balance(&c.bonuses)?,
+        history: wallet(Wallet::Main),
+        debts: balance(&c.debts)?,
+        debt_history: wallet(Wallet::Debt),
+        invoices,
+        referral_code: format!("PROMO{}", c.id),
+        referred_by: c.referred_by.map(|r| r.to_string()),
+        referrals,
+        has_been_welcomed: c.has_been_welcomed,
+        referral_bonuses: balance(&c.referral_bonuses)?,
+        referral_bonus_history: wallet(Wallet::Referral),
+        has_made_first_purchase: c.has_made_first_purchase,
+        combined_history,
+    })
 }
 
 /// The `combined_history` of a customer: computed from the ledger, or for an imported one the
@@ -342,6 +362,107 @@ pub async fn customer(
         .await?
         .pop()
         .ok_or(Error::NotFound("customer"))
+}
+
+/// How many of the newest movements and invoices the Mini App's profile carries.
+pub const PROFILE_NEWEST: usize = 50;
+
+/// A customer as the Mini App's profile shows them, and where their history goes on.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// In the legacy shape, its lists cut to the newest ([`profile`]).
+    pub customer: LegacyCustomer,
+    /// The `before` of `…/me/history` that goes on after `combined_history`; None when it holds
+    /// every movement.
+    pub history_next_before: Option<String>,
+}
+
+/// One customer in the legacy shape with the newest `newest` movements only: `combined_history`
+/// is the newest `newest` (for an imported customer: the newest of what happened since, then the
+/// imported list, cut to `newest`), each wallet's history is that wallet's part of the newest
+/// `newest` movements (in the order written), `invoices` the newest `newest`. The work follows
+/// `newest`, not the customer's history (a regular may have thousands of movements); the rest is
+/// read a page at a time from `…/me/history`, starting at `history_next_before`.
+pub async fn profile(
+    conn: &mut PgConnection,
+    org_id: i64,
+    zone: OrgTimeZone,
+    id: i64,
+    newest: usize,
+) -> Result<Profile> {
+    let c: CustomerRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {CUSTOMER_COLUMNS} from customers where org_id = $1 and id = $2"
+    )))
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(Error::NotFound("customer"))?;
+    let limit = i64::try_from(newest).unwrap_or(i64::MAX);
+    // One more than shown, to know whether there are older ones.
+    let mut window = ledger::history_page(conn, org_id, id, None, limit.saturating_add(1)).await?;
+    let history_next_before = if window.len() > newest {
+        window.truncate(newest);
+        window.last().map(ledger::history_cursor)
+    } else {
+        None
+    };
+    let combined = if c.legacy_position.is_some() {
+        // Imported: the stored list keeps the imported movements; only the others are on top.
+        let since: Vec<EntryRow> = sqlx::query_as(
+            "select seq, customer_id, wallet, kind, amount, description, transaction_type, occurred_at,
+                    utc_offset_seconds, legacy_position
+             from ledger_entries
+             where org_id = $1 and customer_id = $2 and source <> 'import'
+             order by occurred_at desc, seq
+             limit $3",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        let since: Vec<&EntryRow> = since.iter().collect();
+        combined_history(
+            &since,
+            &HashSet::new(),
+            true,
+            c.legacy_combined_history.as_deref(),
+        )?
+        .map(|mut list| {
+            list.truncate(newest);
+            list
+        })
+    } else {
+        Some(ledger::combined(&window.iter().collect::<Vec<_>>()))
+    };
+    let mut written: Vec<&EntryRow> = window.iter().collect();
+    written.sort_by_key(|e| (e.legacy_position.is_none(), e.legacy_position, e.seq));
+    let invoices: Vec<InvoiceRow> = sqlx::query_as(
+        "select customer_id, invoice_id, occurred_at, utc_offset_seconds, total_amount, items,
+                bonuses_deducted, bonus_source_used, legacy, legacy_text
+         from (select * from invoices where org_id = $1 and customer_id = $2
+               order by occurred_at desc, invoice_id desc limit $3) newest
+         order by legacy_position nulls last, occurred_at, invoice_id",
+    )
+    .bind(org_id)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let referrals: Vec<String> = sqlx::query_scalar(
+        "select id::text from customers where org_id = $1 and referred_by = $2
+         order by referral_order, id",
+    )
+    .bind(org_id)
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let invoices = invoices.iter().map(InvoiceRow::to_legacy).collect();
+    Ok(Profile {
+        customer: legacy_customer(c, &written, invoices, referrals, combined, zone)?,
+        history_next_before,
+    })
 }
 
 /// The legacy `bonus_program_settings`; the accrual rule appears only where it differs from the

@@ -353,12 +353,14 @@ pub async fn liability(
     zone: OrgTimeZone,
     at: DateTime<Utc>,
 ) -> Result<LiabilityReport> {
-    // The wallets now (the trigger keeps them equal to the sum of all entries) less what entries
-    // dated after `at` moved: the entries read are those after `at`, none for a report of now.
+    // The wallets now less what entries dated after `at` moved: the entries read are those after
+    // `at`, none for a report of now. The wallets' sum is kept per organization as they change
+    // (`org_wallet_totals`, 16 shards; `migrations/20261204000001_org_wallet_totals.sql`), so it
+    // is read from at most 16 rows instead of summed over every customer.
     let now: (Decimal, Decimal, Decimal, Decimal, Decimal) = sqlx::query_as(
         "select coalesce(sum(bonuses), 0), coalesce(sum(referral_bonuses), 0), coalesce(sum(debts), 0),
                 coalesce(sum(pending_bonuses), 0), coalesce(sum(pending_referral_bonuses), 0)
-         from customers where org_id = $1",
+         from org_wallet_totals where org_id = $1",
     )
     .bind(org_id)
     .fetch_one(&mut *conn)
