@@ -44,6 +44,9 @@ pub struct MiniAppProfile {
     pub share_link: Option<String>,
     /// Whether the bot may write to the customer; when false the app asks for write access.
     pub can_message: bool,
+    /// `combined_history` holds the newest 50 movements; when there are more, the `before` of
+    /// `…/me/history` that goes on where it stops, else null.
+    pub history_next_before: Option<String>,
     /// The caller's role among the shop's staff; null for customers.
     #[schema(pattern = "^(owner|cashier)$")]
     pub staff_role: Option<String>,

@@ -97,7 +97,7 @@ async fn requests_beyond_the_in_flight_limit_are_answered_503_with_retry_after_a
         if held.len() == LIMIT as usize {
             break;
         }
-        let mut receipt = HeldReceipt::open(addr, &token, &format!("held-{i}")).await;
+        let receipt = HeldReceipt::open(addr, &token, &format!("held-{i}")).await;
         let mut first = [0u8; 1];
         let answered =
             tokio::time::timeout(Duration::from_millis(100), receipt.stream.peek(&mut first)).await;
