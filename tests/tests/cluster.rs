@@ -30,6 +30,9 @@ const PACE: Duration = Duration::from_millis(200);
 /// failover finely).
 const RESEND_AFTER: Duration = Duration::from_millis(200);
 
+/// How many times the cluster is started afresh before the test gives up on it.
+const START_ATTEMPTS: u32 = 3;
+
 /// How long a receipt may go unaccepted before the test fails (instead of hanging).
 const GIVE_UP: Duration = Duration::from_secs(45);
 
@@ -53,10 +56,33 @@ impl Cluster {
             );
             return None;
         }
-        // Names and ports of this process's own, so that runs beside each other do not collide.
+        let mut failures = Vec::new();
+        for attempt in 0..START_ATTEMPTS {
+            match Self::start_once(attempt) {
+                Ok(cluster) => return Some(cluster),
+                Err(failure) => {
+                    // The cluster is the test's scaffolding, not what it tests: a node that did not
+                    // boot is tried again on other ports, and each failure is shown.
+                    eprintln!("cluster start, attempt {}: {failure}", attempt + 1);
+                    failures.push(failure);
+                }
+            }
+        }
+        panic!(
+            "the cluster did not start in {START_ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    /// One start, on ports and under names of this process's and this attempt's own (so that runs
+    /// beside each other do not collide). AMQP ports 10 000–18 999, distribution ports 10 000
+    /// above them: all below the kernel's ephemeral ports (32 768 and up), which any outgoing
+    /// connection may hold.
+    fn start_once(attempt: u32) -> Result<Self, String> {
         let pid = std::process::id();
-        let first_port = 30_000 + (pid % 5_000) * 3;
-        let dir = std::env::temp_dir().join(format!("rabbit-cluster-{pid}"));
+        let slot = (pid + attempt * 1_009) % 3_000;
+        let first_port = 10_000 + slot * 3;
+        let dir = std::env::temp_dir().join(format!("rabbit-cluster-{pid}-{attempt}"));
         // Dropped even if the start fails half-way: whatever started is stopped.
         let mut cluster = Cluster {
             dir,
@@ -65,22 +91,22 @@ impl Cluster {
         let started = std::process::Command::new(SCRIPT)
             .arg("start")
             .arg(&cluster.dir)
-            .arg(format!("lc{pid}n"))
+            .arg(format!("lc{pid}a{attempt}n"))
             .arg(first_port.to_string())
             .output()
-            .expect("the cluster script runs");
-        assert!(
-            started.status.success(),
-            "the cluster did not start: {}",
-            String::from_utf8_lossy(&started.stderr)
-        );
+            .map_err(|e| format!("the cluster script did not run: {e}"))?;
+        if !started.status.success() {
+            return Err(String::from_utf8_lossy(&started.stderr).into_owned());
+        }
         cluster.urls = String::from_utf8_lossy(&started.stdout)
             .trim()
             .split(',')
             .map(str::to_owned)
             .collect();
-        assert_eq!(cluster.urls.len(), 3, "three nodes: {:?}", cluster.urls);
-        Some(cluster)
+        if cluster.urls.len() != 3 {
+            return Err(format!("not three nodes: {:?}", cluster.urls));
+        }
+        Ok(cluster)
     }
 
     /// The node leading the quorum queue `queue`.
