@@ -12,7 +12,8 @@
 //! is one), and what the triggers would have set is then set with set-based SQL (each wallet = the
 //! sum of its entries, one opening lot per non-empty wallet, as
 //! `migrations/20261201000001_rules_wave.sql` writes them, the organization's wallet totals as the
-//! sum of its wallets) and checked before anything is measured.
+//! sum of its wallets, the operations summary's status counts counted again from the rows) and
+//! checked before anything is measured.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -59,6 +60,10 @@ pub struct ScaleArgs {
     /// at 10^6 customers each takes seconds); the pages after a cursor are still timed.
     #[arg(long)]
     pub skip_offset_reads: bool,
+    /// Sell every filled receipt within the last 24 hours instead of over a year: a day of 10^6
+    /// status changes, the operations summary's worst case.
+    #[arg(long)]
+    pub busy_day: bool,
     /// Receipts the worker applies on each database.
     #[arg(long, default_value_t = 3000)]
     pub worker_receipts: usize,
@@ -188,13 +193,17 @@ enum Baseline {
     NoWalletTotals,
     /// Without the indexes of `20261203000001_scale_indexes.sql` (the status index as before it).
     NoScaleIndexes,
+    /// Without the triggers of `20261205000001_status_counts.sql` that log every status change
+    /// (the fold still runs, and finds nothing).
+    NoStatusCounts,
 }
 
 impl Baseline {
-    const ALL: [Baseline; 3] = [
+    const ALL: [Baseline; 4] = [
         Baseline::AsMigrated,
         Baseline::NoWalletTotals,
         Baseline::NoScaleIndexes,
+        Baseline::NoStatusCounts,
     ];
 
     fn name(self) -> &'static str {
@@ -202,6 +211,7 @@ impl Baseline {
             Baseline::AsMigrated => "empty database",
             Baseline::NoWalletTotals => "empty, without the wallet totals (triggers, lots index)",
             Baseline::NoScaleIndexes => "empty, without the scale indexes",
+            Baseline::NoStatusCounts => "empty, without the status change log (triggers)",
         }
     }
 
@@ -223,6 +233,14 @@ impl Baseline {
                             outbox_by_org, outbox_by_org_status, outbox_by_status_id,
                             customers_name_trgm, customers_username_trgm, customers_phone_trgm",
                 "create index receipts_by_status on receipts (status, updated_at desc)",
+            ],
+            Baseline::NoStatusCounts => &[
+                "drop trigger receipts_status_insert on receipts",
+                "drop trigger receipts_status_update on receipts",
+                "drop trigger receipts_status_delete on receipts",
+                "drop trigger outbox_status_insert on outbox",
+                "drop trigger outbox_status_update on outbox",
+                "drop trigger outbox_status_delete on outbox",
             ],
         }
     }
@@ -625,7 +643,8 @@ async fn fill(args: &ScaleArgs, env: &Environment) -> anyhow::Result<Fill> {
             r#"[{{"name": "Товар", "quantity": 1, "unit_price": {total}, "item_total": {total}, "unit": "Штука", "tax_rate": null, "product_id": 521}}]"#
         )
     };
-    let sold = |c: usize| now - TimeDelta::seconds((mix(c as u64 ^ 0x5a1e) % 31_536_000) as i64);
+    let sold_within: u64 = if args.busy_day { 86_400 } else { 31_536_000 };
+    let sold = |c: usize| now - TimeDelta::seconds((mix(c as u64 ^ 0x5a1e) % sold_within) as i64);
     let at = Instant::now();
     copy_lines(
         &mut conn,
@@ -865,6 +884,16 @@ async fn derive_and_check(conn: &mut PgConnection, org: i64, n: usize) -> anyhow
     sqlx::query("set session_replication_role = origin")
         .execute(&mut *conn)
         .await?;
+    // The status change log's triggers were off too: the day's counts from the rows.
+    let at = Instant::now();
+    sqlx::query("select recount_status_counts()")
+        .execute(&mut *conn)
+        .await
+        .context("status counts from the rows")?;
+    eprintln!(
+        "      status counts recounted: {:.1} s",
+        at.elapsed().as_secs_f64()
+    );
     // As the rules wave's migration turned balances into lots: one opening lot per wallet.
     sqlx::query(
         "insert into bonus_lots (org_id, customer_id, wallet, amount, remaining, pending, activates_at, source)

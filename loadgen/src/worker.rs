@@ -26,15 +26,22 @@ pub struct Running {
 
 impl Running {
     pub fn start(db: PgPool, broker: Arc<Broker>, concurrency: u16, batch: u16) -> Self {
+        // As the workers binary does: the status counts folded every second beside the work.
+        let folding = tokio::spawn(loyalty::status_counts::compact_every(
+            db.clone(),
+            Duration::from_secs(1),
+        ));
         let worker = workers::Worker::new(db, broker);
         let (stop, stopped) = oneshot::channel::<()>();
         let started = Instant::now();
         let task = tokio::spawn(async move {
-            worker
+            let consumed = worker
                 .run(concurrency, batch, async {
                     let _ = stopped.await;
                 })
-                .await
+                .await;
+            folding.abort();
+            consumed
         });
         Self {
             started,

@@ -22,6 +22,7 @@ pub mod rules;
 pub mod schedule;
 pub mod schema;
 pub mod standing;
+pub mod status_counts;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -19,7 +19,9 @@
 //! 5. a customer's lots (`bonus_lots`), after the customer (and the bills): spending, giving back, activating
 //!    and burning lock them `FOR UPDATE` under the customer's lock;
 //! 6. rows only inserted, or only touched through their owner's lock: ledger entries, lot moves,
-//!    invoices, refunds, expiry warnings, the outbox.
+//!    invoices, refunds, expiry warnings, the outbox, the status change log (`status_changes`,
+//!    appended to by triggers; only the fold, under its own advisory lock, deletes from it and
+//!    writes `status_counts`).
 //!
 //! A lock taken out of its place is left only where the rows cannot be known in advance (a promo
 //! code entered between reading a buyer and locking it names a referrer not yet locked). The

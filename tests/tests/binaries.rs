@@ -67,6 +67,28 @@ async fn the_workers_first_scrape_counts_the_receipts_applied_before_it() {
         metrics.contains("loyalty_receipts_total{status=\"processed\"} 1\n"),
         "{metrics}"
     );
+
+    // Within a fold's interval (1 s), the status change log is folded into the summary's counts.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (logged, kept): (i64, Option<i64>) = sqlx::query_as(
+            "select (select count(*) from status_changes),
+                    (select sum(n)::bigint from status_counts
+                     where org_id = $1 and kind = 'receipts' and status = 'processed')",
+        )
+        .bind(org)
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("status tables");
+        if (logged, kept) == (0, Some(1)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not folded: {logged} logged, {kept:?} kept"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A Bot API that answers every message as sent.

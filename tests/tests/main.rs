@@ -35,6 +35,7 @@ mod sale_time;
 mod schedule;
 mod secrets;
 mod shedding;
+mod status_counts;
 mod walkthrough;
 
 /// A file added to `tests/tests/` runs only once it is a module here: one forgotten would pass

@@ -51,6 +51,11 @@ pub struct Config {
     /// Most rows a scheduled step changes in one transaction.
     #[arg(long, env = "SCHEDULE_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub schedule_batch: i64,
+    /// Milliseconds between folds of the status change log into the operations summary's counts
+    /// (`loyalty::status_counts`); 0 turns them off in this worker. Any number of workers may
+    /// fold: one folds at a time, the others skip.
+    #[arg(long, env = "STATUS_FOLD_INTERVAL_MS", default_value_t = 1000)]
+    pub status_fold_interval_ms: u64,
 }
 
 /// PostgreSQL connections a worker needs: two per batch in flight (its transaction, and a
@@ -277,10 +282,10 @@ fn applied(message: &ReceiptMessage, span: &Span, outcome: Outcome) -> Verdict<O
 
 /// Connects, migrates, declares the topology and consumes until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    // One more connection for the scheduled steps.
+    // One more connection for the scheduled steps, one for the status fold.
     let db = config
         .backends
-        .database(pool_size(config.concurrency) + 1)
+        .database(pool_size(config.concurrency) + 2)
         .await?;
     let broker = Arc::new(config.backends.broker());
     tokio::spawn(loyalty_service::telemetry::serve_metrics(
@@ -293,6 +298,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.schedule_batch,
         ))
     });
+    let folding = (config.status_fold_interval_ms > 0).then(|| {
+        tokio::spawn(loyalty::status_counts::compact_every(
+            db.clone(),
+            std::time::Duration::from_millis(config.status_fold_interval_ms),
+        ))
+    });
     let consumed = Worker::new(db, broker)
         .run(
             config.concurrency,
@@ -300,7 +311,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             loyalty_service::shutdown::signal(),
         )
         .await;
-    if let Some(task) = scheduled {
+    for task in [scheduled, folding].into_iter().flatten() {
         task.abort();
     }
     consumed

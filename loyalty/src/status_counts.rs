@@ -1,0 +1,196 @@
+//! How many receipts and notifications reached each status in the last minute, hour and day, by
+//! the time of their last change: the operations summary's counts, at any day's volume.
+//!
+//! The statements that change `receipts` or `outbox` append their net change per (organization,
+//! status, second) to `status_changes` (a trigger per table, see the migration
+//! `20261205000001_status_counts.sql`); [`compact`] folds that log into `status_counts`, by the
+//! second for the last minute or two and by the minute before, for each organization and for all of
+//! them together. [`count`] adds up both tables in one statement, so a day costs at most 1 440
+//! minute rows per status, however many receipts it saw.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// How many receipts (or notifications) reached a status in the last minute, hour and day. The
+/// minute is exact to the second; the hour and the day are counted by whole minutes (a minute that
+/// began before the window did is left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct StatusCount {
+    pub status: String,
+    pub last_minute: i64,
+    pub last_hour: i64,
+    pub last_day: i64,
+}
+
+/// What is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    Receipts,
+    Notifications,
+}
+
+impl Counted {
+    /// Its name in `status_changes.kind` and `status_counts.kind`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Counted::Receipts => "receipts",
+            Counted::Notifications => "notifications",
+        }
+    }
+}
+
+/// The counting query, for one organization or for all of them (the rows with a null `org_id`),
+/// as two static strings (no SQL is built at run time). `$1` the statuses, in the order answered;
+/// `$2` the kind; `$3` the organization.
+macro_rules! count_sql {
+    ($counts:literal, $changes:literal) => {
+        concat!(
+            "with counted as (
+                 select status, at, n from status_counts
+                 where kind = $2 and ",
+            $counts,
+            " and at > now() - interval '1 day'
+                 union all
+                 select status, at, n from status_changes
+                 where kind = $2 and ",
+            $changes,
+            " and at > now() - interval '1 day')
+             select s.status,
+                    coalesce(sum(c.n) filter (where c.at > now() - interval '1 minute'), 0)::bigint as last_minute,
+                    coalesce(sum(c.n) filter (where c.at > now() - interval '1 hour'), 0)::bigint as last_hour,
+                    coalesce(sum(c.n), 0)::bigint as last_day
+             from unnest($1::text[]) with ordinality as s(status, position)
+             left join counted c on c.status = s.status
+             group by s.status, s.position order by s.position"
+        )
+    };
+}
+
+const COUNT_ONE: &str = count_sql!("org_id = $3", "org_id = $3");
+const COUNT_ALL: &str = count_sql!("org_id is null and $3::bigint is null", "true");
+
+/// The counts of `statuses`, in their order, for one organization or (`None`) all of them.
+pub async fn count(
+    db: &PgPool,
+    counted: Counted,
+    org: Option<i64>,
+    statuses: &[&str],
+) -> sqlx::Result<Vec<StatusCount>> {
+    sqlx::query_as(if org.is_some() { COUNT_ONE } else { COUNT_ALL })
+        .bind(statuses)
+        .bind(counted.kind())
+        .bind(org)
+        .fetch_all(db)
+        .await
+}
+
+/// The advisory lock a fold holds ("loyaltyF" in ASCII, 7813597337849461062): one fold at a time,
+/// whatever runs it; `recount_status_counts()` (the migration) takes it too.
+pub const FOLD_LOCK: i64 = 0x6c6f_7961_6c74_7946;
+
+/// Folds the log into the counts, in one transaction: every change logged so far (a change that
+/// commits meanwhile waits for the next fold), by the second since the start of the previous minute
+/// and by the minute before it; then the seconds that have grown older than that into their minute,
+/// and drops what is older than a day. Only one fold runs at a time (the others return at once,
+/// having done nothing). Returns how many logged changes it folded.
+pub async fn compact(db: &PgPool) -> sqlx::Result<u64> {
+    fold(db, None).await
+}
+
+/// [`compact`] as if the database's clock read `now` (the tests' way to let seconds age).
+pub async fn compact_as_of(db: &PgPool, now: DateTime<Utc>) -> sqlx::Result<u64> {
+    fold(db, Some(now)).await
+}
+
+async fn fold(db: &PgPool, now: Option<DateTime<Utc>>) -> sqlx::Result<u64> {
+    let mut tx = db.begin().await?;
+    let ours: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
+        .bind(FOLD_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !ours {
+        return Ok(0);
+    }
+    // The fold's one clock, the database's unless told otherwise.
+    let now: DateTime<Utc> = sqlx::query_scalar("select coalesce($1, now())")
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+    let folded: i64 = sqlx::query_scalar(
+        "with logged as (delete from status_changes returning org_id, kind, status, at, n),
+              bucketed as (
+                  select org_id, kind, status, n,
+                         case when at >= date_trunc('minute', $1 - interval '1 minute') then at
+                              else date_trunc('minute', at) end as at,
+                         case when at >= date_trunc('minute', $1 - interval '1 minute') then 1
+                              else 60 end::smallint as span
+                  from logged),
+              summed as (
+                  select org_id, kind, at, span, status, sum(n)::bigint as n
+                  from bucketed
+                  group by grouping sets ((org_id, kind, at, span, status), (kind, at, span, status))
+                  having sum(n) <> 0),
+              written as (
+                  insert into status_counts as c (org_id, kind, at, span, status, n)
+                  select * from summed
+                  on conflict on constraint status_counts_key do update set n = c.n + excluded.n)
+         select count(*) from logged",
+    )
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "with aged as (
+             delete from status_counts
+             where span = 1 and at < date_trunc('minute', $1 - interval '1 minute')
+             returning org_id, kind, date_trunc('minute', at) as at, status, n)
+         insert into status_counts as c (org_id, kind, at, span, status, n)
+         select org_id, kind, at, 60, status, sum(n) from aged
+         group by org_id, kind, at, status
+         on conflict on constraint status_counts_key do update set n = c.n + excluded.n",
+    )
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("delete from status_counts where at < $1 - interval '25 hours'")
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(u64::try_from(folded).unwrap_or_default())
+}
+
+/// Counts the day again from the rows themselves (`recount_status_counts()`, see the migration):
+/// after a bulk load that skipped the triggers, or when the counts are in doubt. Writers and the
+/// fold wait for it.
+pub async fn recount(db: &PgPool) -> sqlx::Result<()> {
+    sqlx::query("select recount_status_counts()")
+        .execute(db)
+        .await
+        .map(drop)
+}
+
+/// Folds every `interval` until the task is dropped; a fold that fails is logged and the next one
+/// takes its rows (they are only deleted when the fold commits). Records each fold's duration in
+/// `loyalty_status_fold_seconds` and its rows in `loyalty_status_changes_folded_total`.
+pub async fn compact_every(db: PgPool, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let began = std::time::Instant::now();
+        match compact(&db).await {
+            Ok(folded) => {
+                metrics::histogram!("loyalty_status_fold_seconds")
+                    .record(began.elapsed().as_secs_f64());
+                metrics::counter!("loyalty_status_changes_folded_total").increment(folded);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "folding the status counts failed; the next fold retries")
+            }
+        }
+    }
+}
