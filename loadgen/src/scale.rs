@@ -1054,6 +1054,59 @@ impl<'a> Reads<'a> {
         Ok(())
     }
 
+    /// The baseline of the summary's counts: the query the summary ran before the counts were kept
+    /// (`20261205000001_status_counts.sql`), the organization's receipts and notifications by status
+    /// over the day from the rows' (org, status, updated_at) index, both tables one after the other
+    /// as one sample, straight on the database.
+    async fn time_counted_from_rows(
+        &self,
+        reads: &mut Vec<Read>,
+        db: &PgPool,
+    ) -> anyhow::Result<()> {
+        macro_rules! from_rows {
+            ($table:literal) => {
+                concat!(
+                    "select s.status,
+                            count(t.updated_at) filter (where t.updated_at > now() - interval '1 minute'),
+                            count(t.updated_at) filter (where t.updated_at > now() - interval '1 hour'),
+                            count(t.updated_at)
+                     from unnest($1::text[]) with ordinality as s(status, position)
+                     left join ", $table, " t on t.status = s.status
+                          and t.updated_at > now() - interval '1 day' and t.org_id = $2
+                     group by s.status, s.position order by s.position"
+                )
+            };
+        }
+        const FROM_ROWS: [&str; 2] = [from_rows!("receipts"), from_rows!("outbox")];
+        let statuses = [
+            &loyalty::receipts::ReceiptStatus::NAMES[..],
+            &loyalty::notifications::STATUSES[..],
+        ];
+        let mut times = Vec::with_capacity(self.samples);
+        for i in 0..=self.samples {
+            let at = Instant::now();
+            for (sql, statuses) in FROM_ROWS.into_iter().zip(statuses) {
+                sqlx::query(sql)
+                    .bind(statuses)
+                    .bind(self.org)
+                    .fetch_all(db)
+                    .await?;
+            }
+            // The first one prepares the statements and warms the cache, as in `time_read`.
+            if i > 0 {
+                times.push(at.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        record(
+            reads,
+            summarize(
+                "operator: summary counts from the rows (before, SQL only)",
+                times,
+            ),
+        );
+        Ok(())
+    }
+
     async fn all(&self, db: &PgPool) -> anyhow::Result<Vec<Read>> {
         let org = self.org;
         let admin = format!("Bearer {}", self.admin);
@@ -1130,6 +1183,14 @@ impl<'a> Reads<'a> {
             format!("/admin/v1/ops/summary?org={org}")
         })
         .await?;
+        self.time_read(
+            r,
+            "operator: /admin/v1/ops/summary, all organizations",
+            &admin,
+            |_| "/admin/v1/ops/summary".to_owned(),
+        )
+        .await?;
+        self.time_counted_from_rows(r, db).await?;
         self.time_read(r, "operator: liability report", &admin, |_| {
             admin_path("/reports/liability")
         })
