@@ -10,14 +10,15 @@
 --    rolled-back transaction's rows go with it.
 --  * `status_counts`, the log folded (`loyalty::status_counts::compact`, run by the workers every
 --    second): one row per (organization, status, second) for the last minute or two, per
---    (organization, status, minute) before that, and the same rows for all organizations
---    together (`org_id` null). A day is at most 1 440 minute rows per status.
+--    (organization, status, minute) before that, and besides per (organization, status, hour);
+--    the same rows for all organizations together (`org_id` null).
 --
--- The summary adds up `status_counts` and whatever `status_changes` still holds in one statement
--- (one snapshot: a fold moves rows from one table to the other in one transaction, so each change
--- counts once). What is counted is what the old query counted, each row where its status and its
--- `updated_at` now put it; the hour and the day are counted by whole minutes (a minute that began
--- before the window's start is left out).
+-- The summary adds up, in one statement (one snapshot: a fold moves rows from one table to the
+-- other in one transaction, so each change counts once), the seconds and minutes of the last hour,
+-- the day's whole hours, the minutes of the day's first part-hour, and whatever `status_changes`
+-- still holds: some 250 rows per status, however busy the day. What is counted is what the old
+-- query counted, each row where its status and its `updated_at` now put it; the hour and the day
+-- are counted by whole minutes (a minute that began before the window's start is left out).
 
 create table status_changes (
     org_id bigint not null,
@@ -34,12 +35,13 @@ create table status_counts (
     -- Null: every organization together.
     org_id bigint,
     kind text not null check (kind in ('receipts', 'notifications')),
-    -- The start of the second (span 1) or of the minute (span 60) counted.
+    -- Seconds the row counts: 1, 60 or 3 600 from `at`, the start of that second, minute or
+    -- hour (hours in UTC).
+    span integer not null check (span in (1, 60, 3600)),
     at timestamptz not null,
-    span smallint not null check (span in (1, 60)),
     status text not null,
     n bigint not null,
-    constraint status_counts_key unique nulls not distinct (org_id, kind, at, span, status)
+    constraint status_counts_key unique nulls not distinct (org_id, kind, span, at, status)
 );
 
 -- Appends what one statement changed in `receipts` or `outbox` (the trigger's argument names which):
@@ -94,31 +96,27 @@ end $$;
 
 -- Counts the day again from the rows themselves: what the migration does once (below), and what a
 -- bulk load that ran without triggers (`loadgen scale`'s fill) or an operator who doubts the counts
--- can run (`select recount_status_counts()`). Writers of receipts and notifications wait for the
--- calling transaction (share locks), and so does the fold (its advisory lock, the key of
--- `loyalty::status_counts::FOLD_LOCK`), so no change is lost or counted twice. Folded as the fold
--- folds: by the second since the start of the previous minute, by the minute before.
+-- runs (`loyalty::status_counts::recount`, which folds right after). The counts and the log are
+-- emptied and the log is written anew from the rows, as if each row had just been logged; the next
+-- fold folds it (until then the summary reads it, right but slower). Writers of receipts and
+-- notifications wait for the calling transaction (share locks), and so does the fold (its advisory
+-- lock, the key of `loyalty::status_counts::FOLD_LOCK`), so no change is lost or counted twice.
 create function recount_status_counts() returns void language plpgsql as $$
 begin
     lock table receipts, outbox in share mode;
     perform pg_advisory_xact_lock(7813597337849461062);
     delete from status_changes;
     delete from status_counts;
-    insert into status_counts (org_id, kind, at, span, status, n)
-    select org_id, kind, at, span, status, count(*)
-    from (select org_id, kind, status,
-                 case when updated_at >= date_trunc('minute', now() - interval '1 minute')
-                      then date_trunc('second', updated_at) else date_trunc('minute', updated_at) end as at,
-                 case when updated_at >= date_trunc('minute', now() - interval '1 minute')
-                      then 1 else 60 end::smallint as span
-          from (select org_id, 'receipts' as kind, status, updated_at from receipts
-                where updated_at > now() - interval '25 hours'
-                union all
-                select org_id, 'notifications', status, updated_at from outbox
-                where updated_at > now() - interval '25 hours') changed) bucketed
-    group by grouping sets ((org_id, kind, at, span, status), (kind, at, span, status));
+    insert into status_changes (org_id, kind, status, at, n)
+    select org_id, kind, status, date_trunc('second', updated_at), count(*)
+    from (select org_id, 'receipts' as kind, status, updated_at from receipts
+          where updated_at > now() - interval '25 hours'
+          union all
+          select org_id, 'notifications', status, updated_at from outbox
+          where updated_at > now() - interval '25 hours') changed
+    group by 1, 2, 3, 4;
 end $$;
 
--- The day's counts so far, after the triggers exist: creating them locked both tables against
+-- The day's changes so far, after the triggers exist: creating them locked both tables against
 -- writes until this migration commits, so no change falls between the count and the triggers.
 select recount_status_counts();

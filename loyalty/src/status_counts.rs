@@ -4,9 +4,10 @@
 //! The statements that change `receipts` or `outbox` append their net change per (organization,
 //! status, second) to `status_changes` (a trigger per table, see the migration
 //! `20261205000001_status_counts.sql`); [`compact`] folds that log into `status_counts`, by the
-//! second for the last minute or two and by the minute before, for each organization and for all of
-//! them together. [`count`] adds up both tables in one statement, so a day costs at most 1 440
-//! minute rows per status, however many receipts it saw.
+//! second for the last minute or two and by the minute before, and by the hour besides, for each
+//! organization and for all of them together. [`count`] adds up, in one statement, the last hour's
+//! seconds and minutes, the day's whole hours, the minutes of its first part-hour and what the log
+//! still holds: some 250 rows per status, however many receipts the day saw.
 
 use std::time::Duration;
 
@@ -44,25 +45,37 @@ impl Counted {
 
 /// The counting query, for one organization or for all of them (the rows with a null `org_id`),
 /// as two static strings (no SQL is built at run time). `$1` the statuses, in the order answered;
-/// `$2` the kind; `$3` the organization.
+/// `$2` the kind; `$3` the organization. The day is its whole hours (`h0` to `hc`, the current
+/// hour's start) from the hour rows, and by the minute before `h0` and from `hc` on; the last
+/// minute and hour by the second and the minute. The log's rows (span 0 here) count everywhere.
 macro_rules! count_sql {
     ($counts:literal, $changes:literal) => {
         concat!(
-            "with counted as (
-                 select status, at, n from status_counts
-                 where kind = $2 and ",
-            $counts,
-            " and at > now() - interval '1 day'
+            "with edges as (
+                 select date_trunc('hour', now() - interval '1 day', 'UTC') + interval '1 hour' as h0,
+                        date_trunc('hour', now(), 'UTC') as hc),
+             counted as (
+                 select status, span, at, n from status_counts, edges
+                 where ", $counts, " and kind = $2 and span in (1, 60)
+                       and at > now() - interval '1 day' and at < h0
                  union all
-                 select status, at, n from status_changes
-                 where kind = $2 and ",
-            $changes,
-            " and at > now() - interval '1 day')
+                 select status, span, at, n from status_counts, edges
+                 where ", $counts, " and kind = $2 and span in (1, 60)
+                       and at >= least(hc, now() - interval '1 hour')
+                 union all
+                 select status, span, at, n from status_counts, edges
+                 where ", $counts, " and kind = $2 and span = 3600 and at >= h0 and at < hc
+                 union all
+                 select status, 0, at, n from status_changes
+                 where ", $changes, " and kind = $2 and at > now() - interval '1 day')
              select s.status,
-                    coalesce(sum(c.n) filter (where c.at > now() - interval '1 minute'), 0)::bigint as last_minute,
-                    coalesce(sum(c.n) filter (where c.at > now() - interval '1 hour'), 0)::bigint as last_hour,
-                    coalesce(sum(c.n), 0)::bigint as last_day
-             from unnest($1::text[]) with ordinality as s(status, position)
+                    coalesce(sum(c.n) filter (where c.span < 3600 and c.at > now() - interval '1 minute'), 0)::bigint
+                        as last_minute,
+                    coalesce(sum(c.n) filter (where c.span < 3600 and c.at > now() - interval '1 hour'), 0)::bigint
+                        as last_hour,
+                    coalesce(sum(c.n) filter (where c.span in (0, 3600) or c.at < e.h0 or c.at >= e.hc), 0)::bigint
+                        as last_day
+             from edges e, unnest($1::text[]) with ordinality as s(status, position)
              left join counted c on c.status = s.status
              group by s.status, s.position order by s.position"
         )
@@ -93,8 +106,8 @@ pub const FOLD_LOCK: i64 = 0x6c6f_7961_6c74_7946;
 
 /// Folds the log into the counts, in one transaction: every change logged so far (a change that
 /// commits meanwhile waits for the next fold), by the second since the start of the previous minute
-/// and by the minute before it; then the seconds that have grown older than that into their minute,
-/// and drops what is older than a day. Only one fold runs at a time (the others return at once,
+/// and by the minute before it, and by the hour; then the seconds that have grown older than that
+/// into their minute, and drops what is older than a day. Only one fold runs at a time (the others return at once,
 /// having done nothing). Returns how many logged changes it folded.
 pub async fn compact(db: &PgPool) -> sqlx::Result<u64> {
     fold(db, None).await
@@ -126,15 +139,21 @@ async fn fold(db: &PgPool, now: Option<DateTime<Utc>>) -> sqlx::Result<u64> {
                          case when at >= date_trunc('minute', $1 - interval '1 minute') then at
                               else date_trunc('minute', at) end as at,
                          case when at >= date_trunc('minute', $1 - interval '1 minute') then 1
-                              else 60 end::smallint as span
+                              else 60 end as span
                   from logged),
               summed as (
-                  select org_id, kind, at, span, status, sum(n)::bigint as n
+                  select org_id, kind, span, at, status, sum(n)::bigint as n
                   from bucketed
-                  group by grouping sets ((org_id, kind, at, span, status), (kind, at, span, status))
+                  group by grouping sets ((org_id, kind, span, at, status), (kind, span, at, status))
+                  having sum(n) <> 0
+                  union all
+                  select org_id, kind, 3600, date_trunc('hour', at, 'UTC'), status, sum(n)::bigint
+                  from bucketed
+                  group by grouping sets ((org_id, kind, date_trunc('hour', at, 'UTC'), status),
+                                          (kind, date_trunc('hour', at, 'UTC'), status))
                   having sum(n) <> 0),
               written as (
-                  insert into status_counts as c (org_id, kind, at, span, status, n)
+                  insert into status_counts as c (org_id, kind, span, at, status, n)
                   select * from summed
                   on conflict on constraint status_counts_key do update set n = c.n + excluded.n)
          select count(*) from logged",
@@ -163,14 +182,14 @@ async fn fold(db: &PgPool, now: Option<DateTime<Utc>>) -> sqlx::Result<u64> {
     Ok(u64::try_from(folded).unwrap_or_default())
 }
 
-/// Counts the day again from the rows themselves (`recount_status_counts()`, see the migration):
-/// after a bulk load that skipped the triggers, or when the counts are in doubt. Writers and the
-/// fold wait for it.
+/// Counts the day again from the rows themselves (`recount_status_counts()`, see the migration,
+/// logs the day's rows anew) and folds the result: after a bulk load that skipped the triggers, or
+/// when the counts are in doubt. Writers and the fold wait for it.
 pub async fn recount(db: &PgPool) -> sqlx::Result<()> {
     sqlx::query("select recount_status_counts()")
         .execute(db)
-        .await
-        .map(drop)
+        .await?;
+    compact(db).await.map(drop)
 }
 
 /// How often the folding worker vacuums the log itself.

@@ -20,14 +20,16 @@ const NOTIFICATION_STATUSES: [&str; 4] = ["pending", "sending", "sent", "dead"];
 
 /// Ages of a change, in seconds, that no window's edge comes near while the test runs (the hour
 /// and the day are counted by whole minutes, so a change within a minute of their start may fall
-/// out; a row does not age past the minute's edge in the test's time).
-const AGES: [i64; 8] = [
+/// out; a row does not age past the minute's edge in the test's time). 23 h 45 min falls in the
+/// day's first part-hour, counted by the minute, or in its first whole hour, by the time of day.
+const AGES: [i64; 9] = [
     0,
     12,
     5 * 60,
     40 * 60,
     3 * 3600,
     20 * 3600,
+    23 * 3600 + 45 * 60,
     26 * 3600,
     40 * 86_400,
 ];
@@ -259,36 +261,44 @@ async fn seconds_that_age_are_folded_into_their_minute_and_still_count_for_the_h
     .await
     .expect("receipts");
     status_counts::compact(&db.pool).await.expect("fold");
-    let spans: Vec<(Option<i64>, i16, i64)> = sqlx::query_as(
-        "select org_id, span, n from status_counts where kind = 'receipts' order by org_id nulls last",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("counts");
+    let spans = |hours: bool| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (Option<i64>, i32, i64)>(
+                "select org_id, span, n from status_counts
+                 where kind = 'receipts' and (span = 3600) = $1 order by org_id nulls last",
+            )
+            .bind(hours)
+            .fetch_all(&pool)
+            .await
+            .expect("counts")
+        }
+    };
     assert_eq!(
-        spans,
+        spans(false).await,
         vec![(Some(orgs[0]), 1, 3), (Some(orgs[1]), 1, 3), (None, 1, 6)],
         "by the second while recent, each organization and all of them"
     );
+    let by_hour = vec![
+        (Some(orgs[0]), 3600, 3),
+        (Some(orgs[1]), 3600, 3),
+        (None, 3600, 6),
+    ];
+    assert_eq!(spans(true).await, by_hour, "and by the hour besides");
     // Three minutes later (as far as the fold knows): the seconds are one minute each.
     let later = Utc::now() + TimeDelta::minutes(3);
     status_counts::compact_as_of(&db.pool, later)
         .await
         .expect("fold");
-    let spans: Vec<(Option<i64>, i16, i64)> = sqlx::query_as(
-        "select org_id, span, n from status_counts where kind = 'receipts' order by org_id nulls last",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("counts");
     assert_eq!(
-        spans,
+        spans(false).await,
         vec![
             (Some(orgs[0]), 60, 3),
             (Some(orgs[1]), 60, 3),
             (None, 60, 6)
         ]
     );
+    assert_eq!(spans(true).await, by_hour, "the hours as they were");
     for org in [Some(orgs[0]), None] {
         let counts = status_counts::count(&db.pool, Counted::Receipts, org, &["processed"])
             .await
