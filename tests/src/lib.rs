@@ -11,6 +11,26 @@ use tokio::sync::OnceCell;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The test bot's token: an organization created with it accepts init data signed with it. A test
+/// that needs a second bot, or a token replaced, names that token itself.
+pub const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
+
+/// The legacy seed's bonus settings: 2 % of each invoice, 50 for a friend's promo code, 5 % of the
+/// friend's first purchase to the referrer.
+pub fn seed_settings() -> Value {
+    serde_json::json!({
+        "invoice_bonus_percentage": 2,
+        "referral_promo_bonus": 50,
+        "referrer_first_purchase_percentage": 5
+    })
+}
+
+/// Init data Telegram would sign now for `user` (a JSON object) with the bot's `token`.
+pub fn signed_init_data(user: &Value, token: &str) -> String {
+    let now = chrono::Utc::now().timestamp().to_string();
+    loyalty::init_data::sign(&[("auth_date", &now), ("user", &user.to_string())], token)
+}
+
 /// The seed export of the old system (a copy of ../shared/seeds/legacy-export.json).
 pub fn legacy_export() -> Value {
     serde_json::from_str(include_str!("../fixtures/legacy-export.json")).expect("fixture parses")
@@ -274,23 +294,26 @@ impl TestApp {
         send(self.admin(reqwest::Method::GET, path)).await
     }
 
-    /// Creates an organization with the legacy seed's bonus settings.
-    pub async fn org(&self) -> i64 {
-        let (status, body) = self
-            .post(
-                "/admin/v1/orgs",
-                &serde_json::json!({
-                    "name": "Shop",
-                    "bonus_program_settings": {
-                        "invoice_bonus_percentage": 2,
-                        "referral_promo_bonus": 50,
-                        "referrer_first_purchase_percentage": 5
-                    }
-                }),
-            )
-            .await;
+    /// Creates an organization from `fields` (the body of `POST /admin/v1/orgs`); returns its id.
+    pub async fn create_org(&self, fields: &Value) -> i64 {
+        let (status, body) = self.post("/admin/v1/orgs", fields).await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_i64().expect("org id")
+    }
+
+    /// Creates an organization with the legacy seed's bonus settings.
+    pub async fn org(&self) -> i64 {
+        self.create_org(&serde_json::json!({
+            "name": "Shop",
+            "bonus_program_settings": seed_settings()
+        }))
+        .await
+    }
+
+    /// Creates an organization whose bot has `token` (and no bonus settings of its own).
+    pub async fn org_with_bot(&self, token: &str) -> i64 {
+        self.create_org(&serde_json::json!({"name": "Shop", "telegram_bot_token": token}))
+            .await
     }
 
     /// Imports the seed export; returns the organization's id.
@@ -309,6 +332,22 @@ impl TestApp {
             .await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_str().expect("customer id").to_owned()
+    }
+
+    /// Accrues `amount` bonuses to `customer` as an operator does by hand.
+    pub async fn accrue(
+        &self,
+        org: i64,
+        customer: impl std::fmt::Display,
+        amount: impl Into<Value>,
+    ) {
+        let (status, body) = self
+            .post(
+                &format!("/admin/v1/orgs/{org}/customers/{customer}/bonuses"),
+                &serde_json::json!({"op": "accrue", "amount": amount.into()}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
     }
 }
 

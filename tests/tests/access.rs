@@ -4,39 +4,26 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use e2e::{TestApp, send};
+use e2e::{BOT_TOKEN, TestApp, seed_settings, send, signed_init_data};
 use loyalty::access::{Actor, Role};
 use loyalty::init_data::sign;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
 const OWNER_TG: i64 = 700_000_001;
 const CASHIER_TG: i64 = 700_000_002;
 
 /// An organization with a bot (so its staff's init data can be checked).
 async fn shop(app: &TestApp, name: &str) -> i64 {
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": name, "telegram_bot_token": BOT_TOKEN,
-                    "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 50,
-                                               "referrer_first_purchase_percentage": 5}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().expect("id")
+    app.create_org(&json!({"name": name, "telegram_bot_token": BOT_TOKEN,
+                           "bonus_program_settings": seed_settings()}))
+        .await
 }
 
 /// Init data of Telegram user `user_id`, signed by the test bot just now.
 fn init_data(user_id: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let user = json!({"id": user_id, "first_name": "Staff", "language_code": "ru"}).to_string();
-    sign(
-        &[("auth_date", &now.to_string()), ("user", &user)],
+    signed_init_data(
+        &json!({"id": user_id, "first_name": "Staff", "language_code": "ru"}),
         BOT_TOKEN,
     )
 }

@@ -6,13 +6,7 @@ use serde_json::json;
 
 async fn customer_with_bonuses(app: &TestApp, org: i64, amount: u32) -> String {
     let id = app.customer(org, "Alex").await;
-    let (status, _) = app
-        .post(
-            &format!("/admin/v1/orgs/{org}/customers/{id}/bonuses"),
-            &json!({"op": "accrue", "amount": amount}),
-        )
-        .await;
-    assert_eq!(status, 201);
+    app.accrue(org, &id, amount).await;
     id
 }
 

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use e2e::{TestApp, binary, receipt_event};
+use e2e::{BOT_TOKEN, TestApp, binary, receipt_event};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -107,14 +107,7 @@ async fn telegram_that_accepts_everything() -> String {
 #[tokio::test]
 async fn the_notifiers_first_scrape_counts_the_messages_sent_before_it() {
     let app = TestApp::spawn().await;
-    let (status, created) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Shop", "telegram_bot_token": "123456:TEST-fake-token_for-binary-tests"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let org = created["id"].as_i64().expect("id");
+    let org = app.org_with_bot(BOT_TOKEN).await;
     let (status, customer) = app
         .post(
             &format!("/admin/v1/orgs/{org}/customers"),
@@ -123,13 +116,7 @@ async fn the_notifiers_first_scrape_counts_the_messages_sent_before_it() {
         .await;
     assert_eq!(status, 201, "{customer}");
     let customer = customer["id"].as_str().expect("id").to_owned();
-    let (status, accrued) = app
-        .post(
-            &format!("/admin/v1/orgs/{org}/customers/{customer}/bonuses"),
-            &json!({"op": "accrue", "amount": "10"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{accrued}");
+    app.accrue(org, &customer, "10").await;
 
     let telegram = telegram_that_accepts_everything().await;
     let port = free_port();

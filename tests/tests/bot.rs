@@ -9,11 +9,10 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use e2e::{TestApp, send};
+use e2e::{BOT_TOKEN, TestApp, seed_settings, send};
 use serde_json::{Value, json};
 
 const PUBLIC_URL: &str = "https://bonus.example.kz";
-const TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
 /// A token the stand-in refuses, as Telegram refuses a revoked one.
 const REVOKED: &str = "987654321:revoked-token-for-the-tests";
 
@@ -144,15 +143,11 @@ async fn spawn(api: &BotApi) -> TestApp {
 }
 
 async fn shop(app: &TestApp) -> i64 {
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Ромашка & Co", "telegram_bot_token": TOKEN,
-                    "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 50, "referrer_first_purchase_percentage": 5}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().expect("id")
+    app.create_org(
+        &json!({"name": "Ромашка & Co", "telegram_bot_token": BOT_TOKEN,
+                           "bonus_program_settings": seed_settings()}),
+    )
+    .await
 }
 
 /// The service at a fresh stand-in, and a shop whose bot it set up.
@@ -217,14 +212,14 @@ async fn setting_the_token_points_the_webhook_and_the_menu_button_here() {
 
     let get_me = api.calls("getMe");
     assert_eq!(get_me.len(), 1);
-    assert_eq!(get_me[0].token, TOKEN);
+    assert_eq!(get_me[0].token, BOT_TOKEN);
     let webhooks = api.calls("setWebhook");
     assert_eq!(webhooks.len(), 1);
     assert_eq!(
         webhooks[0].params,
         json!({
             "url": format!("{PUBLIC_URL}/telegram/v1/orgs/{org}/webhook"),
-            "secret_token": ingest::telegram::webhook_secret(TOKEN, org),
+            "secret_token": ingest::telegram::webhook_secret(BOT_TOKEN, org),
             "allowed_updates": ["message"],
         })
     );
@@ -257,7 +252,7 @@ async fn a_token_telegram_refuses_is_not_stored() {
     );
     assert_eq!(org_body["telegram_bot_username"], "shop_bot");
     // The first token still answers the webhook.
-    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let secret = ingest::telegram::webhook_secret(BOT_TOKEN, org);
     let (status, _) = post_update(&app, org, Some(&secret), &update(1, 77, "ru", "/start")).await;
     assert_eq!(status, 200);
 }
@@ -271,7 +266,7 @@ async fn telegram_unreachable_when_the_token_is_set_is_a_503_and_nothing_stored(
     let (status, body) = app
         .post(
             "/admin/v1/orgs",
-            &json!({"name": "Shop", "telegram_bot_token": TOKEN}),
+            &json!({"name": "Shop", "telegram_bot_token": BOT_TOKEN}),
         )
         .await;
     assert_eq!(status, 503, "{body}");
@@ -295,7 +290,7 @@ async fn updates_without_the_right_secret_are_refused_and_change_nothing() {
         assert_eq!(status, 401, "{secret:?}");
         assert_eq!(body["error"]["code"], "unauthorized");
     }
-    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let secret = ingest::telegram::webhook_secret(BOT_TOKEN, org);
     let (status, _) = post_update(&app, org + 1000, Some(&secret), &start).await;
     assert_eq!(status, 401, "an unknown organization is the same 401");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -306,7 +301,7 @@ async fn updates_without_the_right_secret_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn start_with_a_friends_code_welcomes_in_russian_and_applies_it_once() {
     let (api, app, org) = shop_with_bot().await;
-    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let secret = ingest::telegram::webhook_secret(BOT_TOKEN, org);
     let friend = app.customer(org, "Friend").await;
     let code = format!("PROMO{friend}");
 
@@ -314,7 +309,7 @@ async fn start_with_a_friends_code_welcomes_in_russian_and_applies_it_once() {
     let (status, _) = post_update(&app, org, Some(&secret), &start).await;
     assert_eq!(status, 200);
     let answer = api.sent(1).await;
-    assert_eq!(answer.token, TOKEN);
+    assert_eq!(answer.token, BOT_TOKEN);
     assert_eq!(answer.params["chat_id"], 601);
     let text = answer.params["text"].as_str().expect("text");
     assert!(text.contains("Добро пожаловать"), "{text}");
@@ -367,7 +362,7 @@ async fn start_with_a_friends_code_welcomes_in_russian_and_applies_it_once() {
 #[tokio::test]
 async fn english_speakers_are_answered_in_english_and_other_messages_get_help() {
     let (api, app, org) = shop_with_bot().await;
-    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let secret = ingest::telegram::webhook_secret(BOT_TOKEN, org);
 
     let (status, _) = post_update(
         &app,
@@ -418,7 +413,7 @@ async fn english_speakers_are_answered_in_english_and_other_messages_get_help() 
 #[tokio::test]
 async fn updates_the_bot_does_not_handle_are_accepted_and_ignored() {
     let (api, app, org) = shop_with_bot().await;
-    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let secret = ingest::telegram::webhook_secret(BOT_TOKEN, org);
     let others = [
         json!({"update_id": 30, "edited_message": {"message_id": 1, "date": 1, "chat": {"id": 1, "type": "private"}, "text": "x"}}),
         json!({"update_id": 31, "my_chat_member": {"chat": {"id": 1, "type": "private"}, "date": 1}}),
@@ -468,7 +463,7 @@ async fn replacing_the_token_removes_the_old_bots_webhook_and_menu_button() {
         "the new bot is set up first"
     );
     assert_eq!(
-        api.methods_of(TOKEN),
+        api.methods_of(BOT_TOKEN),
         [
             "getMe",
             "setWebhook",
@@ -483,7 +478,7 @@ async fn replacing_the_token_removes_the_old_bots_webhook_and_menu_button() {
         .lock()
         .expect("calls")
         .iter()
-        .filter(|c| c.token == TOKEN)
+        .filter(|c| c.token == BOT_TOKEN)
         .skip(4)
         .map(|c| c.params.clone())
         .collect();
@@ -495,7 +490,7 @@ async fn replacing_the_token_removes_the_old_bots_webhook_and_menu_button() {
         ]
     );
     // The new bot's updates are answered, the old bot's refused.
-    let old_secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let old_secret = ingest::telegram::webhook_secret(BOT_TOKEN, org);
     let new_secret = ingest::telegram::webhook_secret(OTHER_BOT, org);
     let start = update(1, 901, "ru", "/start");
     assert_eq!(
@@ -538,7 +533,7 @@ async fn removing_the_token_removes_the_webhook_and_a_revoked_token_is_only_logg
             .iter()
             .map(|c| c.token.as_str())
             .collect::<Vec<_>>(),
-        [TOKEN]
+        [BOT_TOKEN]
     );
     // Removing it again: no token, nothing to call.
     let calls = api.0.lock().expect("calls").len();
@@ -577,7 +572,7 @@ async fn telegram_unreachable_when_the_token_is_removed_is_a_503_and_nothing_cha
     assert_eq!(org_body["telegram_bot_username"], "shop_bot");
     assert!(api.calls("deleteWebhook").is_empty());
     // The bot still works, and the removal succeeds once Telegram is back.
-    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let secret = ingest::telegram::webhook_secret(BOT_TOKEN, org);
     let (status, _) = post_update(&app, org, Some(&secret), &update(1, 77, "ru", "/start")).await;
     assert_eq!(status, 200);
     assert_eq!(set_token(&app, org, "").await.0, 200);
@@ -587,7 +582,7 @@ async fn telegram_unreachable_when_the_token_is_removed_is_a_503_and_nothing_cha
 #[tokio::test]
 async fn an_update_delivered_again_changes_nothing_and_gets_no_second_answer() {
     let (api, app, org) = shop_with_bot().await;
-    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let secret = ingest::telegram::webhook_secret(BOT_TOKEN, org);
     let friend = app.customer(org, "Friend").await;
     let start = update(40, 801, "ru", &format!("/start PROMO{friend}"));
 
@@ -627,7 +622,7 @@ async fn an_update_delivered_again_changes_nothing_and_gets_no_second_answer() {
 #[tokio::test]
 async fn answered_updates_are_forgotten_after_two_days() {
     let (api, app, org) = shop_with_bot().await;
-    let secret = ingest::telegram::webhook_secret(TOKEN, org);
+    let secret = ingest::telegram::webhook_secret(BOT_TOKEN, org);
     sqlx::query(
         "insert into bot_updates (org_id, bot_id, update_id, received_at)
          values ($1, 123456789, 1, now() - interval '3 days'), ($1, 123456789, 2, now() - interval '1 day')",

@@ -3,29 +3,10 @@
 //! the operator API and of Mini App organizations. Every answer is the JSON error shape.
 
 use axum::routing::get;
-use e2e::{ADMIN_TOKEN, TestApp, send};
+use e2e::{ADMIN_TOKEN, BOT_TOKEN, TestApp, send, signed_init_data};
 use loyalty::queue::Stream;
 use reqwest::Method;
 use serde_json::{Value, json};
-
-const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
-
-async fn org_with_bot(app: &TestApp) -> i64 {
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Shop", "telegram_bot_token": BOT_TOKEN}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().expect("id")
-}
-
-/// Init data Telegram would sign now for `user`.
-fn signed(user: &Value, token: &str) -> String {
-    let now = chrono::Utc::now().timestamp().to_string();
-    loyalty::init_data::sign(&[("auth_date", &now), ("user", &user.to_string())], token)
-}
 
 async fn receipts_published(app: &TestApp) -> u32 {
     let queue = app.state.broker.topology().main(Stream::Receipts);
@@ -190,8 +171,8 @@ async fn nul_in_a_path_or_query_parameter_is_a_422_naming_it() {
 #[tokio::test]
 async fn a_signed_mini_app_user_with_a_nul_in_the_name_is_stored_without_it() {
     let app = TestApp::spawn().await;
-    let org = org_with_bot(&app).await;
-    let init = signed(
+    let org = app.org_with_bot(BOT_TOKEN).await;
+    let init = signed_init_data(
         &json!({"id": 77, "first_name": "Al\u{0}ex", "last_name": "\u{0}", "username": "al\u{0}"}),
         BOT_TOKEN,
     );
@@ -328,8 +309,8 @@ async fn operator_routes_cannot_be_probed_without_the_token() {
 #[tokio::test]
 async fn the_mini_app_answers_an_unknown_organization_with_the_same_401_as_a_known_one() {
     let app = TestApp::spawn().await;
-    let org = org_with_bot(&app).await;
-    let foreign = signed(
+    let org = app.org_with_bot(BOT_TOKEN).await;
+    let foreign = signed_init_data(
         &json!({"id": 5, "first_name": "Eve"}),
         "987654321:another-bot-entirely-here",
     );

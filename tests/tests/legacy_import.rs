@@ -162,13 +162,7 @@ async fn only_what_happens_after_the_import_is_added_to_the_export() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = app
-        .post(
-            &format!("/admin/v1/orgs/{org}/customers/26084/bonuses"),
-            &json!({"op": "accrue", "amount": "5.50"}),
-        )
-        .await;
-    assert_eq!(status, 201);
+    app.accrue(org, 26084, "5.50").await;
     let exported: Value =
         serde_json::from_str(&exported_text(&app, org).await).expect("export parses");
     let mut expected = legacy_export();

@@ -1,23 +1,14 @@
 //! The customers' Mini App API with real init data signed by a test bot token, and tampered,
 //! expired and foreign-bot init data.
 
-use e2e::{TestApp, send};
+use e2e::{BOT_TOKEN, TestApp, seed_settings, send};
 use loyalty::init_data::sign;
 use serde_json::{Value, json};
 
-const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
-
 async fn shop(app: &TestApp) -> i64 {
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "тестовое", "phone_numbers": ["+77472479197"], "whatsapp_link": "wa.me/+77472479197",
-                    "telegram_bot_token": BOT_TOKEN,
-                    "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 50, "referrer_first_purchase_percentage": 5}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().expect("id")
+    app.create_org(&json!({"name": "тестовое", "phone_numbers": ["+77472479197"], "whatsapp_link": "wa.me/+77472479197",
+                           "telegram_bot_token": BOT_TOKEN, "bonus_program_settings": seed_settings()}))
+        .await
 }
 
 fn init_data(user_id: i64, first_name: &str, age_secs: i64, token: &str) -> String {
@@ -203,13 +194,7 @@ async fn a_customer_enters_a_friends_promo_code_and_reads_their_history_page_by_
     .await;
     let id = me["id"].as_str().expect("id").to_owned();
     for amount in 1..=4 {
-        let (status, _) = app
-            .post(
-                &format!("/admin/v1/orgs/{org}/customers/{id}/bonuses"),
-                &json!({"op": "accrue", "amount": amount}),
-            )
-            .await;
-        assert_eq!(status, 201);
+        app.accrue(org, &id, amount).await;
     }
     let (_, me) = as_user(
         &app,

@@ -1,22 +1,16 @@
 //! What the Mini App page needs of `/app/v1` beyond the legacy API: the referral by a friend's
 //! link on the first visit, the share link, the cashier's QR code, write access and the staff role.
 
-use e2e::{TestApp, send};
+use e2e::{BOT_TOKEN, TestApp, seed_settings, send};
 use loyalty::init_data::sign;
 use serde_json::{Value, json};
 
-const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
-
 async fn shop(app: &TestApp) -> i64 {
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Shop", "telegram_bot_token": BOT_TOKEN, "currency_symbol": "сом",
-                    "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 50, "referrer_first_purchase_percentage": 5}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().expect("id")
+    app.create_org(
+        &json!({"name": "Shop", "telegram_bot_token": BOT_TOKEN, "currency_symbol": "сом",
+                           "bonus_program_settings": seed_settings()}),
+    )
+    .await
 }
 
 /// Init data as Telegram signs it for `user` (a JSON object), with `start_param` when the app was

@@ -2,29 +2,21 @@
 //! using it in headless Chromium at phone size, in light and dark themes, with init data signed
 //! by the test as Telegram would sign it.
 
-use e2e::{TestApp, receipt_event, run_browser_script, send};
+use e2e::{BOT_TOKEN, TestApp, receipt_event, run_browser_script, seed_settings, send};
 use loyalty::init_data::sign;
 use serde_json::{Value, json};
 
-const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
 const OTHER_BOT_TOKEN: &str = "987654321:another-shop-token_for-tests";
 const BOT_USERNAME: &str = "tea_house_bot";
 const SHORT_NAME: &str = "bonus";
 
 /// A shop with a bot, its contacts and the legacy seed's bonus settings.
 async fn shop(app: &TestApp, name: &str, token: &str) -> i64 {
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": name, "phone_numbers": ["+7 747 247 91 97"],
-                    "whatsapp_link": "wa.me/77472479197", "telegram_link": "https://t.me/tea_house",
-                    "address": "Алматы, пр. Абая, 1", "telegram_bot_token": token,
-                    "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 50,
-                                               "referrer_first_purchase_percentage": 5}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().expect("id")
+    app.create_org(&json!({"name": name, "phone_numbers": ["+7 747 247 91 97"],
+                           "whatsapp_link": "wa.me/77472479197", "telegram_link": "https://t.me/tea_house",
+                           "address": "Алматы, пр. Абая, 1", "telegram_bot_token": token,
+                           "bonus_program_settings": seed_settings()}))
+        .await
 }
 
 /// Init data for a Telegram user, signed with `token` a minute ago, as the client hands it over.

@@ -3,17 +3,8 @@
 //! are the whole history, and each wallet's list in the profile is the end of that wallet's whole
 //! list (as the operator's view shows it).
 
-use e2e::TestApp;
-use loyalty::init_data::sign;
+use e2e::{BOT_TOKEN, TestApp, signed_init_data};
 use serde_json::{Value, json};
-
-const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-profile-tests";
-
-fn init_data(user_id: i64) -> String {
-    let now = chrono::Utc::now().timestamp().to_string();
-    let user = json!({"id": user_id, "first_name": "Alex"}).to_string();
-    sign(&[("auth_date", &now), ("user", &user)], BOT_TOKEN)
-}
 
 fn list(value: &Value) -> Vec<Value> {
     value.as_array().expect("a list").clone()
@@ -22,15 +13,8 @@ fn list(value: &Value) -> Vec<Value> {
 #[tokio::test]
 async fn the_profile_carries_the_newest_fifty_movements_and_the_history_goes_on_from_there() {
     let app = TestApp::spawn().await;
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Shop", "telegram_bot_token": BOT_TOKEN}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let org = body["id"].as_i64().expect("id");
-    let alex = init_data(42);
+    let org = app.org_with_bot(BOT_TOKEN).await;
+    let alex = signed_init_data(&json!({"id": 42, "first_name": "Alex"}), BOT_TOKEN);
     let me = format!("/app/v1/orgs/{org}/me");
     let (status, first) = app.as_user(reqwest::Method::GET, &me, &alex, None).await;
     assert_eq!(status, 200, "{first}");
@@ -43,13 +27,7 @@ async fn the_profile_carries_the_newest_fifty_movements_and_the_history_goes_on_
 
     // 62 accruals and 3 debts: more than the profile carries.
     for amount in 1..=62 {
-        let (status, body) = app
-            .post(
-                &format!("/admin/v1/orgs/{org}/customers/{id}/bonuses"),
-                &json!({"op": "accrue", "amount": amount}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        app.accrue(org, &id, amount).await;
     }
     for _ in 0..3 {
         let (status, body) = app

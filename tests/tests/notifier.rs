@@ -9,12 +9,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use e2e::TestApp;
+use e2e::{BOT_TOKEN, TestApp};
 use loyalty::queue::Handled;
 use notifier::{Delivered, Notifier};
 use serde_json::{Value, json};
-
-const BOT_TOKEN: &str = "123456:TEST-fake-token_for-notifier-tests";
 
 /// Answers (status, body) waiting for each chat, first first.
 type Script = HashMap<i64, VecDeque<(u16, Value)>>;
@@ -81,12 +79,12 @@ impl FakeTelegram {
     }
 }
 
-async fn org_with_bot(app: &TestApp) -> i64 {
-    let (status, body) = app
-        .post("/admin/v1/orgs", &json!({"name": "Tom & Jerry", "telegram_bot_token": BOT_TOKEN, "currency_symbol": "₸"}))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().expect("id")
+/// The shop the messages name, with a bot and tenge for its currency.
+async fn tom_and_jerry(app: &TestApp) -> i64 {
+    app.create_org(
+        &json!({"name": "Tom & Jerry", "telegram_bot_token": BOT_TOKEN, "currency_symbol": "₸"}),
+    )
+    .await
 }
 
 async fn customer(app: &TestApp, org: i64, telegram_id: Option<i64>) -> String {
@@ -98,16 +96,6 @@ async fn customer(app: &TestApp, org: i64, telegram_id: Option<i64>) -> String {
         .await;
     assert_eq!(status, 201, "{body}");
     body["id"].as_str().expect("id").to_owned()
-}
-
-async fn accrue(app: &TestApp, org: i64, id: &str, amount: &str) {
-    let (status, body) = app
-        .post(
-            &format!("/admin/v1/orgs/{org}/customers/{id}/bonuses"),
-            &json!({"op": "accrue", "amount": amount}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
 }
 
 fn notifier(app: &TestApp, api: &str) -> Notifier {
@@ -191,7 +179,7 @@ async fn each_accrual_is_sent_once_whatever_telegram_answers() {
     let app = TestApp::spawn().await;
     let fake = FakeTelegram::default();
     let api = fake.start().await;
-    let org = org_with_bot(&app).await;
+    let org = tom_and_jerry(&app).await;
     let ok = customer(&app, org, Some(1001)).await;
     let throttled = customer(&app, org, Some(1002)).await;
     let flaky = customer(&app, org, Some(1003)).await;
@@ -207,7 +195,7 @@ async fn each_accrual_is_sent_once_whatever_telegram_answers() {
     );
     fake.script(1004, vec![(403, json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}))]);
     for id in [&ok, &throttled, &flaky, &blocked, &phone_only] {
-        accrue(&app, org, id, "1234.5").await;
+        app.accrue(org, id, "1234.5").await;
     }
     let sender = notifier(&app, &api);
     let running = run_notifier(sender.clone());
@@ -307,7 +295,7 @@ async fn each_accrual_is_sent_once_whatever_telegram_answers() {
     );
     // A later accrual to the first customer waits for the chat's limit, and is the only new
     // request.
-    accrue(&app, org, &ok, "10").await;
+    app.accrue(org, &ok, "10").await;
     assert_eq!(sender.relay_once().await.expect("relayed"), 1);
     let handled = sender
         .consumer(8)
@@ -325,9 +313,9 @@ async fn each_accrual_is_sent_once_whatever_telegram_answers() {
 #[tokio::test]
 async fn outbox_rows_wait_for_the_broker_and_are_relayed_once_it_is_back() {
     let app = TestApp::spawn().await;
-    let org = org_with_bot(&app).await;
+    let org = tom_and_jerry(&app).await;
     let id = customer(&app, org, Some(2001)).await;
-    accrue(&app, org, &id, "5").await;
+    app.accrue(org, &id, "5").await;
     let topology = app.state.broker.topology().clone();
     let down = std::sync::Arc::new(loyalty::queue::Broker::new(
         "amqp://guest:guest@127.0.0.1:1/%2f",
@@ -447,15 +435,10 @@ async fn a_pos_receipt_ends_as_one_telegram_message() {
         .await
         .unwrap_or_else(|why| panic!("the Bot API emulator cannot run: {why}"));
     let app = TestApp::spawn().await;
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Магазин", "telegram_bot_token": BOT_TOKEN,
-                    "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 0, "referrer_first_purchase_percentage": 0}}),
-        )
+    let org = app
+        .create_org(&json!({"name": "Магазин", "telegram_bot_token": BOT_TOKEN,
+                            "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 0, "referrer_first_purchase_percentage": 0}}))
         .await;
-    assert_eq!(status, 201, "{body}");
-    let org = body["id"].as_i64().expect("id");
     let id = customer(&app, org, Some(5929031322)).await;
     let token = app.pos_token(org, "shop").await;
     let (status, bill) = app
@@ -488,7 +471,7 @@ async fn an_organization_sets_its_own_templates_and_currency() {
     let app = TestApp::spawn().await;
     let fake = FakeTelegram::default();
     let api = fake.start().await;
-    let org = org_with_bot(&app).await;
+    let org = tom_and_jerry(&app).await;
     let (status, body) = e2e::send(app.admin(reqwest::Method::PATCH, &format!("/admin/v1/orgs/{org}")).json(&json!({
         "currency_symbol": "сом",
         "notification_templates": {"operator_accrual": "<b>+{amount} {currency}</b> от {shop}"}
@@ -510,7 +493,7 @@ async fn an_organization_sets_its_own_templates_and_currency() {
     );
 
     let id = customer(&app, org, Some(3001)).await;
-    accrue(&app, org, &id, "50").await;
+    app.accrue(org, &id, "50").await;
     let _notifier = start_notifier(&app, &api);
     wait_status(&app, org, &id, "sent").await;
     assert_eq!(

@@ -44,14 +44,9 @@ async fn health_and_openapi_answer_without_a_token() {
 #[tokio::test]
 async fn an_organization_keeps_its_bot_token_write_only() {
     let app = TestApp::spawn().await;
-    let (status, created) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Магазин", "time_zone": "Asia/Bishkek", "telegram_bot_token": "123456:ABCdefGhIJKlmnoPQRstuVWxyz0123"}),
-        )
+    let org = app
+        .create_org(&json!({"name": "Магазин", "time_zone": "Asia/Bishkek", "telegram_bot_token": "123456:ABCdefGhIJKlmnoPQRstuVWxyz0123"}))
         .await;
-    assert_eq!(status, 201, "{created}");
-    let org = created["id"].as_i64().expect("id");
     let (_, read) = app.get(&format!("/admin/v1/orgs/{org}")).await;
     assert_eq!(read["time_zone"], "Asia/Bishkek");
     assert_eq!(read["telegram_bot_token_set"], true);

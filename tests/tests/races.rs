@@ -12,13 +12,7 @@ use serde_json::json;
 /// A customer with `amount` bonuses and an open bill holding 10 of them; returns (customer, bill).
 async fn customer_with_open_bill(app: &TestApp, org: i64, amount: u32) -> (String, i64) {
     let id = app.customer(org, "Alex").await;
-    let (status, body) = app
-        .post(
-            &format!("/admin/v1/orgs/{org}/customers/{id}/bonuses"),
-            &json!({"op": "accrue", "amount": amount}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    app.accrue(org, &id, amount).await;
     let (status, bill) = app
         .post(
             &format!("/admin/v1/orgs/{org}/bills"),

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use e2e::{TestApp, send};
+use e2e::{TestApp, seed_settings, send};
 use loyalty::ledger::{EntryKind, Source, Wallet};
 use loyalty::lots::{self, NewLot};
 use loyalty::time::{OrgTimeZone, Stamp};
@@ -29,16 +29,10 @@ fn instant(text: &str) -> DateTime<Utc> {
 }
 
 async fn shop(app: &TestApp, zone: &str) -> i64 {
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Shop", "time_zone": zone,
-                    "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 50,
-                                               "referrer_first_purchase_percentage": 5}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().expect("org id")
+    app.create_org(
+        &json!({"name": "Shop", "time_zone": zone, "bonus_program_settings": seed_settings()}),
+    )
+    .await
 }
 
 /// One movement of the varied set: who (0 the buyer, 1 the referrer), wallet, kind, source,

@@ -44,16 +44,6 @@ async fn bill(app: &TestApp, org: i64, customer: i64, price: &str, bonuses: Opti
         .await
 }
 
-async fn operator(app: &TestApp, org: i64, customer: i64, op: &str, amount: &str) {
-    let (status, body) = app
-        .post(
-            &format!("/admin/v1/orgs/{org}/customers/{customer}/bonuses"),
-            &json!({"op": op, "amount": amount}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-}
-
 async fn enter_promo(app: &TestApp, org: i64, customer: i64, friend: i64) {
     let (status, body) = app
         .post(
@@ -251,7 +241,7 @@ async fn money_paid_accrues_on_the_part_of_the_sale_paid_in_money() {
     let app = TestApp::spawn().await;
     let shop = shop(&app, json!({"accrual_base": "money_paid"})).await;
     let alex = customer(&app, shop.org, "Alex").await;
-    operator(&app, shop.org, alex, "accrue", "500").await;
+    app.accrue(shop.org, alex, "500").await;
     let id = bill(&app, shop.org, alex, "10000", Some("500")).await;
     let row = sell(&app, &shop, "rc-1", id, "10000").await;
 
@@ -288,7 +278,7 @@ async fn nothing_when_paid_with_bonuses_accrues_nothing_on_a_bill_paid_with_bonu
     )
     .await;
     let alex = customer(&app, shop.org, "Alex").await;
-    operator(&app, shop.org, alex, "accrue", "500").await;
+    app.accrue(shop.org, alex, "500").await;
     let paid = bill(&app, shop.org, alex, "10000", Some("300")).await;
     sell(&app, &shop, "rc-1", paid, "10000").await;
     assert_eq!(wallets(&app, shop.org, alex).await.bonuses, d("200"));
@@ -310,7 +300,7 @@ async fn total_accrues_on_the_whole_sale_whatever_paid_it() {
     let app = TestApp::spawn().await;
     let shop = shop(&app, json!({"accrual_base": "total"})).await;
     let alex = customer(&app, shop.org, "Alex").await;
-    operator(&app, shop.org, alex, "accrue", "500").await;
+    app.accrue(shop.org, alex, "500").await;
     let id = bill(&app, shop.org, alex, "10000", Some("500")).await;
     sell(&app, &shop, "rc-1", id, "10000").await;
     assert_eq!(wallets(&app, shop.org, alex).await.bonuses, d("200"));
@@ -487,7 +477,7 @@ async fn money_paid_on_a_tiered_customer_with_a_delay_refunded_partly_before_act
     )
     .await;
     let alex = customer(&app, shop.org, "Alex").await;
-    operator(&app, shop.org, alex, "accrue", "1000").await;
+    app.accrue(shop.org, alex, "1000").await;
     let first = bill(&app, shop.org, alex, "6000", None).await;
     sell(&app, &shop, "rc-1", first, "6000").await;
     // Silver now: the second sale earns 4 % of the 9000 paid in money, pending.
@@ -533,11 +523,11 @@ async fn a_bill_payment_takes_the_soonest_expiring_lots_first_and_its_refund_giv
     let app = TestApp::spawn().await;
     let shop = shop(&app, json!({"bonus_lifetime_days": 30})).await;
     let alex = customer(&app, shop.org, "Alex").await;
-    operator(&app, shop.org, alex, "accrue", "100").await;
+    app.accrue(shop.org, alex, "100").await;
     patch_settings(&app, shop.org, json!({"bonus_lifetime_days": 10})).await;
-    operator(&app, shop.org, alex, "accrue", "100").await;
+    app.accrue(shop.org, alex, "100").await;
     patch_settings(&app, shop.org, json!({"bonus_lifetime_days": 60})).await;
-    operator(&app, shop.org, alex, "accrue", "100").await;
+    app.accrue(shop.org, alex, "100").await;
     let before = lots(&app, shop.org, alex).await;
     let (in30, in10, in60) = (before[0].id, before[1].id, before[2].id);
     assert!(before[1].expires_at < before[0].expires_at);
@@ -583,7 +573,7 @@ async fn a_refund_gives_back_to_a_lot_that_expired_meanwhile_and_it_burns_at_onc
     let old = bill(&app, shop.org, alex, "10000", None).await;
     let sold_at = Utc::now() - TimeDelta::days(40);
     receipt(&app, &shop, "SELL", "rc-old", old, "10000", sold_at).await;
-    operator(&app, shop.org, alex, "accrue", "100").await;
+    app.accrue(shop.org, alex, "100").await;
     let before = lots(&app, shop.org, alex).await;
     let (expired, fresh) = (before[0].id, before[1].id);
     assert!(before[0].expires_at.is_some_and(|at| at < Utc::now()));
@@ -626,9 +616,9 @@ async fn an_operator_deduction_takes_from_the_soonest_expiring_lots() {
     let app = TestApp::spawn().await;
     let shop = shop(&app, json!({})).await;
     let alex = customer(&app, shop.org, "Alex").await;
-    operator(&app, shop.org, alex, "accrue", "100").await;
+    app.accrue(shop.org, alex, "100").await;
     patch_settings(&app, shop.org, json!({"bonus_lifetime_days": 10})).await;
-    operator(&app, shop.org, alex, "accrue", "100").await;
+    app.accrue(shop.org, alex, "100").await;
     let before = lots(&app, shop.org, alex).await;
     assert_eq!(before[0].expires_at, None, "accrued without a lifetime");
     assert!(before[1].expires_at.is_some());
@@ -685,8 +675,8 @@ async fn a_merge_moves_the_lots_and_the_pending_wallets_to_the_survivor() {
     let shop = shop(&app, json!({"accrual_delay_days": 7})).await;
     let alex = customer(&app, shop.org, "Alex").await;
     let twin = customer(&app, shop.org, "Alex by phone").await;
-    operator(&app, shop.org, alex, "accrue", "30").await;
-    operator(&app, shop.org, twin, "accrue", "70").await;
+    app.accrue(shop.org, alex, "30").await;
+    app.accrue(shop.org, twin, "70").await;
     let id = bill(&app, shop.org, twin, "5000", None).await;
     sell(&app, &shop, "rc-1", id, "5000").await;
 

@@ -3,7 +3,7 @@
 //! tier and the rest to the next one; and a legacy organization's documents unchanged.
 
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
-use e2e::{TestApp, legacy_export, send};
+use e2e::{BOT_TOKEN, TestApp, legacy_export, send, signed_init_data};
 use loyalty::ledger::{self, EntryKind, NewEntry, Source, Wallet};
 use loyalty::lots::{self, NewLot};
 use loyalty::money::Amount;
@@ -30,16 +30,6 @@ async fn patch_settings(app: &TestApp, org: i64, settings: Value) {
     assert_eq!(status, 200, "{body}");
 }
 
-async fn accrue(app: &TestApp, org: i64, customer: &str, amount: &str) {
-    let (status, body) = app
-        .post(
-            &format!("/admin/v1/orgs/{org}/customers/{customer}/bonuses"),
-            &json!({"op": "accrue", "amount": amount}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-}
-
 /// A bill of 500 g at 1.91: 955.
 fn bill(customer: &str, pay: Option<&str>) -> Value {
     let mut bill = json!({
@@ -58,7 +48,7 @@ async fn a_bonus_payment_above_the_allowed_share_is_refused_and_the_bill_shows_t
     let org = app.org().await;
     patch_settings(&app, org, json!({"max_bonus_payment_percentage": 30})).await;
     let rich = app.customer(org, "Alex").await;
-    accrue(&app, org, &rich, "1000").await;
+    app.accrue(org, &rich, "1000").await;
     let bills = format!("/admin/v1/orgs/{org}/bills");
 
     // 30 % of 955 is 286.50: a cent more is refused, naming the field and the maximum.
@@ -95,7 +85,7 @@ async fn a_bonus_payment_above_the_allowed_share_is_refused_and_the_bill_shows_t
     // A bill without a payment shows the share too; a customer with less than the share, the
     // wallet (less what other open bills hold).
     let poor = app.customer(org, "Dana").await;
-    accrue(&app, org, &poor, "100").await;
+    app.accrue(org, &poor, "100").await;
     let (_, held_elsewhere) = app.post(&bills, &bill(&poor, Some("40"))).await;
     let (status, plain) = app.post(&bills, &bill(&poor, None)).await;
     assert_eq!(status, 201, "{plain}");
@@ -292,22 +282,17 @@ async fn a_legacy_organization_keeps_its_documents_and_its_customers_gain_only_f
 
 #[tokio::test]
 async fn the_mini_app_shows_the_customer_where_they_stand() {
-    const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
     let app = TestApp::spawn().await;
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Shop", "telegram_bot_token": BOT_TOKEN,
-                    "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 50,
-                        "referrer_first_purchase_percentage": 5, "max_bonus_payment_percentage": 40,
-                        "tiers": [{"name": "Silver", "min_spent": 1000, "percentage": 3}]}}),
-        )
+    let org = app
+        .create_org(&json!({"name": "Shop", "telegram_bot_token": BOT_TOKEN,
+                            "bonus_program_settings": {"invoice_bonus_percentage": 2, "referral_promo_bonus": 50,
+                                "referrer_first_purchase_percentage": 5, "max_bonus_payment_percentage": 40,
+                                "tiers": [{"name": "Silver", "min_spent": 1000, "percentage": 3}]}}))
         .await;
-    assert_eq!(status, 201, "{body}");
-    let org = body["id"].as_i64().expect("org");
-    let auth_date = Utc::now().timestamp().to_string();
-    let user = json!({"id": 5929031322_i64, "first_name": "Alex"}).to_string();
-    let init = loyalty::init_data::sign(&[("auth_date", &auth_date), ("user", &user)], BOT_TOKEN);
+    let init = signed_init_data(
+        &json!({"id": 5929031322_i64, "first_name": "Alex"}),
+        BOT_TOKEN,
+    );
     let me = |init: String| {
         send(
             app.http

@@ -7,7 +7,7 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, TimeZone, Utc};
-use e2e::{TestApp, send};
+use e2e::{BOT_TOKEN, TestApp, seed_settings, send, signed_init_data};
 use loyalty::ledger::{self, EntryKind, NewEntry, Source, Wallet};
 use loyalty::lots::{self, NewLot};
 use loyalty::money::Amount;
@@ -31,20 +31,13 @@ fn dec(text: &str) -> Decimal {
 
 /// An organization with the seed's settings and `extra` ones (Asia/Almaty, UTC+5).
 async fn org_with(app: &TestApp, extra: Value) -> i64 {
-    let mut settings = json!({"invoice_bonus_percentage": 2, "referral_promo_bonus": 50,
-                              "referrer_first_purchase_percentage": 5});
+    let mut settings = seed_settings();
     for (key, value) in extra.as_object().expect("settings") {
         settings[key] = value.clone();
     }
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Shop", "bonus_program_settings": settings,
-                    "telegram_bot_token": BOT_TOKEN}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().expect("org id")
+    app.create_org(&json!({"name": "Shop", "bonus_program_settings": settings,
+                           "telegram_bot_token": BOT_TOKEN}))
+        .await
 }
 
 async fn customer(app: &TestApp, org: i64, name: &str) -> i64 {
@@ -679,12 +672,8 @@ async fn a_birthday_bonus_comes_inside_the_window_once_a_year() {
     assert_lots_are_the_wallets(pool, org).await;
 }
 
-const BOT_TOKEN: &str = "123456789:TEST-fake-token_for-unit-tests";
-
 fn init_data(user_id: i64, first_name: &str) -> String {
-    let now = Utc::now().timestamp().to_string();
-    let user = json!({"id": user_id, "first_name": first_name}).to_string();
-    loyalty::init_data::sign(&[("auth_date", &now), ("user", &user)], BOT_TOKEN)
+    signed_init_data(&json!({"id": user_id, "first_name": first_name}), BOT_TOKEN)
 }
 
 #[tokio::test]

@@ -9,19 +9,9 @@ use loyalty::crypto::TokenKeys;
 use loyalty::orgs::{self, OrgChanges};
 use serde_json::json;
 
+/// The first token of these tests (a second replaces it); no table may show its secret part.
 const BOT_TOKEN: &str = "123456789:AAF-secret-part-of-the-first-token";
 const NEW_KEY: &str = "next:bmV4dC1rZXktb2YtdGhlLXJvdGF0aW9uLXRlc3QtMzI=";
-
-async fn org_with_bot(app: &TestApp, token: &str) -> i64 {
-    let (status, body) = app
-        .post(
-            "/admin/v1/orgs",
-            &json!({"name": "Shop", "telegram_bot_token": token}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().expect("id")
-}
 
 /// The tables that show `text` anywhere in a row (as text, or its bytes as hex in a bytea).
 async fn tables_showing(app: &TestApp, text: &str) -> Vec<String> {
@@ -88,7 +78,7 @@ fn ingest_config(app: &TestApp, keys: &str) -> ingest::Config {
 #[tokio::test]
 async fn a_bot_token_is_in_no_column_of_any_table_and_still_signs_mini_app_data() {
     let app = TestApp::spawn().await;
-    let org = org_with_bot(&app, BOT_TOKEN).await;
+    let org = app.org_with_bot(BOT_TOKEN).await;
     let secret = BOT_TOKEN.split_once(':').expect("token").1;
     assert_eq!(tables_showing(&app, secret).await, Vec::<String>::new());
     let (_, read) = app.get(&format!("/admin/v1/orgs/{org}")).await;
@@ -114,7 +104,7 @@ async fn a_bot_token_is_in_no_column_of_any_table_and_still_signs_mini_app_data(
 #[tokio::test]
 async fn rotation_reseals_every_token_at_ingest_start_and_the_old_key_can_then_go() {
     let app = TestApp::spawn().await;
-    let sealed = org_with_bot(&app, BOT_TOKEN).await;
+    let sealed = app.org_with_bot(BOT_TOKEN).await;
     // A token stored in clear, as before tokens were sealed.
     let plain_token = "555:CCH-token-stored-in-clear-before-sealing";
     let plain = app.org().await;
@@ -198,7 +188,7 @@ async fn without_token_keys_no_token_is_stored_and_no_service_starts_on_stored_t
     );
     assert_eq!(tables_showing(&app, BOT_TOKEN).await, Vec::<String>::new());
 
-    org_with_bot(&app, BOT_TOKEN).await;
+    app.org_with_bot(BOT_TOKEN).await;
     let ingest = tokio::time::timeout(
         Duration::from_secs(30),
         ingest::run(ingest_config(&app, "")),
