@@ -203,6 +203,8 @@ try {
   seen.code_digits = text(await customer.locator("#code-digits").innerText());
   seen.promo_code = text(await customer.locator("#promo-code").innerText());
   seen.contacts = await customer.evaluate(() => [...document.querySelectorAll("#contact-links a")].map((a) => ({ text: a.textContent, href: a.getAttribute("href") })));
+  // The history is its own request after the profile (`data-loaded` is set before it answers).
+  await customer.waitForFunction(() => Number(document.getElementById("history").dataset.pages || 0) >= 1);
   seen.history_first_page = await customer.locator("#history li").count();
   await shoot(customer, "customer");
 
