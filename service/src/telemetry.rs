@@ -80,8 +80,32 @@ pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
         if let Err(err) = metrics::set_global_recorder(recorder) {
             tracing::debug!(error = %err, "a metrics recorder was already installed; keeping it");
         }
+        spawn_upkeep(handle.clone());
         handle
     })
+}
+
+/// How often the recorder's pending histogram samples are folded into their buckets.
+const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A recorder built by hand (`build_recorder`, so that each service serves `/metrics` on its own
+/// listener) gets no upkeep task from the exporter: every histogram sample (one per request, per
+/// receipt, per message) waits in the recorder until something drains it, and only a scrape did.
+/// A service nobody scraped grew by about 8 bytes a request without end (heaptrack on ingest: 2 MiB
+/// of samples after 120 000 receipts). One thread of the process's own drains them every 5 s,
+/// whatever runtime the caller has (or none).
+fn spawn_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(METRICS_UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "no metrics upkeep thread: histograms drain only when scraped");
+    }
 }
 
 /// Seconds a metrics connection has to send its request head (as ingest's default).
