@@ -812,3 +812,43 @@ async fn a_receipt_resent_under_new_event_ids_is_listed_as_duplicates_of_the_eve
         "the promo bonus and one accrual per receipt"
     );
 }
+
+#[tokio::test]
+async fn connections_ask_for_small_frames_and_a_receipt_of_many_frames_still_applies() {
+    // The services' connections ask for 16 KiB frames (lapin's I/O buffers are 32 frames each),
+    // unless the URL says otherwise.
+    let url = e2e::amqp_url().await;
+    let properties = lapin::ConnectionProperties::default();
+    for (asked, frame_max) in [
+        (url.to_owned(), loyalty::queue::nodes::FRAME_MAX),
+        (format!("{url}?frame_max=65536"), 65_536),
+    ] {
+        let conn = loyalty::queue::nodes::Nodes::new([asked.as_str()])
+            .connect(properties.clone())
+            .await
+            .expect("connected");
+        assert_eq!(conn.configuration().frame_max(), frame_max);
+        conn.close(200, "done".into()).await.expect("closed");
+    }
+
+    // A receipt of 60 KiB (four frames and more) is published, consumed and applied whole.
+    let app = TestApp::spawn().await;
+    let shop = shop(&app).await;
+    let id = bill(&app, &shop, "BIG", "100.50", None).await;
+    let mut event = receipt_event("ev-big", "rc-big", Some(id), "100.50");
+    event["data"]["extras"]["comment"] = json!("я".repeat(30_000));
+    assert_eq!(app.post_receipt(&shop.token, &event).await.0, 200);
+    let _worker = app.start_worker();
+    app.wait_receipt(shop.org, "ev-big", "processed").await;
+    let stored: Value = sqlx::query_scalar(
+        "select payload from receipts where org_id = $1 and event_id = 'ev-big'",
+    )
+    .bind(shop.org)
+    .fetch_one(&app.db.pool)
+    .await
+    .expect("stored");
+    assert_eq!(
+        stored["data"]["extras"]["comment"],
+        event["data"]["extras"]["comment"]
+    );
+}
