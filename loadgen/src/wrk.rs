@@ -687,10 +687,18 @@ mod tests {
         base
     }
 
+    /// wrk, or None after saying the test is skipped (wrk is not installed).
+    fn wrk_or_skip() -> Option<PathBuf> {
+        let wrk = find();
+        if wrk.is_none() {
+            eprintln!("wrk is not on PATH; skipped");
+        }
+        wrk
+    }
+
     #[tokio::test]
     async fn wrk_posts_every_body_once() {
-        let Some(wrk) = find() else {
-            eprintln!("wrk is not on PATH; skipped");
+        let Some(wrk) = wrk_or_skip() else {
             return;
         };
         let seen = Seen::default();
@@ -721,8 +729,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrk_reports_answers_other_than_200() {
-        let Some(wrk) = find() else {
-            eprintln!("wrk is not on PATH; skipped");
+        let Some(wrk) = wrk_or_skip() else {
             return;
         };
         let base = serve(Seen::default(), Some("bulk-7")).await;
@@ -738,8 +745,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_paced_drive_counts_503s_instead_of_failing() {
-        let Some(wrk) = find() else {
-            eprintln!("wrk is not on PATH; skipped");
+        let Some(wrk) = wrk_or_skip() else {
             return;
         };
         let seen = Seen::default();
@@ -772,8 +778,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrk_copes_with_fewer_receipts_than_threads() {
-        let Some(wrk) = find() else {
-            eprintln!("wrk is not on PATH; skipped");
+        let Some(wrk) = wrk_or_skip() else {
             return;
         };
         let seen = Seen::default();
