@@ -127,19 +127,20 @@ async fn fold(db: &PgPool, now: Option<DateTime<Utc>>) -> sqlx::Result<u64> {
     if !ours {
         return Ok(0);
     }
-    // The fold's one clock, the database's unless told otherwise.
-    let now: DateTime<Utc> = sqlx::query_scalar("select coalesce($1, now())")
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+    // The fold's one clock (the database's unless told otherwise), and the one line between
+    // seconds and minutes: the start of the previous minute.
+    let (now, seconds_from): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+        "select coalesce($1, now()), date_trunc('minute', coalesce($1, now()) - interval '1 minute')",
+    )
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
     let folded: i64 = sqlx::query_scalar(
         "with logged as (delete from status_changes returning org_id, kind, status, at, n),
               bucketed as (
                   select org_id, kind, status, n,
-                         case when at >= date_trunc('minute', $1 - interval '1 minute') then at
-                              else date_trunc('minute', at) end as at,
-                         case when at >= date_trunc('minute', $1 - interval '1 minute') then 1
-                              else 60 end as span
+                         case when at >= $1 then at else date_trunc('minute', at) end as at,
+                         case when at >= $1 then 1 else 60 end as span
                   from logged),
               summed as (
                   select org_id, kind, span, at, status, sum(n)::bigint as n
@@ -158,20 +159,20 @@ async fn fold(db: &PgPool, now: Option<DateTime<Utc>>) -> sqlx::Result<u64> {
                   on conflict on constraint status_counts_key do update set n = c.n + excluded.n)
          select count(*) from logged",
     )
-    .bind(now)
+    .bind(seconds_from)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
         "with aged as (
              delete from status_counts
-             where span = 1 and at < date_trunc('minute', $1 - interval '1 minute')
+             where span = 1 and at < $1
              returning org_id, kind, date_trunc('minute', at) as at, status, n)
          insert into status_counts as c (org_id, kind, at, span, status, n)
          select org_id, kind, at, 60, status, sum(n) from aged
          group by org_id, kind, at, status
          on conflict on constraint status_counts_key do update set n = c.n + excluded.n",
     )
-    .bind(now)
+    .bind(seconds_from)
     .execute(&mut *tx)
     .await?;
     sqlx::query("delete from status_counts where at < $1 - interval '25 hours'")
