@@ -79,12 +79,12 @@ impl Nodes {
         let mut last = None;
         for i in 0..count {
             let url = &self.urls[(start + i) % count];
-            let mut uri: AMQPUri = match url.parse() {
+            let mut uri = match parse(url) {
                 Ok(uri) => uri,
                 Err(err) => {
                     last = Some(lapin::Error::from(std::io::Error::new(
                         std::io::ErrorKind::InvalidInput,
-                        format!("not an AMQP URL ({}): {err}", node_label(url)),
+                        err,
                     )));
                     continue;
                 }
@@ -134,14 +134,19 @@ fn split(urls: &str) -> impl Iterator<Item = String> + '_ {
 pub fn check_urls(urls: &str) -> Result<String, String> {
     let mut count = 0;
     for url in split(urls) {
-        url.parse::<AMQPUri>()
-            .map_err(|err| format!("not an AMQP URL ({}): {err}", node_label(&url)))?;
+        parse(&url)?;
         count += 1;
     }
     if count == 0 {
         return Err("no AMQP URL given".to_owned());
     }
     Ok(urls.to_owned())
+}
+
+/// One node's URL parsed, or what is wrong with it (naming the node, never its credentials).
+fn parse(url: &str) -> Result<AMQPUri, String> {
+    url.parse::<AMQPUri>()
+        .map_err(|err| format!("not an AMQP URL ({}): {err}", node_label(url)))
 }
 
 /// A node as logs name it: host and port, never the credentials the URL carries.
