@@ -136,8 +136,13 @@ fn target_dir() -> PathBuf {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// On the services' runtime (`loyalty_service::runtime`: THP off, the heap upkeep), so that the
+/// ingest it serves in process runs as the shipped one does.
+fn main() -> anyhow::Result<()> {
+    loyalty_service::runtime::run(commands())
+}
+
+async fn commands() -> anyhow::Result<()> {
     // sqlx's slow-statement warnings (dropping a database takes a second) are not news here.
     loyalty_service::telemetry::init("warn,sqlx::query=error");
     let args = Args::parse();

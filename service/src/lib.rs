@@ -6,6 +6,7 @@
 //! HTTP framework, command-line parser or log subscriber; this crate holds them.
 
 pub mod config;
+pub mod heap;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;

@@ -27,8 +27,21 @@ fn without_huge_pages() {
 /// Runs `main` on the runtime, once huge pages are off.
 pub fn run(main: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     without_huge_pages();
-    tokio::runtime::Builder::new_multi_thread()
+    build(None)?.block_on(main)
+}
+
+/// The multi-threaded runtime every binary runs on (`workers`: tokio's worker threads, by default
+/// one per CPU), with its heap upkeep (`crate::heap`): each worker collects as it parks, and a
+/// task collects every second.
+pub fn build(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = builder
         .enable_all()
-        .build()?
-        .block_on(main)
+        .on_thread_park(crate::heap::on_park)
+        .build()?;
+    runtime.spawn(crate::heap::purge_ticks());
+    Ok(runtime)
 }
