@@ -9,7 +9,7 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 
-/// The variables [`init`] and `runtime::run` read, for each binary's `--help` (clap lists only its
+/// The variables [`init`], `runtime::run` and `heap` read, for each binary's `--help` (clap lists only its
 /// own arguments).
 pub const LOG_HELP: &str = "Logging:
   RUST_LOG         log filter, tracing's env-filter syntax (e.g. `info,sqlx=warn`) [default: info]
@@ -17,7 +17,9 @@ pub const LOG_HELP: &str = "Logging:
 
 Memory:
   MIMALLOC_ALLOW_THP  unset: transparent huge pages off for the process (a smaller heap);
-                      set: the allocator decides by it (`1`: use them where the kernel allows)";
+                      set: the allocator decides by it (`1`: use them where the kernel allows)
+  HEAP_COLLECT        `off`: no heap upkeep; unset: idle workers give their freed memory back
+                      to the kernel within seconds";
 
 /// Installs the log subscriber and the metrics recorder. The recorder is installed here, at start,
 /// so that every count a service records before `/metrics` is first scraped is kept.
