@@ -28,7 +28,7 @@ thread_local! {
 }
 
 /// Called by each tokio worker as it parks (`Builder::on_thread_park`).
-pub fn on_park() {
+pub(crate) fn on_park() {
     let now = Instant::now();
     let due = LAST_COLLECT.with(|last| match last.get() {
         Some(at) if now.saturating_duration_since(at) < COLLECT_AT_MOST_EVERY => false,
@@ -43,7 +43,7 @@ pub fn on_park() {
 }
 
 /// The runtime's task: collects every [`PURGE_TICK`] for as long as the runtime runs.
-pub async fn purge_ticks() {
+pub(crate) async fn purge_ticks() {
     let mut tick = tokio::time::interval(PURGE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -53,11 +53,11 @@ pub async fn purge_ticks() {
 }
 
 /// The variable that turns the collection off (`off`), to compare against or to rule it out.
-pub const HEAP_COLLECT: &str = "HEAP_COLLECT";
+const HEAP_COLLECT: &str = "HEAP_COLLECT";
 
 /// Collects the calling thread's mimalloc heap and purges the arena pages that are due, unless
 /// [`HEAP_COLLECT`] is `off`.
-pub fn collect() {
+fn collect() {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *ON.get_or_init(|| std::env::var(HEAP_COLLECT).as_deref() != Ok("off")) {
         mi_collect();

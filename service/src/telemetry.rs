@@ -9,8 +9,8 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 
-/// The variables [`init`], `runtime::run` and `heap` read, for each binary's `--help` (clap lists only its
-/// own arguments).
+/// The variables [`init`], `runtime::run` and `heap` read, for each binary's `--help` (clap lists
+/// only its own arguments).
 pub const LOG_HELP: &str = "Logging:
   RUST_LOG         log filter, tracing's env-filter syntax (e.g. `info,sqlx=warn`) [default: info]
   RUST_LOG_FORMAT  `json` for one JSON object per line [default: text]
